@@ -1,0 +1,1 @@
+"""Learned loss functions as torch modules with exact SymPy export."""
