@@ -1,0 +1,300 @@
+"""The one-step lookahead: the base SGD update and its exact meta-gradient.
+
+Pure functions over explicit parameter dictionaries (``torch.func`` style): they
+never mutate a module's parameters, so the stateful wrappers in
+:mod:`toolkit.online` and :mod:`toolkit.offline` decide what to keep.
+
+Notation (DESIGN.md): θ' = θ − lr·d(g), g = ∇θ M_φ(y, f_θ(x)) + wd·θ, where the
+momentum buffer b is a constant of the step, b' = μ b + g and d = b' (heavy ball)
+or d = g + μ b' (Nesterov). Hence ∂θ'/∂(∇θ M) = −α·I with α = lr (heavy ball,
+plain SGD) or α = lr·(1 + μ) (Nesterov), and the meta-gradient of the task loss
+L(θ') with respect to the loss parameters φ is
+
+    dL/dφ = −α ∂/∂φ [ u · m(φ) ],   u = J_f v,   v = ∇θ' L,   m = ∂M_φ/∂f,
+
+where f are the base model's outputs on the training batch and J_f = ∂f/∂θ.
+``meta_gradient_fast`` evaluates exactly this: one backward on the validation
+batch for v, one forward-mode Jacobian-vector product through the base model for u,
+and second derivatives of the small loss network only. ``meta_gradient_naive``
+differentiates through the whole unrolled step (``create_graph=True``) and is the
+reference the tests compare against.
+
+References:
+    Raymond, Chen, Xue, Zhang. Online Loss Function Learning. arXiv 2301.13247.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+import torch.autograd.forward_ad as fwAD
+from torch.func import functional_call
+
+TensorDict = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class SGDRule:
+    """The base optimiser's step rule (the semantics of ``torch.optim.SGD``).
+
+    Attributes:
+        lr: learning rate.
+        momentum: heavy-ball coefficient μ (0 disables the buffer).
+        nesterov: Nesterov momentum (needs ``momentum > 0``).
+        weight_decay: L2 coefficient added to the gradient.
+    """
+
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("Nesterov momentum needs momentum > 0 (e.g. --momentum 0.9)")
+
+    def with_lr(self, lr: float) -> "SGDRule":
+        """The same rule at another learning rate (for schedules)."""
+        return SGDRule(lr=lr, momentum=self.momentum, nesterov=self.nesterov,
+                       weight_decay=self.weight_decay)
+
+    @property
+    def alpha(self) -> float:
+        """The step's sensitivity to the loss gradient: θ' = … − α ∇θ M."""
+        return self.lr * (1.0 + self.momentum) if self.nesterov else self.lr
+
+
+def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
+    """The meta-objective: cross-entropy (classification) or mean squared error.
+
+    Args:
+        outputs: raw model outputs (B, C).
+        targets: int64 labels (B,) for classification; floats (B, C) or (B,) otherwise.
+        task: "classification" or "regression".
+    """
+    if task == "classification":
+        if outputs.shape[-1] == 1:
+            return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), targets.to(outputs.dtype))
+        return F.cross_entropy(outputs, targets)
+    if task == "regression":
+        return F.mse_loss(outputs, targets.reshape(outputs.shape).to(outputs.dtype))
+    raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
+
+
+def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+               momentum: Mapping[str, Tensor] | None, rule: SGDRule) -> tuple[TensorDict, TensorDict | None]:
+    """One SGD step, out of place and differentiable, matching ``torch.optim.SGD``.
+
+    Args:
+        params: θ, name → tensor.
+        grads: ∇θ M (without weight decay), same names and shapes.
+        momentum: the momentum buffers b (None on the first step, as in torch).
+        rule: the step rule.
+
+    Returns:
+        (θ', b'), b' being None when ``rule.momentum == 0``.
+    """
+    new_params: TensorDict = {}
+    new_momentum: TensorDict | None = {} if rule.momentum > 0 else None
+    for name, p in params.items():
+        g = grads[name]
+        if rule.weight_decay:
+            g = g + rule.weight_decay * p
+        if rule.momentum > 0:
+            b = g if momentum is None else rule.momentum * momentum[name] + g
+            new_momentum[name] = b
+            g = g + rule.momentum * b if rule.nesterov else b
+        new_params[name] = p - rule.lr * g
+    return new_params, new_momentum
+
+
+@dataclass(frozen=True)
+class Lookahead:
+    """What one lookahead computes.
+
+    Attributes:
+        params: θ', the next base iterate (detached).
+        momentum: b', the next momentum buffers (None without momentum).
+        meta_grads: dL(θ')/dφ, name → tensor, for the loss parameters.
+        train_loss: M_φ on the training batch at θ (detached scalar).
+        meta_loss: L_task on the validation batch at θ' (detached scalar).
+        grad_ratio: ‖∂M/∂f‖ / ‖∂L_task/∂f‖ on the training batch (detached scalar):
+            how much larger a step the learned loss takes than the task loss would;
+            None unless asked for with ``diagnostics=True``.
+    """
+
+    params: TensorDict
+    momentum: TensorDict | None
+    meta_grads: TensorDict
+    train_loss: Tensor
+    meta_loss: Tensor
+    grad_ratio: Tensor | None
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def _replayed_rng(state: tuple, device: torch.device):
+    """Run a block with the RNG as it was (so dropout draws the same masks), then restore."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+def _cloned(buffers: Mapping[str, Tensor]) -> TensorDict:
+    """Copies of the buffers, so a functional forward's running-stat updates are discarded."""
+    return {k: b.clone() for k, b in buffers.items()}
+
+
+def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
+    out = outputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        reference = torch.autograd.grad(task_loss(out, targets, task), out)[0]
+    return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
+
+
+def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                            x: Tensor, tangents: Mapping[str, Tensor]) -> Tensor:
+    """u = J_f v: the directional derivative of the outputs f_θ(x) along v, in forward mode.
+
+    Uses ``torch.autograd.forward_ad`` dual tensors, so modules that update buffers
+    in place (BatchNorm) work; pass copies of the buffers to keep the originals.
+
+    Args:
+        params: θ; tangents: v, same names and shapes; x: the input batch.
+
+    Returns:
+        u, shaped like the model's outputs (B, C).
+    """
+    with fwAD.dual_level():
+        duals = {k: fwAD.make_dual(p, tangents[k]) for k, p in params.items()}
+        outputs = functional_call(model, (duals, dict(buffers)), (x,))
+        return fwAD.unpack_dual(outputs).tangent
+
+
+def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                       loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                       rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
+                       task: str = "classification", update_buffers: bool = True,
+                       diagnostics: bool = False) -> Lookahead:
+    """The base update and the exact meta-gradient, through a JVP (the default route).
+
+    Cost: a training step, a forward/backward on the validation batch, one
+    forward-mode JVP through the base model on the training batch, and second
+    derivatives of the loss network on (B, C) values. Nothing of the graph survives.
+
+    Args:
+        model: the base model (only its structure is used; ``params``/``buffers`` are its state).
+        params: θ, name → tensor (e.g. ``dict(model.named_parameters())``).
+        buffers: the model's buffers; with ``update_buffers`` the training forward
+            updates them in place (BatchNorm running statistics), exactly once.
+        loss: the learned loss module, called as ``loss(outputs, targets)``.
+        loss_params: φ, name → tensor (e.g. ``dict(loss.named_parameters())``).
+        train: (x, y) training batch; valid: (x_v, y_v) meta-objective batch.
+        rule: the base step rule; momentum: the buffers b of the current step.
+        task: "classification" or "regression" (selects the task loss).
+        update_buffers: False evaluates the training forward on copies of the buffers.
+        diagnostics: also compute the gradient-scale ratio (one extra tiny backward).
+
+    Returns:
+        A :class:`Lookahead`.
+    """
+    x, y = train
+    device = x.device
+    theta = {k: p.detach() for k, p in params.items()}
+    rng = _rng_state(device)
+    with torch.enable_grad():
+        theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
+        outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+        out_leaf = outputs.detach().requires_grad_(True)
+        train_loss = functional_call(loss, dict(loss_params), (out_leaf, y))
+        m = torch.autograd.grad(train_loss, out_leaf, create_graph=True)[0]  # depends on φ
+        grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m.detach())
+    grads = dict(zip(theta_leaf, grads))
+    new_params, new_momentum = sgd_update(theta, grads, momentum, rule)
+
+    x_v, y_v = valid
+    with torch.enable_grad():
+        probe = {k: p.detach().requires_grad_(True) for k, p in new_params.items()}
+        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
+        v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
+
+    with _replayed_rng(rng, device):
+        u = jacobian_vector_product(model, theta, _cloned(buffers), x, v)
+
+    with torch.enable_grad():
+        names = list(loss_params)
+        inner = (u.detach() * m).sum()
+        meta = torch.autograd.grad(inner, [loss_params[k] for k in names], allow_unused=True)
+    meta_grads = {k: (-rule.alpha * g if g is not None else torch.zeros_like(loss_params[k]))
+                  for k, g in zip(names, meta)}
+    return Lookahead(params={k: p.detach() for k, p in new_params.items()},
+                     momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
+                     meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
+                     grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None)
+
+
+def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                        loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                        rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
+                        task: str = "classification", update_buffers: bool = True,
+                       diagnostics: bool = False) -> Lookahead:
+    """The reference route: autograd through the unrolled step (``create_graph=True``).
+
+    Same arguments and result as :func:`meta_gradient_fast`; holds the whole
+    second-order graph of the base model while it runs.
+    """
+    x, y = train
+    x_v, y_v = valid
+    theta = {k: p.detach() for k, p in params.items()}
+    mom = None if momentum is None else {k: b.detach() for k, b in momentum.items()}
+    with torch.enable_grad():
+        theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
+        outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+        train_loss = functional_call(loss, dict(loss_params), (outputs, y))
+        grads = torch.autograd.grad(train_loss, list(theta_leaf.values()), create_graph=True)
+        new_params, new_momentum = sgd_update(theta, dict(zip(theta_leaf, grads)), mom, rule)
+        meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
+        names = list(loss_params)
+        meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True)
+        ratio = None
+        if diagnostics:
+            out_leaf = outputs.detach().requires_grad_(True)
+            m = torch.autograd.grad(functional_call(loss, dict(loss_params), (out_leaf, y)), out_leaf)[0]
+            ratio = _grad_ratio(m, outputs, y, task)
+    meta_grads = {k: (g if g is not None else torch.zeros_like(loss_params[k])) for k, g in zip(names, meta)}
+    return Lookahead(params={k: p.detach() for k, p in new_params.items()},
+                     momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
+                     meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
+                     grad_ratio=ratio)
+
+
+META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
+    "fast": meta_gradient_fast,
+    "naive": meta_gradient_naive,
+}
+
+
+def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
+    """The meta-gradient route by name ("fast" or "naive")."""
+    try:
+        return META_GRADIENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown meta-gradient {name!r}: choose one of {sorted(META_GRADIENTS)}") from None
