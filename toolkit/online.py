@@ -1,0 +1,207 @@
+"""Online loss learning (AdaLFL, Algorithm 2): a thin stateful wrapper around the lookahead.
+
+Usable from any training loop::
+
+    learner = OnlineLossLearner(model, MLPLoss(), rule=SGDRule(lr=0.01))
+    for (x, y), (x_v, y_v) in zip(train_batches, valid_batches):
+        info = learner.step((x, y), (x_v, y_v))
+
+Each ``step`` takes the real base step with the learned loss (θ_{t+1} is kept) and,
+every ``meta_interval`` steps, the meta step on the loss parameters with Adam through
+the one-step lookahead. The hot path never reads a value on the host: non-finite
+losses or meta-gradients are detected on the device and the affected update is
+selected away with ``torch.where``; the counters are read only by :meth:`check`
+and :meth:`record`, which the caller runs every N steps.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .adam import AdamState, adam_init, adam_update, all_finite, clip_by_global_norm
+from .lookahead import SGDRule, get_meta_gradient, sgd_update
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite updates: the run cannot continue."""
+
+
+@dataclass
+class LossHistory:
+    """Snapshots of the loss parameters and diagnostics, recorded every N steps.
+
+    ``snapshots``: list of {"step": int, "params": {name: CPU tensor}}.
+    ``records``: list of dicts of host numbers (step, meta_loss, train_loss, grad_ratio, skips).
+    """
+
+    snapshots: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+
+class OnlineLossLearner:
+    """Adapts a learned loss online while it trains a base model.
+
+    Args:
+        model: the base model; its parameters are updated in place.
+        loss: the learned loss (any ``nn.Module`` called as ``loss(outputs, targets)``).
+        rule: the base SGD step rule (lr, momentum, Nesterov, weight decay).
+        meta_lr: Adam learning rate for the loss parameters (paper: 1e-3).
+        meta_interval: take a meta step every k base steps (1: every step).
+        meta_clip: clip the meta-gradient to this global L2 norm (None: no clipping).
+        meta_gradient: "fast" (JVP route, default) or "naive" (unrolled reference).
+        task: "classification" or "regression" (the meta-objective).
+        snapshot_every: copy the loss parameters into ``history`` every N steps.
+        max_nonfinite: raise :class:`NonFiniteError` from :meth:`check` after this many
+            consecutive skipped steps.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, *, rule: SGDRule, meta_lr: float = 1e-3,
+                 meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
+                 task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50) -> None:
+        if meta_interval < 1:
+            raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
+        if meta_lr <= 0:
+            raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
+        self.model, self.loss, self.rule = model, loss, rule
+        self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip
+        self.meta_gradient_name = meta_gradient
+        self._meta_gradient = get_meta_gradient(meta_gradient)
+        self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
+        self.adam: AdamState = adam_init(dict(loss.named_parameters()))
+        self.momentum: dict[str, Tensor] | None = None
+        self.steps = 0
+        device = next(model.parameters()).device
+        # [skipped base updates, skipped meta updates, consecutive skips], on the device.
+        self.skips = torch.zeros(3, dtype=torch.long, device=device)
+        self.history = LossHistory()
+        self.last: dict[str, Tensor] = {}
+
+    # ------------------------------------------------------------------ hot path
+    def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
+             lr: float | None = None, diagnostics: bool = False) -> dict[str, Tensor]:
+        """One base step with the learned loss and, when due, one meta step.
+
+        Args:
+            train: (x, y) batch for the base step.
+            valid: (x_v, y_v) batch for the meta-objective (needed when a meta step is due).
+            lr: the base learning rate for this step (for schedules; default ``rule.lr``).
+            diagnostics: also compute the gradient-scale ratio ‖∂M/∂f‖ / ‖∂L_task/∂f‖.
+
+        Returns:
+            Device scalars: "train_loss", and on meta steps "meta_loss" (and "grad_ratio").
+        """
+        rule = self.rule if lr is None else self.rule.with_lr(lr)
+        if self.snapshot_every and self.steps % self.snapshot_every == 0:
+            self.snapshot()
+        if self.steps % self.meta_interval == 0:
+            if valid is None:
+                raise ValueError("a meta step is due: pass a validation batch to step(train, valid)")
+            info = self._lookahead_step(train, valid, rule, diagnostics)
+        else:
+            info = self._plain_step(train, rule)
+        self.steps += 1
+        self.last = info
+        return info
+
+    def _params(self) -> dict[str, Tensor]:
+        return {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+
+    def _lookahead_step(self, train, valid, rule: SGDRule, diagnostics: bool) -> dict[str, Tensor]:
+        params = self._params()
+        loss_params = dict(self.loss.named_parameters())
+        result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
+                                     loss_params, train, valid, rule, self.momentum, task=self.task,
+                                     diagnostics=diagnostics)
+        base_ok = all_finite([result.train_loss, *result.params.values()])
+        meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
+        self._commit_base(params, result.params, result.momentum, base_ok)
+        grads = clip_by_global_norm(result.meta_grads, self.meta_clip)
+        grads = {k: torch.where(meta_ok, g, torch.zeros_like(g)) for k, g in grads.items()}
+        new_phi, self.adam = adam_update(loss_params, grads, self.adam, lr=self.meta_lr, apply=meta_ok)
+        with torch.no_grad():
+            for k, p in loss_params.items():
+                p.copy_(new_phi[k])
+        self._count(base_ok, meta_ok)
+        info = {"train_loss": result.train_loss, "meta_loss": result.meta_loss}
+        if result.grad_ratio is not None:
+            info["grad_ratio"] = result.grad_ratio
+        return info
+
+    def _plain_step(self, train, rule: SGDRule) -> dict[str, Tensor]:
+        x, y = train
+        params = self._params()
+        with torch.enable_grad():
+            train_loss = self.loss(self.model(x), y)
+            grads = torch.autograd.grad(train_loss, list(params.values()))
+        new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
+                                              dict(zip(params, grads)), self.momentum, rule)
+        ok = all_finite([train_loss, *new_params.values()])
+        self._commit_base(params, new_params, new_momentum, ok)
+        self._count(ok, torch.ones_like(ok))
+        return {"train_loss": train_loss.detach()}
+
+    def _commit_base(self, params, new_params, new_momentum, ok: Tensor) -> None:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(torch.where(ok, new_params[k], p))
+            if new_momentum is not None:
+                old = self.momentum
+                self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
+                                 for k, b in new_momentum.items()}
+
+    def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
+        bad = (~base_ok).long()
+        meta_bad = (~meta_ok).long()
+        consecutive = (self.skips[2] + 1) * (bad | meta_bad)
+        self.skips = torch.stack([self.skips[0] + bad, self.skips[1] + meta_bad * (1 - bad), consecutive])
+
+    # ------------------------------------------------------------- every N steps
+    def snapshot(self) -> None:
+        """Copy the current loss parameters to the host history (a host sync)."""
+        params = {k: p.detach().cpu().clone() for k, p in self.loss.named_parameters()}
+        self.history.snapshots.append({"step": self.steps, "params": params})
+
+    def check(self) -> dict[str, int]:
+        """Read the skip counters (a host sync); raise after too many consecutive skips."""
+        base, meta, consecutive = (int(v) for v in self.skips.tolist())
+        if consecutive >= self.max_nonfinite:
+            raise NonFiniteError(
+                f"{consecutive} consecutive steps gave a non-finite learned loss or meta-gradient "
+                f"(step {self.steps}); lower --lr or --meta-lr, or set --meta-clip")
+        return {"skipped_base": base, "skipped_meta": meta}
+
+    def record(self) -> dict:
+        """A host record of the latest diagnostics (call every N steps)."""
+        rec = {"step": self.steps, **self.check()}
+        rec.update({k: float(v) for k, v in self.last.items()})
+        self.history.records.append(rec)
+        return rec
+
+    # ------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
+                "momentum": self.momentum, "skips": self.skips,
+                "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.loss.load_state_dict(state["loss"])
+        self.adam = AdamState.from_state_dict(state["adam"])
+        self.momentum = state["momentum"]
+        self.skips = state["skips"]
+        self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
+                                   records=list(state["history"]["records"]))
+
+
+def frozen_copy(loss: nn.Module) -> nn.Module:
+    """A copy of a learned loss with its parameters frozen (for fixed-loss training)."""
+    fixed = copy.deepcopy(loss)
+    for p in fixed.parameters():
+        p.requires_grad_(False)
+    return fixed
+
+
+__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy"]
