@@ -1,0 +1,86 @@
+"""Step timing for ``lfl bench``: cross-entropy SGD against AdaLFL (fast and naive meta-gradient).
+
+All three run in one process on the same model architecture and the same batches,
+interleaved round by round so machine noise hits them alike; each figure is the
+median over repeats, and speeds are reported as ratios to the cross-entropy step.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+
+import torch
+
+import losses
+
+from .lookahead import SGDRule
+from .models import build_model
+from .online import OnlineLossLearner
+from .run import FixedLossStepper
+from .train import TrainConfig
+
+
+def _synchronise(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device, fn) -> float:
+    """Peak memory of one call: CUDA allocator peak, or the CPU allocator's via the profiler."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        _synchronise(device)
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        live += event.self_cpu_memory_usage  # allocations positive, frees negative
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
+                    batch_size: int = 128, device: torch.device = torch.device("cpu"), repeats: int = 30,
+                    warmup: int = 5, loss_param: str = "mlp", seed: int = 0) -> dict:
+    """Median step times of CE-SGD, AdaLFL-fast and AdaLFL-naive, and their ratios.
+
+    Separate validation batches are used for the meta-objective, as in training.
+    Returns a JSON-ready dict with ``ce_step_s``, ``fast_step_s``, ``naive_step_s``,
+    ``fast_ratio``, ``naive_ratio`` and peak memory per method (MB).
+    """
+    torch.manual_seed(seed)
+    base = build_model(model, input_shape=tuple(input_shape), num_outputs=num_outputs).to(device)
+    n_batches = 8
+    make_x = lambda: torch.randn(batch_size, *input_shape, device=device)  # noqa: E731
+    make_y = lambda: torch.randint(0, num_outputs, (batch_size,), device=device)  # noqa: E731
+    train = [(make_x(), make_y()) for _ in range(n_batches)]
+    valid = [(make_x(), make_y()) for _ in range(n_batches)]
+    rule = SGDRule(lr=0.01)
+    loss = losses.MLPLoss() if loss_param == "mlp" else losses.TaylorLoss.taylorglo()
+    config = TrainConfig(lr=0.01)
+    steppers = {"ce": FixedLossStepper(copy.deepcopy(base), losses.CrossEntropyLoss().to(device), config)}
+    for name in ("fast", "naive"):
+        steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
+                                           meta_gradient=name, snapshot_every=0)
+    times: dict[str, list[float]] = {k: [] for k in steppers}
+    for i in range(warmup + repeats):
+        for name, stepper in steppers.items():
+            batch = (train[i % n_batches], valid[i % n_batches])
+            _synchronise(device)
+            start = time.perf_counter()
+            stepper.step(*batch, lr=0.01)
+            _synchronise(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    result = {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
+              "loss_param": loss_param, "threads": torch.get_num_threads()}
+    for name, stepper in steppers.items():
+        result[f"{name}_step_s"] = statistics.median(times[name])
+        result[f"{name}_peak_mb"] = _peak_memory_mb(device, lambda: stepper.step(train[0], valid[0], lr=0.01))
+    for name in ("fast", "naive"):
+        result[f"{name}_ratio"] = result[f"{name}_step_s"] / result["ce_step_s"]
+    return result

@@ -1,0 +1,327 @@
+"""One training run end to end: data, model, stepper, loop, checkpoints and output files.
+
+Output directory layout (the ``lfl train --out DIR`` contract):
+    results.json         final metrics and the full config
+    loss.json            the loss that trained the model (kind, config, parameters, formula)
+    history.jsonl        one JSON object per line: training records every ``log_every``
+                         steps, evaluation records, offline-phase records
+    loss_snapshots.jsonl the learned loss every ``snapshot_every`` steps (learned losses)
+    checkpoint.pt        the latest checkpoint (written atomically)
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+import losses
+
+from .data import Dataset, load_dataset
+from .models import build_model
+from .offline import offline_initialise
+from .online import OnlineLossLearner, frozen_copy
+from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at, resolve_device,
+                    seed_everything, write_json)
+
+CHECKPOINT_VERSION = 1
+
+
+class FixedLossStepper:
+    """Plain SGD (``torch.optim.SGD``) on a fixed loss: cross-entropy, squared error, or a frozen learned loss."""
+
+    needs_valid = False
+
+    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig) -> None:
+        self.model, self.loss = model, loss
+        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+    def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        x, y = train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        value = self.loss(self.model(x), y)
+        value.backward()
+        self.optimizer.step()
+        return {"train_loss": value.detach()}
+
+    def record(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class OnlineStepper:
+    """Adapter from :class:`OnlineLossLearner` to the loop's stepper interface."""
+
+    needs_valid = True
+
+    def __init__(self, learner: OnlineLossLearner) -> None:
+        self.learner = learner
+
+    def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        return self.learner.step(train, valid, lr=lr, diagnostics=diagnostics)
+
+    def record(self) -> dict:
+        rec = self.learner.check()
+        if "grad_ratio" in self.learner.last:
+            rec["grad_ratio"] = float(self.learner.last["grad_ratio"])
+        return rec
+
+    def state_dict(self) -> dict:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state)
+
+
+def make_loss(config: TrainConfig, task: str) -> nn.Module:
+    """The loss module a config asks for, before any learning."""
+    if config.loss == "ce":
+        if task != "classification":
+            raise ConfigError("--loss ce needs a classification dataset: use --loss mse for regression")
+        return losses.CrossEntropyLoss(task=task)
+    if config.loss == "mse":
+        return losses.SquaredErrorLoss(task=task)
+    if config.loss_param == "mlp":
+        return losses.MLPLoss(task=task)
+    return losses.TaylorLoss.taylorglo(task=task)
+
+
+class History:
+    """Appends JSON lines; on resume, drops what came after the checkpoint."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int, phase: str) -> None:
+        if self.path is None or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("phase", "train") != phase or rec.get("step", 0) <= step:
+                kept.append(line)
+        atomic_write(self.path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
+
+    def append(self, record: dict) -> None:
+        if self.path is not None:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _to_device(split, device: torch.device) -> tuple[Tensor, Tensor]:
+    return split.x.to(device), split.y.to(device)
+
+
+def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
+          progress: bool = True, dataset: Dataset | None = None,
+          on_step: Callable[[int], None] | None = None) -> dict:
+    """Run one training job and return its results (also written to ``out_dir``).
+
+    Args:
+        config: the run.
+        out_dir: where results, history and checkpoints go (None: nothing is written).
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        progress: show a progress bar on stderr.
+        dataset: an already loaded dataset (else loaded from the config).
+        on_step: called after every step with the step count (tests use it to interrupt).
+    """
+    started = time.perf_counter()
+    elapsed = lambda: time.perf_counter() - started + (checkpoint["wall_time_s"] if checkpoint else 0.0)  # noqa: E731
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = dataset or load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                                   valid_fraction=config.valid_fraction, target=config.target,
+                                   task=config.task)
+    task = data.task
+    model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
+                        **config.model_options).to(device)
+    loss = make_loss(config, task).to(device)
+    train_x, train_y = _to_device(data.train, device)
+    valid_x, valid_y = _to_device(data.valid, device)
+    test_x, test_y = _to_device(data.test, device)
+    train_batches = BatchStream(train_x, train_y, config.batch_size, seed=config.seed)
+    meta_x, meta_y = (valid_x, valid_y) if config.meta_source == "valid" else (train_x, train_y)
+    meta_batches = (BatchStream(meta_x, meta_y, config.batch_size, seed=config.seed + 7919)
+                    if config.learned else None)
+    history = History(out / "history.jsonl" if out is not None else None)
+    snapshots = History(out / "loss_snapshots.jsonl" if out is not None else None)
+    checkpoint_path = out / "checkpoint.pt" if out is not None else None
+
+    checkpoint = None
+    if resume and checkpoint_path is not None and checkpoint_path.exists():
+        checkpoint = _load_checkpoint(checkpoint_path, config)
+    elif out is not None:
+        for name in ("history.jsonl", "loss_snapshots.jsonl"):
+            (out / name).unlink(missing_ok=True)
+
+    if config.learned and (checkpoint is None or checkpoint["phase"] == "init"):
+        _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress)
+        if checkpoint_path is not None:
+            _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
+
+    if config.loss == "adalfl":
+        learner = OnlineLossLearner(model, loss, rule=config.rule(), meta_lr=config.meta_lr,
+                                    meta_interval=config.meta_interval, meta_clip=config.meta_clip,
+                                    meta_gradient=config.meta_gradient, task=task,
+                                    snapshot_every=0)  # the run writes loss_snapshots.jsonl itself
+        stepper = OnlineStepper(learner)
+    else:
+        train_loss = frozen_copy(loss) if config.learned else loss
+        stepper = FixedLossStepper(model, train_loss, config)
+
+    start_step = 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    if checkpoint is not None and checkpoint["phase"] == "train":
+        model.load_state_dict(checkpoint["model"])
+        loss.load_state_dict(checkpoint["loss"])
+        if checkpoint["stepper"] is not None:
+            stepper.load_state_dict(checkpoint["stepper"])
+        start_step = checkpoint["step"]
+        loss_sum = checkpoint["loss_sum"].to(device)
+        _set_rng_state(checkpoint["rng"], device)
+        history.truncate_after(start_step, "train")
+        snapshots.truncate_after(start_step, "train")
+    elif config.learned:
+        snapshots.append({"phase": "train", "step": 0, "loss": losses.loss_to_dict(loss)})
+
+    bar = _progress_bar(config.steps, start_step, progress)
+    model.train()
+    for step in range(start_step, config.steps):
+        train_batch = train_batches(step)
+        valid_batch = meta_batches(step) if meta_batches is not None else None
+        logging = (step + 1) % config.log_every == 0 or step + 1 == config.steps
+        info = stepper.step(train_batch, valid_batch, lr=lr_at(config, step), diagnostics=logging)
+        loss_sum = loss_sum + info["train_loss"].double()
+        done = step + 1
+        if logging:
+            window = config.log_every if done % config.log_every == 0 else done % config.log_every
+            record = {"phase": "train", "step": done, "lr": lr_at(config, step),
+                      "train_loss": float(loss_sum) / window}
+            if "meta_loss" in info:
+                record["meta_loss"] = float(info["meta_loss"])
+            record.update(stepper.record())
+            history.append(record)
+            loss_sum = torch.zeros_like(loss_sum)
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
+        if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
+            snapshots.append({"phase": "train", "step": done, "loss": losses.loss_to_dict(loss)})
+        if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+            metrics = evaluate(model, valid_x, valid_y, task=task)
+            history.append({"phase": "eval", "step": done, **{f"valid_{k}": v for k, v in metrics.items()}})
+        if checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
+            _save_checkpoint(checkpoint_path, config, "train", done, model, loss, stepper, device, loss_sum,
+                             elapsed())
+        bar.update(1)
+        if on_step is not None:
+            on_step(done)
+    bar.close()
+
+    results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
+                             elapsed())
+    if out is not None:
+        history.append({"phase": "eval", "step": config.steps,
+                        **{k: v for k, v in results.items() if k.startswith("valid_")}})
+        losses.save_loss(loss, out / "loss.json")
+        write_json(out / "results.json", results)
+        if checkpoint_path is not None and config.checkpoint_every:
+            _save_checkpoint(checkpoint_path, config, "train", config.steps, model, loss, stepper, device,
+                             loss_sum, elapsed())
+    return results
+
+
+def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress) -> None:
+    """The offline phase of AdaLFL / ML3, with its records in the history."""
+    history.truncate_after(-1, "init")
+    snapshots.truncate_after(-1, "train")
+    bar = _progress_bar(config.init_steps, 0, progress, desc="offline init")
+
+    def report(step: int, record: dict) -> None:
+        history.append({"phase": "init", **record})
+        bar.update(step - bar.n)
+        bar.set_postfix(meta_loss=f"{record['meta_loss']:.4f}", refresh=False)
+
+    offline_initialise(model, loss, lambda s: (train_batches(s), meta_batches(s)), steps=config.init_steps,
+                       rule=config.rule(), meta_lr=config.meta_lr, meta_clip=config.meta_clip,
+                       meta_gradient=config.meta_gradient, task=task, progress=report)
+    bar.close()
+
+
+def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device, wall) -> dict:
+    task = data.task
+    valid = evaluate(model, valid_x, valid_y, task=task)
+    test = evaluate(model, test_x, test_y, task=task)
+    results = {
+        "dataset": data.name, "model": config.model, "loss": config.loss, "seed": config.seed,
+        "steps": config.steps, "task": task,
+        "test_loss": test["loss"], "valid_loss": valid["loss"],
+        "wall_time_s": wall,
+        "device": str(device), "torch": torch.__version__, "config": config.to_dict(),
+    }
+    if task == "classification":
+        results.update(test_error=test["error"], valid_error=valid["error"])
+    else:
+        results.update(test_mse=test["mse"], valid_mse=valid["mse"], test_error=test["mse"])
+        if data.target_std is not None:
+            results["test_mse_original_units"] = test["mse"] * data.target_std ** 2
+    results.update(stepper.record())
+    return results
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train"):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, model, loss, stepper,
+                     device, loss_sum, wall_time_s: float) -> None:
+    state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "phase": phase, "step": step,
+             "model": model.state_dict(), "loss": loss.state_dict(),
+             "stepper": stepper.state_dict() if stepper is not None else None,
+             "loss_sum": loss_sum if loss_sum is not None else torch.zeros((), dtype=torch.float64),
+             "rng": _rng_state(device), "wall_time_s": wall_time_s}
+    atomic_write(path, lambda p: torch.save(state, p))
+
+
+def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
+        raise ConfigError(f"cannot read checkpoint {path}: {exc}; delete it to start afresh") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
+        raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
+    saved = dict(state["config"])
+    current = config.to_dict()
+    differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
+                       and k != "steps")
+    if differing:
+        raise ConfigError(f"--resume with different options than the checkpoint in {path.parent}: "
+                          f"{', '.join(differing)}; use the same options or another --out")
+    return state

@@ -1,0 +1,206 @@
+"""The training loop behind ``lfl train``: batches, steps, evaluation, checkpoints, results.
+
+A run is described by a frozen :class:`TrainConfig`. :func:`train` builds the data,
+the model and a *stepper* (fixed loss, or an :class:`~toolkit.online.OnlineLossLearner`),
+then steps. The hot loop reads nothing on the host: losses are accumulated on the
+device and read every ``log_every`` steps. Batches are a pure function of
+(seed, step), so a run resumed from a checkpoint sees the same batches and reaches
+the same final numbers as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .lookahead import SGDRule, task_loss
+
+LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3")
+LOSS_PARAMS = ("mlp", "taylor")
+
+
+class ConfigError(ValueError):
+    """A user-supplied option is invalid; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (all of it is written to results.json)."""
+
+    dataset: str = "fashion-mnist"
+    model: str = "lenet5"
+    loss: str = "ce"
+    steps: int = 1000
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.0
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    target: str | None = None
+    task: str | None = None
+    valid_fraction: float = 0.1
+    eval_every: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    # learned losses
+    loss_param: str = "mlp"
+    init_steps: int = 2500
+    meta_lr: float = 1e-3
+    meta_interval: int = 1
+    meta_clip: float | None = None
+    meta_gradient: str = "fast"
+    meta_source: str = "valid"
+    snapshot_every: int = 100
+    model_options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.steps >= 0, f"--steps must be >= 0, got {self.steps}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
+            (not self.nesterov or self.momentum > 0, "--nesterov needs --momentum > 0"),
+            (self.gamma > 0, f"--gamma must be > 0, got {self.gamma}"),
+            (all(m > 0 for m in self.milestones), "--milestones must be positive step numbers"),
+            (self.loss in LOSS_CHOICES, f"unknown --loss {self.loss!r}: choose one of {', '.join(LOSS_CHOICES)}"),
+            (self.loss_param in LOSS_PARAMS, f"unknown --loss-param {self.loss_param!r}: choose mlp or taylor"),
+            (self.init_steps >= 0, f"--init-steps must be >= 0, got {self.init_steps}"),
+            (self.meta_lr > 0, f"--meta-lr must be > 0, got {self.meta_lr}"),
+            (self.meta_interval >= 1, f"--meta-interval must be >= 1, got {self.meta_interval}"),
+            (self.meta_source in ("valid", "train"), "--meta-source must be 'valid' or 'train'"),
+            (self.meta_gradient in ("fast", "naive"), "--meta-gradient must be 'fast' or 'naive'"),
+            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"unknown --device {self.device!r}: use auto, cpu or cuda"),
+            (0 <= self.valid_fraction < 1, "--valid-fraction must be in [0, 1)"),
+            (self.log_every >= 1 and self.checkpoint_every >= 0 and self.eval_every >= 0,
+             "--log-every must be >= 1; --checkpoint-every and --eval-every >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def learned(self) -> bool:
+        return self.loss in ("adalfl", "ml3")
+
+    def rule(self) -> SGDRule:
+        return SGDRule(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+
+def lr_at(config: TrainConfig, step: int) -> float:
+    """Multi-step schedule: lr · gamma^(number of milestones ≤ step)."""
+    return config.lr * config.gamma ** sum(step >= m for m in config.milestones)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class BatchStream:
+    """Deterministic mini-batches: batch t is a pure function of (seed, t).
+
+    Each epoch is a fresh permutation drawn from a generator seeded by
+    (seed, epoch); the last incomplete batch of an epoch is dropped.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, *, seed: int) -> None:
+        if len(x) == 0:
+            raise ConfigError("a data split is empty: lower --batch-size or change --valid-fraction")
+        self.x, self.y = x, y
+        self.batch_size = min(batch_size, len(x))
+        self.per_epoch = len(x) // self.batch_size
+        self.seed = seed
+        self._epoch, self._perm = -1, None
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor]:
+        epoch, index = divmod(step, self.per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(len(self.x), generator=generator).to(self.x.device)
+            self._epoch = epoch
+        idx = self._perm[index * self.batch_size:(index + 1) * self.batch_size]
+        return self.x[idx], self.y[idx]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, task: str, batch_size: int = 1000) -> dict[str, float]:
+    """Error rate (classification) and task loss on a split, in eval mode. One host read."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64, device=x.device)
+    wrong = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        out = model(xb)
+        total_loss += task_loss(out, yb, task).double() * len(xb)
+        if task == "classification":
+            pred = (out.squeeze(-1) > 0).long() if out.shape[-1] == 1 else out.argmax(-1)
+            wrong += (pred != yb).sum()
+    model.train(was_training)
+    n = max(len(x), 1)
+    result = {"loss": float(total_loss) / n}
+    if task == "classification":
+        result["error"] = float(wrong) / n
+    else:
+        result["mse"] = result["loss"]
+    return result
+
+
+def atomic_write(path: Path, write) -> None:
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=_json_default) + "\n"))
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+__all__ = ["TrainConfig", "ConfigError", "BatchStream", "evaluate", "lr_at", "resolve_device",
+           "seed_everything", "atomic_write", "write_json", "LOSS_CHOICES", "LOSS_PARAMS"]
