@@ -1,0 +1,43 @@
+# Two commands a user needs (see README): `make run` and `make test`.
+# Both create .venv, install torch 2.13.0 (the CPU wheel where this machine has it),
+# then this project with its test extras, and the Fashion-MNIST files where apt exists.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LFL    := $(VENV)/bin/lfl
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FMNIST := /usr/share/datasets/fashion-mnist
+RUN_DIR ?= runs/make-run
+
+.PHONY: setup data run test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST found in $(FMNIST)"; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  $(SUDO) apt-get install -y -q dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+	  echo "no apt-get: lfl will download Fashion-MNIST on first use (or see 'lfl datasets')"; \
+	fi
+
+## The main job: LeNet-5 on Fashion-MNIST, cross-entropy, then the test error.
+run: setup data
+	$(LFL) train --dataset fashion-mnist --model lenet5 --loss ce --steps 12000 \
+	  --lr 0.01 --momentum 0.9 --nesterov --batch-size 128 --seed 0 --out $(RUN_DIR)/ce
+
+test: setup data
+	$(VENV)/bin/pytest -q
+
+bench: setup
+	$(LFL) bench --model lenet5 --batch-size 128
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

@@ -1,0 +1,215 @@
+"""The ``lfl`` command line: wiring only; the work lives in ``toolkit`` and ``losses``.
+
+Every user error (bad option, unknown name, missing or corrupted file) ends in one
+line on stderr and exit status 2, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from toolkit import __version__
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean 'the user asked for something wrong' (imported lazily)."""
+    from losses import LossFileError
+    from toolkit.data import DataError
+    from toolkit.models import ModelError
+    from toolkit.online import NonFiniteError
+    from toolkit.train import ConfigError
+    return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError)
+
+
+def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager --config: a TOML or YAML file whose keys become the command's defaults."""
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file():
+        raise click.BadParameter(f"config file {path} does not exist", param_hint="--config")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError:
+                raise click.BadParameter("YAML config needs PyYAML: pip install pyyaml (or use TOML)") from None
+            data = yaml.safe_load(text) or {}
+        else:
+            import tomllib
+            data = tomllib.loads(text)
+    except click.BadParameter:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any parse error is one user-facing message
+        raise click.BadParameter(f"cannot parse {path}: {exc}".replace("\n", " "), param_hint="--config") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a table of option = value", param_hint="--config")
+    known = {p.name for p in ctx.command.params}
+    defaults = {}
+    for key, val in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            raise click.BadParameter(f"unknown option {key!r} in {path}", param_hint="--config")
+        if isinstance(val, list):
+            val = ",".join(str(v) for v in val)
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _int_list(text: str | None) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in str(text).split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated step numbers, got {text!r}") from None
+
+
+def _model_options(items: tuple[str, ...]) -> dict:
+    options = {}
+    for item in items:
+        if "=" not in item:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        options[key.strip()] = tuple(value) if isinstance(value, list) else value
+    return options
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lfl")
+def cli() -> None:
+    """Learn loss functions online (AdaLFL), read them as formulas, compare them."""
+
+
+@cli.command()
+@click.option("--config", type=click.Path(dir_okay=False), callback=_read_config_file, is_eager=True,
+              expose_value=False, help="TOML or YAML file setting any option below; the command line overrides it.")
+@click.option("--dataset", default="fashion-mnist", show_default=True,
+              help="mnist, fashion-mnist, cifar10, cifar100, svhn, digits, wine, breast_cancer, diabetes, csv:PATH")
+@click.option("--target", default=None, help="Target column of a csv: dataset (default: the last column).")
+@click.option("--task", type=click.Choice(["classification", "regression"]), default=None,
+              help="Task of a csv: dataset (default: inferred).")
+@click.option("--model", default="lenet5", show_default=True, help="Model name; see toolkit.models.MODEL_NAMES.")
+@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
+              help="Model option, e.g. --model-option depth=16 --model-option 'hidden=[100,100]'.")
+@click.option("--loss", default="ce", show_default=True, type=click.Choice(["ce", "mse", "adalfl", "ml3"]),
+              help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online.")
+@click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]),
+              help="Parameterisation of a learned loss.")
+@click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--lr", default=0.01, show_default=True, type=float, help="Base SGD learning rate.")
+@click.option("--momentum", default=0.0, show_default=True, type=float)
+@click.option("--nesterov/--no-nesterov", default=False, show_default=True)
+@click.option("--weight-decay", default=0.0, show_default=True, type=float)
+@click.option("--milestones", default="", help="Comma-separated steps where the lr is multiplied by --gamma.")
+@click.option("--gamma", default=0.1, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset files are.")
+@click.option("--valid-fraction", default=0.1, show_default=True, type=float)
+@click.option("--init-steps", default=2500, show_default=True, type=int, help="Offline initialisation meta steps.")
+@click.option("--meta-lr", default=1e-3, show_default=True, type=float, help="Adam learning rate of the loss.")
+@click.option("--meta-interval", default=1, show_default=True, type=int, help="Meta step every k base steps.")
+@click.option("--meta-clip", default=None, type=float, help="Clip the meta-gradient to this global norm.")
+@click.option("--meta-gradient", default="fast", show_default=True, type=click.Choice(["fast", "naive"]))
+@click.option("--meta-source", default="valid", show_default=True, type=click.Choice(["valid", "train"]),
+              help="Where meta-objective batches come from.")
+@click.option("--eval-every", default=0, show_default=True, type=int, help="Validation every N steps (0: at the end).")
+@click.option("--log-every", default=50, show_default=True, type=int, help="History record every N steps.")
+@click.option("--checkpoint-every", default=500, show_default=True, type=int, help="0 disables checkpoints.")
+@click.option("--snapshot-every", default=100, show_default=True, type=int, help="Learned-loss snapshot every N steps.")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(**options) -> None:
+    """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out."""
+    from toolkit.run import train as run_training
+    from toolkit.train import TrainConfig
+
+    out, resume, quiet = options.pop("out"), options.pop("resume"), options.pop("quiet")
+    if resume and out is None:
+        raise click.BadParameter("--resume needs --out DIR of the run to continue", param_hint="--resume")
+    options["milestones"] = _int_list(options["milestones"])
+    options["model_options"] = _model_options(options.pop("model_option"))
+    config = TrainConfig(**options)
+    results = run_training(config, out_dir=out, resume=resume, progress=not quiet)
+    metric = "test_error" if results["task"] == "classification" else "test_mse"
+    click.echo(f"{config.loss}: {metric} {results[metric]:.4f}  test_loss {results['test_loss']:.4f}  "
+               f"({results['wall_time_s']:.1f} s)" + (f"  -> {out}" if out else ""))
+
+
+@cli.command()
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def datasets(data_dir: str | None, as_json: bool) -> None:
+    """List the datasets, whether their files were found, and where."""
+    from toolkit.data import dataset_status
+
+    rows = dataset_status(data_dir=data_dir)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        where = row["where"] if row["found"] else row.get("hint", "not found")
+        click.echo(f"{row['name']:<14} {row['task']:<15} {'found' if row['found'] else 'missing':<8} {where}")
+
+
+@cli.command()
+@click.option("--model", default="lenet5", show_default=True)
+@click.option("--dataset-shape", default="1,28,28", show_default=True, help="Input shape of the synthetic batches.")
+@click.option("--classes", default=10, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--repeats", default=30, show_default=True, type=int, help="Timed steps per method (median).")
+@click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device: str, repeats: int,
+          loss_param: str, as_json: bool) -> None:
+    """Time a cross-entropy step against AdaLFL steps (fast and naive meta-gradient)."""
+    from toolkit.bench import benchmark_steps
+    from toolkit.train import resolve_device
+
+    shape = _int_list(dataset_shape)
+    result = benchmark_steps(model=model, input_shape=shape, num_outputs=classes, batch_size=batch_size,
+                             device=resolve_device(device), repeats=repeats, loss_param=loss_param)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{model}, batch {batch_size}, {result['device']}, median of {repeats}:")
+    for key in ("ce", "fast", "naive"):
+        ratio = 1.0 if key == "ce" else result[f"{key}_ratio"]
+        click.echo(f"  {key:<6} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
+                   f"peak {result[f'{key}_peak_mb']:.1f} MB")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group, turning user errors into one line and exit status 2."""
+    try:
+        cli.main(args=argv, prog_name="lfl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
+        sys.exit(2)
+    except _user_errors() as exc:
+        click.echo(f"Error: {exc}".replace("\n", " "), err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; rerun with --resume to continue from the last checkpoint.", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

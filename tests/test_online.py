@@ -1,0 +1,162 @@
+"""OnlineLossLearner and offline initialisation: updates, skips, graphs, resume."""
+from __future__ import annotations
+
+import copy
+import gc
+
+import pytest
+import torch
+from torch import nn
+
+import losses
+from helpers import batch, tiny_bn_dropout, tiny_mlp
+from toolkit.adam import adam_init, adam_update
+from toolkit.lookahead import SGDRule, meta_gradient_naive
+from toolkit.offline import offline_initialise
+from toolkit.online import NonFiniteError, OnlineLossLearner
+
+
+def _learner(model=None, **kw):
+    torch.manual_seed(0)
+    model = model or tiny_mlp()
+    loss = losses.MLPLoss(hidden=(5, 5)).double()
+    kw.setdefault("rule", SGDRule(lr=0.1, momentum=0.9))
+    return OnlineLossLearner(model, loss, snapshot_every=kw.pop("snapshot_every", 0), **kw)
+
+
+def test_step_equals_lookahead_plus_adam():
+    learner = _learner(meta_lr=0.01)
+    model0, loss0 = copy.deepcopy(learner.model), copy.deepcopy(learner.loss)
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+    learner.step(train, valid)
+    params = {k: p.detach() for k, p in model0.named_parameters()}
+    phi = dict(loss0.named_parameters())
+    ref = meta_gradient_naive(model0, params, {}, loss0, phi, train, valid, learner.rule, None)
+    new_phi, _ = adam_update({k: p.detach() for k, p in phi.items()}, ref.meta_grads, adam_init(phi), lr=0.01)
+    for k, p in learner.model.named_parameters():
+        torch.testing.assert_close(p.detach(), ref.params[k], rtol=1e-12, atol=1e-12)
+    for k, p in learner.loss.named_parameters():
+        torch.testing.assert_close(p.detach(), new_phi[k], rtol=1e-10, atol=1e-12)
+
+
+def test_meta_interval_takes_plain_steps_between():
+    learner = _learner(meta_interval=3)
+    phi0 = [p.detach().clone() for p in learner.loss.parameters()]
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+    learner.step(train, valid)                   # meta step at 0
+    phi1 = [p.detach().clone() for p in learner.loss.parameters()]
+    assert any(not a.equal(b) for a, b in zip(phi0, phi1))
+    info = learner.step(train)                   # plain steps need no validation batch
+    learner.step(train)
+    assert "meta_loss" not in info
+    assert all(a.equal(b.detach()) for a, b in zip(phi1, learner.loss.parameters()))
+    with pytest.raises(ValueError, match="validation batch"):
+        learner.step(train)                      # step 3 is a meta step again
+
+
+def test_no_graph_survives_and_memory_stays_flat():
+    learner = _learner(model=tiny_bn_dropout())
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+
+    def live_tensors():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))
+
+    for _ in range(20):
+        learner.step(train, valid)
+    before = live_tensors()
+    for _ in range(1000):
+        info = learner.step(train, valid)
+    assert live_tensors() == before
+    for p in [*learner.model.parameters(), *learner.loss.parameters()]:
+        assert p.grad is None and p.grad_fn is None
+    state = [*learner.momentum.values(), *learner.adam.exp_avg.values(), *info.values()]
+    assert all(t.grad_fn is None for t in state)
+
+
+class ExplodingLoss(nn.Module):
+    """A learned loss that returns NaN while ``armed`` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = losses.MLPLoss(hidden=(4, 4)).double()
+        self.armed = False
+
+    def forward(self, outputs, targets):
+        value = self.inner(outputs, targets)
+        return value * float("nan") if self.armed else value
+
+
+def test_non_finite_updates_are_skipped_counted_and_stop_the_run():
+    torch.manual_seed(0)
+    learner = OnlineLossLearner(tiny_mlp(), ExplodingLoss(), rule=SGDRule(lr=0.1, momentum=0.9),
+                                max_nonfinite=3, snapshot_every=0)
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+    learner.step(train, valid)
+    model_before = [p.detach().clone() for p in learner.model.parameters()]
+    loss_before = [p.detach().clone() for p in learner.loss.parameters()]
+    momentum_before = {k: v.clone() for k, v in learner.momentum.items()}
+    learner.loss.armed = True
+    learner.step(train, valid)
+    learner.step(train, valid)
+    assert learner.check() == {"skipped_base": 2, "skipped_meta": 0}
+    assert all(a.equal(b.detach()) for a, b in zip(model_before, learner.model.parameters()))
+    assert all(a.equal(b.detach()) for a, b in zip(loss_before, learner.loss.parameters()))
+    assert all(momentum_before[k].equal(v) for k, v in learner.momentum.items())
+    learner.step(train, valid)
+    with pytest.raises(NonFiniteError, match="consecutive"):
+        learner.check()
+    learner.loss.armed = False
+    learner.step(train, valid)
+    assert learner.skips[2].item() == 0
+
+
+def test_state_dict_resume_reaches_the_same_parameters():
+    batches = [(batch(8, (5,), 3, seed=i), batch(8, (5,), 3, seed=100 + i)) for i in range(10)]
+    straight = _learner(rule=SGDRule(lr=0.1, momentum=0.9, nesterov=True))
+    for train, valid in batches:
+        straight.step(train, valid)
+    first = _learner(rule=SGDRule(lr=0.1, momentum=0.9, nesterov=True))
+    for train, valid in batches[:4]:
+        first.step(train, valid)
+    saved = copy.deepcopy({"model": first.model.state_dict(), "learner": first.state_dict()})
+    torch.manual_seed(99)  # a different process: fresh modules
+    resumed = OnlineLossLearner(tiny_mlp(), losses.MLPLoss(hidden=(5, 5)).double(),
+                                rule=SGDRule(lr=0.1, momentum=0.9, nesterov=True), snapshot_every=0)
+    resumed.model.load_state_dict(saved["model"])
+    resumed.load_state_dict(saved["learner"])
+    for train, valid in batches[4:]:
+        resumed.step(train, valid)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert a.equal(b)
+    for a, b in zip(straight.loss.parameters(), resumed.loss.parameters()):
+        assert a.equal(b)
+
+
+def test_snapshots_and_records():
+    learner = _learner(snapshot_every=2)
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+    for _ in range(5):
+        learner.step(train, valid, diagnostics=True)
+    assert [s["step"] for s in learner.history.snapshots] == [0, 2, 4]
+    record = learner.record()
+    assert record["step"] == 5 and record["grad_ratio"] > 0 and "meta_loss" in record
+
+
+def test_offline_initialisation_lowers_the_one_step_objective_and_leaves_model_alone():
+    torch.manual_seed(0)
+    model = tiny_mlp(inputs=4, classes=2)
+    original = copy.deepcopy(model.state_dict())
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(4, generator=g, dtype=torch.float64)
+
+    def make(seed):
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        return x, (x @ w > 0).long()
+
+    loss = losses.MLPLoss(hidden=(8, 8)).double()
+    records = offline_initialise(model, loss, lambda s: (make(2 * s), make(2 * s + 1)), steps=300,
+                                 rule=SGDRule(lr=0.1), meta_lr=3e-3, record_every=50)
+    assert records[-1]["meta_loss"] < records[0]["meta_loss"]
+    assert records[-1]["skipped"] == 0
+    assert all(original[k].equal(v) for k, v in model.state_dict().items())

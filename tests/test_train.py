@@ -1,0 +1,113 @@
+"""The training loop: batches, schedules, determinism, resume, output files."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from toolkit.data import load_dataset
+from toolkit.run import train
+from toolkit.train import BatchStream, ConfigError, TrainConfig, lr_at
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def small(**kw) -> TrainConfig:
+    base = dict(dataset="digits", model="mlp", steps=60, batch_size=64, lr=0.1, seed=0, device="cpu",
+                log_every=10, checkpoint_every=0, model_options={"hidden": (32,)})
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_batch_stream_is_a_pure_function_of_seed_and_step():
+    x, y = torch.arange(10).float().unsqueeze(1), torch.arange(10)
+    a, b = BatchStream(x, y, 3, seed=1), BatchStream(x, y, 3, seed=1)
+    seen = torch.cat([a(t)[1] for t in range(3)])
+    assert sorted(seen.tolist()) == sorted(set(seen.tolist()))  # one epoch: no repeats
+    assert a(7)[1].equal(b(7)[1]) and a(2)[1].equal(b(2)[1])     # random access, same answers
+    assert not BatchStream(x, y, 3, seed=2)(0)[1].equal(a(0)[1])
+
+
+def test_multistep_schedule():
+    config = TrainConfig(lr=0.1, milestones=(10, 20), gamma=0.5)
+    assert [lr_at(config, s) for s in (0, 9, 10, 19, 20)] == [0.1, 0.1, 0.05, 0.05, 0.025]
+
+
+def test_training_on_digits_beats_chance_and_writes_the_contract(tmp_path, digits):
+    results = train(small(steps=300, lr=0.05, momentum=0.9), out_dir=tmp_path, progress=False, dataset=digits)
+    assert results["test_error"] < 0.15  # chance is 0.9
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    for key in ("test_error", "test_loss", "steps", "seed", "loss", "model", "dataset", "wall_time_s"):
+        assert key in on_disk
+    loss = json.loads((tmp_path / "loss.json").read_text())
+    assert loss["kind"] and "formula" in loss and "parameters" in loss
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in lines if r["phase"] == "train"]
+    assert steps == list(range(10, 301, 10))
+
+
+def test_same_seed_gives_identical_numbers(digits):
+    a = train(small(), progress=False, dataset=digits)
+    b = train(small(), progress=False, dataset=digits)
+    c = train(small(seed=1), progress=False, dataset=digits)
+    assert a["test_loss"] == b["test_loss"] and a["valid_loss"] == b["valid_loss"]
+    assert c["test_loss"] != a["test_loss"]
+
+
+@pytest.mark.parametrize("loss", ["ce", "adalfl"])
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, digits, loss):
+    kw = dict(loss=loss, momentum=0.9, checkpoint_every=7, init_steps=5, snapshot_every=10,
+              model_options={"hidden": (16,), "dropout": 0.2})
+    straight = train(small(**kw), out_dir=tmp_path / "straight", progress=False, dataset=digits)
+
+    def interrupt(step):
+        if step == 25:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(small(**kw), out_dir=tmp_path / "resumed", progress=False, dataset=digits, on_step=interrupt)
+    resumed = train(small(**kw), out_dir=tmp_path / "resumed", resume=True, progress=False, dataset=digits)
+    for key in ("test_loss", "test_error", "valid_loss"):
+        assert resumed[key] == straight[key]
+    history = lambda d: [json.loads(x) for x in (d / "history.jsonl").read_text().splitlines()]  # noqa: E731
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "wall_time_s"} for r in rs]  # noqa: E731
+    assert strip(history(tmp_path / "resumed")) == strip(history(tmp_path / "straight"))
+    if loss == "adalfl":
+        a = json.loads((tmp_path / "straight" / "loss.json").read_text())["parameters"]
+        b = json.loads((tmp_path / "resumed" / "loss.json").read_text())["parameters"]
+        assert a == b
+
+
+def test_resume_with_other_options_is_refused(tmp_path, digits):
+    train(small(checkpoint_every=30), out_dir=tmp_path, progress=False, dataset=digits)
+    with pytest.raises(ConfigError, match="lr"):
+        train(small(checkpoint_every=30, lr=0.2), out_dir=tmp_path, resume=True, progress=False, dataset=digits)
+
+
+def test_adalfl_run_records_diagnostics_and_snapshots(tmp_path, digits):
+    train(small(loss="adalfl", init_steps=10, steps=40, snapshot_every=20), out_dir=tmp_path,
+          progress=False, dataset=digits)
+    lines = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    init = [r for r in lines if r["phase"] == "init"]
+    online = [r for r in lines if r["phase"] == "train"]
+    assert init and init[-1]["step"] == 10
+    assert all({"meta_loss", "grad_ratio", "skipped_base", "skipped_meta"} <= r.keys() for r in online)
+    snaps = [json.loads(x) for x in (tmp_path / "loss_snapshots.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in snaps] == [0, 20, 40]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(steps=-1), "--steps"), (dict(lr=0), "--lr"), (dict(loss="huber"), "--loss"),
+    (dict(nesterov=True), "--nesterov"), (dict(device="tpu"), "--device"),
+])
+def test_bad_options_name_the_fix(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        small(**kw)
