@@ -47,13 +47,15 @@ def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         raise click.BadParameter(f"cannot parse {path}: {exc}".replace("\n", " "), param_hint="--config") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a table of option = value", param_hint="--config")
-    known = {p.name for p in ctx.command.params}
+    params = {p.name: p for p in ctx.command.params}
     defaults = {}
     for key, val in data.items():
         name = str(key).replace("-", "_")
-        if name not in known or name == "config":
+        if name not in params or name == "config":
             raise click.BadParameter(f"unknown option {key!r} in {path}", param_hint="--config")
-        if isinstance(val, list):
+        if params[name].multiple and not isinstance(val, list):
+            val = [val]
+        elif isinstance(val, list) and not params[name].multiple:
             val = ",".join(str(v) for v in val)
         defaults[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
