@@ -1,0 +1,268 @@
+"""The loss interface: per-element function, prediction transform, reduction.
+
+A learned loss is a per-element function ``ℓ(y_pred, y)``; the loss of a batch is
+its mean over batch and outputs (AdaLFL, arXiv 2301.13247, Section 3). For
+classification ``y_pred`` is a probability (softmax of the logits, or sigmoid for
+a single output) and ``y`` the matching one-hot entry; for regression both are
+raw values. ``prediction_transform`` and ``encode_targets`` are the two pure
+functions that take raw model outputs and labels into that space.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import itertools
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import sympy
+import torch
+from torch import Tensor, nn
+
+from losses.printing import latex_string
+from losses.python_source import python_source
+from losses.sympy_to_torch import compile_expression
+
+TASKS = ("classification", "regression")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _check_outputs(outputs: object) -> Tensor:
+    if not isinstance(outputs, Tensor):
+        raise TypeError(f"outputs must be a torch.Tensor of shape (B, C); got {type(outputs).__name__}")
+    if not outputs.is_floating_point():
+        raise TypeError(
+            f"outputs must be floating point (raw model outputs); got {outputs.dtype}. "
+            "Pass the model's logits or predictions, e.g. outputs.float()"
+        )
+    if outputs.dim() != 2 or outputs.shape[1] < 1:
+        raise ValueError(
+            f"outputs must have shape (B, C) with C >= 1; got {tuple(outputs.shape)}. "
+            "For a single output per sample use outputs.unsqueeze(1)"
+        )
+    return outputs
+
+
+def prediction_transform(outputs: Tensor, task: str) -> Tensor:
+    """Map raw model outputs into the space the loss is defined on.
+
+    Args:
+        outputs: Raw model outputs, shape (B, C).
+        task: ``"classification"``: softmax over C, or sigmoid when C == 1;
+            ``"regression"``: identity.
+
+    Returns:
+        Predictions of shape (B, C): probabilities, or the outputs unchanged.
+    """
+    check_choice("task", task, TASKS)
+    _check_outputs(outputs)
+    if task == "regression":
+        return outputs
+    if outputs.shape[1] == 1:
+        return torch.sigmoid(outputs)
+    return torch.softmax(outputs, dim=1)
+
+
+def _check_label_range(targets: Tensor, num_classes: int) -> None:
+    """Labels must lie in [0, num_classes); num_classes is 2 for one sigmoid output."""
+    bad = (targets < 0) | (targets >= num_classes)
+    hint = "0 or 1 for a single sigmoid output" if num_classes == 2 else f"0..{num_classes - 1}"
+    message = f"class labels must be integers in {hint}"
+    if targets.device.type == "cpu":
+        if bool(bad.any()):  # A CPU check costs no device sync.
+            value = int(targets[bad][0])
+            raise ValueError(f"{message}; got label {value}. Check the number of model outputs")
+    else:  # Asynchronous device-side assert: no host sync.
+        torch._assert_async(~bad.any(), message)
+
+
+def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
+    """Encode targets into the loss's space, matching ``outputs`` in shape and dtype.
+
+    Args:
+        targets: Classification: integer labels of shape (B,), in [0, C) or, for a
+            single output (C == 1), 0/1. Regression: floats of shape (B,) (only
+            when C == 1) or (B, C).
+        outputs: Raw model outputs, shape (B, C); only their shape, dtype and
+            device are used.
+        task: ``"classification"`` (one-hot encoding; for C == 1 the 0/1 label
+            itself) or ``"regression"`` (values unchanged).
+
+    Returns:
+        Targets of shape (B, C) in ``outputs.dtype``.
+
+    Raises:
+        TypeError: Float labels for classification, integer targets for regression.
+        ValueError: Wrong shapes, labels out of range.
+    """
+    check_choice("task", task, TASKS)
+    _check_outputs(outputs)
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor; got {type(targets).__name__}")
+    batch, num_outputs = outputs.shape
+    if targets.device != outputs.device:
+        raise ValueError(f"targets are on {targets.device} but outputs on {outputs.device}; move them together")
+    if task == "classification":
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(
+                f"classification targets must be integer class labels (torch.long); got {targets.dtype}. "
+                "Use targets.long() for float labels, or targets.argmax(dim=1) for one-hot rows"
+            )
+        if targets.shape != (batch,):
+            raise ValueError(
+                f"classification targets must have shape (B,) = ({batch},) to match outputs "
+                f"{tuple(outputs.shape)}; got {tuple(targets.shape)}"
+            )
+        _check_label_range(targets, max(num_outputs, 2))
+        if num_outputs == 1:
+            return targets.to(outputs.dtype).unsqueeze(1)
+        classes = torch.arange(num_outputs, device=targets.device)
+        return (targets.unsqueeze(1) == classes).to(outputs.dtype)
+    if not targets.is_floating_point():
+        raise TypeError(
+            f"regression targets must be floating point; got {targets.dtype}. Use targets.to(outputs.dtype)"
+        )
+    if targets.shape == (batch,) and num_outputs == 1:
+        targets = targets.unsqueeze(1)
+    if targets.shape != outputs.shape:
+        raise ValueError(
+            f"regression targets must have shape (B, C) = {tuple(outputs.shape)} like the outputs, "
+            f"or (B,) when C == 1; got {tuple(targets.shape)}"
+        )
+    return targets.to(outputs.dtype)
+
+
+def reduce_loss(per_element: Tensor, reduction: str) -> Tensor:
+    """Reduce a (B, C) per-element loss: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"``."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    if reduction == "mean":
+        return per_element.mean()
+    if reduction == "sum":
+        return per_element.sum()
+    return per_element
+
+
+class LearnedLoss(nn.Module, abc.ABC):
+    """Base class: a per-element loss ``ℓ(y_pred, y)`` with an exact SymPy form.
+
+    Subclasses implement ``_elementwise``, ``to_sympy`` and ``config``; the base
+    class supplies input checks, ``forward`` (transform, encode, evaluate, reduce),
+    ``to_latex``, ``to_python`` and ``from_config``. Nothing in ``forward`` or
+    ``elementwise`` syncs with the device, works in place, or branches on tensor
+    values (only the CPU label-range check reads values), so both are safe for
+    ``torch.autograd.grad(create_graph=True)`` and ``torch.func.functional_call``.
+
+    Attributes:
+        kind: Name of the class in saved files (``losses.io``).
+        task: ``"classification"`` or ``"regression"``.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, *, task: str) -> None:
+        super().__init__()
+        check_choice("task", task, TASKS)
+        self.task = task
+
+    def elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        """Per-element loss of values already in the loss's space.
+
+        Args:
+            y_pred: Predictions (probabilities for classification), any shape.
+            y_true: Targets (one-hot entries for classification), same shape and dtype.
+
+        Returns:
+            The per-element loss, same shape as the inputs.
+        """
+        for name, value in (("y_pred", y_pred), ("y_true", y_true)):
+            if not isinstance(value, Tensor) or not value.is_floating_point():
+                got = value.dtype if isinstance(value, Tensor) else type(value).__name__
+                raise TypeError(f"{name} must be a floating-point torch.Tensor; got {got}")
+        if y_pred.shape != y_true.shape:
+            raise ValueError(
+                f"y_pred and y_true must have the same shape; got {tuple(y_pred.shape)} and {tuple(y_true.shape)}. "
+                "Use forward() for raw outputs and labels"
+            )
+        if y_pred.dtype != y_true.dtype:
+            raise TypeError(f"y_pred and y_true must have the same dtype; got {y_pred.dtype} and {y_true.dtype}")
+        self._check_dtype(y_pred.dtype)
+        return self._elementwise(y_pred, y_true)
+
+    def _check_dtype(self, dtype: torch.dtype) -> None:
+        """Inputs must match the loss's own floating tensors (parameters, buffers) in dtype."""
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            if tensor.is_floating_point() and tensor.numel() > 0:
+                if tensor.dtype != dtype:
+                    raise TypeError(
+                        f"{type(self).__name__} parameters are {tensor.dtype} but the inputs are {dtype}; "
+                        f"call loss.to({dtype}) or cast the inputs"
+                    )
+                return
+
+    @abc.abstractmethod
+    def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        """``elementwise`` without the input checks."""
+
+    def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
+        """Per-element loss from raw outputs; subclasses may override for stability."""
+        return self._elementwise(prediction_transform(outputs, self.task), y_true)
+
+    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
+        """Loss of raw model outputs against labels or regression targets.
+
+        Args:
+            outputs: Raw model outputs, shape (B, C).
+            targets: Integer labels (B,) for classification; floats (B,) or (B, C)
+                for regression.
+            reduction: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"``.
+
+        Returns:
+            A scalar, or the (B, C) per-element loss for ``reduction="none"``.
+        """
+        check_choice("reduction", reduction, REDUCTIONS)
+        y_true = encode_targets(targets, outputs, self.task)
+        self._check_dtype(outputs.dtype)
+        return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)
+
+    @abc.abstractmethod
+    def to_sympy(self) -> sympy.Expr:
+        """The exact per-element loss in ``Y_PRED`` and ``Y_TRUE`` with the current parameters."""
+
+    def to_latex(self) -> str:
+        """LaTeX of ``to_sympy()`` (same text as ``sympy.latex``)."""
+        return latex_string(self.to_sympy())
+
+    def to_python(self) -> str:
+        """Source of ``def loss(y_pred, y):`` computing the per-element loss with torch.
+
+        ``exec`` the text and call ``loss``; it agrees with ``elementwise``.
+        """
+        return python_source(compile_expression(self.to_sympy()))
+
+    @abc.abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable keyword arguments that rebuild this loss (without its learned values)."""
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> LearnedLoss:
+        """Build a loss from ``config()`` output; parameters are freshly initialised."""
+        if not isinstance(config, Mapping):
+            raise TypeError(f"config must be a mapping; got {type(config).__name__}")
+        accepted = [
+            name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and name != "self"
+        ]
+        unknown = sorted(set(config) - set(accepted))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} config keys {unknown}; accepted: {accepted}")
+        return cls(**config)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{key}={value!r}" for key, value in self.config().items())

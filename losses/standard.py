@@ -1,0 +1,117 @@
+"""The two task losses with closed forms: cross-entropy and squared error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sympy
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from losses.base import LearnedLoss
+from losses.symbols import Y_PRED, Y_TRUE
+
+
+def _log_clamped(p: Tensor) -> Tensor:
+    """``log(max(p, tiny))`` with tiny the smallest normal number of p's dtype."""
+    return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
+
+
+class CrossEntropyLoss(LearnedLoss):
+    """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``.
+
+    With the default ``reduction="mean"`` over batch *and* C outputs, ``forward``
+    is ``torch.nn.functional.cross_entropy`` divided by C.
+
+    ``elementwise`` clamps the probability at ``tiny = torch.finfo(dtype).tiny``
+    (1.2e-38 in float32, 2.2e-308 in float64) so that it is finite on all of
+    [0, 1]; ``to_sympy()`` gives the unclamped ``-y*log(y_pred)``, which agrees
+    wherever ``y_pred >= tiny`` (at ``y_pred = 0`` it is NaN or infinite).
+    ``forward`` uses ``log_softmax`` (``logsigmoid`` for ``binary``): it equals
+    ``elementwise(softmax(outputs), y)`` wherever the probabilities are
+    ``>= tiny`` and beyond that keeps the exact, finite log-probability and its
+    gradient instead of saturating.
+
+    Args:
+        task: ``"classification"`` (default) or ``"regression"``.
+        binary: Binary cross-entropy ``-y·log(y_pred) - (1-y)·log(1-y_pred)`` for a
+            single sigmoid output (C == 1). Plain cross-entropy with C == 1 would
+            only see the positive class, so ``forward`` refuses it.
+    """
+
+    kind = "cross_entropy"
+
+    def __init__(self, *, task: str = "classification", binary: bool = False) -> None:
+        super().__init__(task=task)
+        self.binary = bool(binary)
+
+    def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        loss = -y_true * _log_clamped(y_pred)
+        if self.binary:
+            loss = loss - (1 - y_true) * _log_clamped(1 - y_pred)
+        return loss
+
+    def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
+        if self.task != "classification":
+            return super()._elementwise_from_outputs(outputs, y_true)
+        num_outputs = outputs.shape[1]
+        if self.binary != (num_outputs == 1):
+            raise ValueError(
+                "CrossEntropyLoss(binary=True) needs a single output (C == 1)" if self.binary else
+                "CrossEntropyLoss with a single output (C == 1) would only see the positive class; "
+                "use CrossEntropyLoss(binary=True), or two outputs with softmax"
+            )
+        if self.binary:
+            return -y_true * F.logsigmoid(outputs) - (1 - y_true) * F.logsigmoid(-outputs)
+        return -y_true * torch.log_softmax(outputs, dim=1)
+
+    def to_sympy(self) -> sympy.Expr:
+        """``-y*log(y_pred)`` (binary: ``-y*log(y_pred) - (1 - y)*log(1 - y_pred)``), unclamped."""
+        expr = -Y_TRUE * sympy.log(Y_PRED)
+        if self.binary:
+            expr = expr - (1 - Y_TRUE) * sympy.log(1 - Y_PRED)
+        return expr
+
+    def to_python(self) -> str:
+        """Source of ``def loss(y_pred, y):`` including the clamp, so it equals ``elementwise`` on [0, 1]."""
+        body = "-y * _log(y_pred)"
+        if self.binary:
+            body += " - (1 - y) * _log(1 - y_pred)"
+        return (
+            "import torch\n\n\n"
+            "def _log(p):\n"
+            "    return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))\n\n\n"
+            "def loss(y_pred, y):\n"
+            '    """Per-element cross-entropy; y_pred and y are tensors of one shape."""\n'
+            f"    return {body}\n"
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {"task": self.task, "binary": self.binary}
+
+
+class SquaredErrorLoss(LearnedLoss):
+    """Squared error, per element ``ℓ(y_pred, y) = (y_pred - y)**2``.
+
+    With ``reduction="mean"`` ``forward`` equals ``torch.nn.functional.mse_loss``.
+    For classification it is the Brier score per element (probabilities against
+    one-hot targets).
+
+    Args:
+        task: ``"regression"`` (default) or ``"classification"``.
+    """
+
+    kind = "squared_error"
+
+    def __init__(self, *, task: str = "regression") -> None:
+        super().__init__(task=task)
+
+    def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return (y_pred - y_true) ** 2
+
+    def to_sympy(self) -> sympy.Expr:
+        return (Y_PRED - Y_TRUE) ** 2
+
+    def config(self) -> dict[str, Any]:
+        return {"task": self.task}
