@@ -1,1 +1,32 @@
 """Learned loss functions as torch modules with exact SymPy export."""
+
+from losses.base import LearnedLoss, encode_targets, prediction_transform
+from losses.io import LossFileError, load_loss, loss_from_dict, loss_to_dict, save_loss
+from losses.mlp import MLPLoss
+from losses.registry import LOSS_NAMES, build_loss
+from losses.standard import CrossEntropyLoss, SquaredErrorLoss
+from losses.symbolic import SYMPY_TO_TORCH, SymbolicLoss, UnsupportedFunctionError
+from losses.symbols import Y_PRED, Y_TRUE
+from losses.taylor import TaylorLoss
+
+__all__ = [
+    "LearnedLoss",
+    "MLPLoss",
+    "TaylorLoss",
+    "CrossEntropyLoss",
+    "SquaredErrorLoss",
+    "SymbolicLoss",
+    "Y_PRED",
+    "Y_TRUE",
+    "SYMPY_TO_TORCH",
+    "UnsupportedFunctionError",
+    "save_loss",
+    "load_loss",
+    "loss_to_dict",
+    "loss_from_dict",
+    "LossFileError",
+    "build_loss",
+    "LOSS_NAMES",
+    "prediction_transform",
+    "encode_targets",
+]
