@@ -1,0 +1,102 @@
+"""Gradients: finite at the edges, second order for meta-learning, torch.func, float32 and float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_losses_cases import CASE_IDS, F64, make_loss
+from torch.func import functional_call, grad
+
+from losses import MLPLoss
+
+CLASSIFICATION = [case for case in CASE_IDS if make_loss(case).task == "classification"]
+LEARNED = [case for case in CASE_IDS if any(True for _ in make_loss(case).parameters())]
+
+
+def _extreme_batch(dtype: torch.dtype, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pattern = torch.tensor([50.0, -50.0, 0.0, 50.0, -50.0, 3.0], dtype=dtype)
+    logits = torch.stack([pattern.roll(i)[:classes] for i in range(6)])
+    labels = torch.tensor([0, 1, 1, 0, 1, 0]) % max(classes, 2)
+    return logits.requires_grad_(True), labels
+
+
+def _classes(case: str) -> int:
+    return 1 if case == "ce-binary" else 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CLASSIFICATION)
+def test_gradients_through_forward_are_finite_for_saturated_probabilities(case: str, dtype: torch.dtype) -> None:
+    loss = make_loss(case).to(dtype)
+    logits, labels = _extreme_batch(dtype, _classes(case))
+    value = loss(logits, labels)
+    inputs = [logits, *loss.parameters()]
+    gradients = torch.autograd.grad(value, inputs, allow_unused=True)
+    assert torch.isfinite(value)
+    assert all(g is None or torch.isfinite(g).all() for g in gradients)
+    assert gradients[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("case", LEARNED)
+def test_second_derivatives_for_meta_gradients_are_finite(case: str) -> None:
+    """d/dφ of (v · ∂M/∂outputs): the double derivative the exact meta-gradient needs."""
+    loss = make_loss(case)
+    if loss.task == "classification":
+        outputs, targets = _extreme_batch(F64, 4)
+    else:
+        outputs = torch.tensor([[1e3, -2.0], [0.5, -1e3], [0.0, 3.0]], dtype=F64, requires_grad=True)
+        targets = torch.tensor([[-1e3, 1.0], [0.5, 2.0], [1.0, -3.0]], dtype=F64)
+    (d_outputs,) = torch.autograd.grad(loss(outputs, targets), outputs, create_graph=True)
+    direction = torch.linspace(-1, 1, outputs.numel(), dtype=F64).reshape(outputs.shape)
+    meta = torch.autograd.grad((d_outputs * direction).sum(), list(loss.parameters()), allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in meta)
+    assert any(g is not None and g.abs().sum() > 0 for g in meta)
+
+
+@pytest.mark.parametrize("case", LEARNED)
+def test_functional_call_gradients_equal_autograd(case: str) -> None:
+    loss = make_loss(case)
+    outputs = torch.randn(5, 3, dtype=F64)
+    targets = torch.tensor([0, 2, 1, 1, 0]) if loss.task == "classification" else torch.randn(5, 3, dtype=F64)
+    params = {name: p.detach().clone() for name, p in loss.named_parameters()}
+    functional = grad(lambda p: functional_call(loss, p, (outputs, targets)))(params)
+    reference = dict(zip(params, torch.autograd.grad(loss(outputs, targets), list(loss.parameters()))))
+    for name in params:
+        torch.testing.assert_close(functional[name], reference[name])
+
+
+@pytest.mark.parametrize("case", ["mlp", "taylorglo", "symbolic", "ml3"])
+def test_one_step_meta_gradient_through_a_base_model(case: str) -> None:
+    """θ' = θ − α ∇θ M_φ(f_θ(x), y); dL_task(θ')/dφ exists, is finite and non-zero."""
+    torch.manual_seed(0)
+    loss = make_loss(case)
+    model_weight = torch.randn(3, 4, dtype=F64, requires_grad=True)
+    x, labels = torch.randn(8, 3, dtype=F64), torch.randint(0, 4, (8,))
+    (step,) = torch.autograd.grad(loss(x @ model_weight, labels), model_weight, create_graph=True)
+    new_weight = model_weight - 0.1 * step
+    task_loss = torch.nn.functional.cross_entropy(x @ new_weight, labels)
+    meta = torch.autograd.grad(task_loss, list(loss.parameters()), allow_unused=True)
+    assert all(g is None or torch.isfinite(g).all() for g in meta)
+    assert sum(float(g.abs().sum()) for g in meta if g is not None) > 0
+
+
+@pytest.mark.parametrize("options", [{}, {"bias": True, "output": "smooth_leaky_relu"}, {"activation": "softplus"},
+                                     {"activation": "tanh", "output": "identity"}], ids=str)
+def test_mlp_gradients_pass_gradcheck_including_the_origin(options: dict) -> None:
+    """At (0, 0) a bias-free net has all pre-activations exactly 0: φ'(0) must be γ + (1−γ)/2."""
+    torch.manual_seed(0)
+    loss = MLPLoss(hidden=(3, 2), dtype=F64, **options)
+    y_pred = torch.tensor([0.0, 0.3, 0.9, 1.0], dtype=F64, requires_grad=True)
+    y_true = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=F64, requires_grad=True)
+    assert torch.autograd.gradcheck(loss.elementwise, (y_pred, y_true))
+    assert torch.autograd.gradgradcheck(loss.elementwise, (y_pred, y_true))
+
+
+def test_losses_work_in_float32_and_refuse_mixed_dtypes() -> None:
+    loss = make_loss("mlp").float()
+    outputs, labels = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert loss(outputs, labels).dtype == torch.float32
+    with pytest.raises(TypeError, match=r"parameters are torch.float32 but the inputs are torch.float64"):
+        loss(outputs.double(), labels)
+    with pytest.raises(TypeError, match="loss.to"):
+        loss.elementwise(torch.rand(3, dtype=F64), torch.rand(3, dtype=F64))
