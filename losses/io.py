@@ -35,7 +35,7 @@ def loss_to_dict(loss: LearnedLoss, *, formula: bool = True) -> dict[str, Any]:
     Args:
         loss: Any ``LearnedLoss``.
         formula: Include ``formula`` (``str(loss.to_sympy())``). Printing takes
-            about 3 s for a 40×40 ``MLPLoss``; pass False for frequent checkpoints.
+            3–4 s for a 40×40 ``MLPLoss``; pass False for frequent checkpoints.
     """
     if not isinstance(loss, LearnedLoss):
         raise TypeError(f"expected a losses.LearnedLoss; got {type(loss).__name__}")
