@@ -209,7 +209,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         history.truncate_after(start_step, "train")
         snapshots.truncate_after(start_step, "train")
     elif config.learned:
-        snapshots.append({"phase": "train", "step": 0, "loss": losses.loss_to_dict(loss)})
+        snapshots.append({"phase": "train", "step": 0, "loss": losses.loss_to_dict(loss, formula=False)})
 
     bar = _progress_bar(config.steps, start_step, progress)
     model.train()
@@ -231,7 +231,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
             loss_sum = torch.zeros_like(loss_sum)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
-            snapshots.append({"phase": "train", "step": done, "loss": losses.loss_to_dict(loss)})
+            snapshots.append({"phase": "train", "step": done, "loss": losses.loss_to_dict(loss, formula=False)})
         if config.eval_every and done % config.eval_every == 0 and done != config.steps:
             metrics = evaluate(model, valid_x, valid_y, task=task)
             history.append({"phase": "eval", "step": done, **{f"valid_{k}": v for k, v in metrics.items()}})
