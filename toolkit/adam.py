@@ -85,6 +85,9 @@ def clip_by_global_norm(grads: Mapping[str, Tensor], max_norm: float | None) -> 
 
 
 def all_finite(tensors) -> Tensor:
-    """A boolean scalar tensor: every element of every tensor is finite (no host sync)."""
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return torch.stack(flags).all()
+    """A boolean scalar tensor: every element of every tensor is finite (no host sync).
+
+    One fused (foreach) norm over all tensors: a NaN or inf anywhere makes it non-finite.
+    """
+    from torch.nn.utils import get_total_norm
+    return torch.isfinite(get_total_norm(list(tensors), foreach=True))

@@ -70,7 +70,6 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
                                   train, valid, rule, None, task=task)
         ok = all_finite([result.meta_loss, *result.meta_grads.values()])
         grads = clip_by_global_norm(result.meta_grads, meta_clip)
-        grads = {k: torch.where(ok, g, torch.zeros_like(g)) for k, g in grads.items()}
         new_phi, adam = adam_update(loss_params, grads, adam, lr=meta_lr, apply=ok)
         with torch.no_grad():
             for k, p in loss_params.items():

@@ -119,7 +119,6 @@ class OnlineLossLearner:
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, result.params, result.momentum, base_ok)
         grads = clip_by_global_norm(result.meta_grads, self.meta_clip)
-        grads = {k: torch.where(meta_ok, g, torch.zeros_like(g)) for k, g in grads.items()}
         new_phi, self.adam = adam_update(loss_params, grads, self.adam, lr=self.meta_lr, apply=meta_ok)
         with torch.no_grad():
             for k, p in loss_params.items():
