@@ -115,6 +115,8 @@ def cli() -> None:
 @click.option("--milestones", default="", help="Comma-separated steps where the lr is multiplied by --gamma.")
 @click.option("--gamma", default=0.1, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seeds", default=None, help="Comma-separated seeds: one run per seed under --out, plus summary.json.")
+@click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes for --seeds.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset files are.")
 @click.option("--valid-fraction", default=0.1, show_default=True, type=float)
@@ -138,11 +140,22 @@ def train(**options) -> None:
     from toolkit.train import TrainConfig
 
     out, resume, quiet = options.pop("out"), options.pop("resume"), options.pop("quiet")
+    seeds, jobs = _int_list(options.pop("seeds")), options.pop("jobs")
     if resume and out is None:
         raise click.BadParameter("--resume needs --out DIR of the run to continue", param_hint="--resume")
     options["milestones"] = _int_list(options["milestones"])
     options["model_options"] = _model_options(options.pop("model_option"))
     config = TrainConfig(**options)
+    if seeds:
+        if out is None:
+            raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
+        from toolkit.sweep import run_seeds
+        summary = run_seeds(config, list(seeds), out_dir=out, jobs=jobs, resume=resume, progress=not quiet)
+        metric = "test_error" if "test_error" in summary else "test_mse"
+        stats = summary[metric]
+        click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
+                   f"{','.join(map(str, seeds))} (worst {stats['max']:.4f})  -> {out}/summary.json")
+        return
     results = run_training(config, out_dir=out, resume=resume, progress=not quiet)
     metric = "test_error" if results["task"] == "classification" else "test_mse"
     click.echo(f"{config.loss}: {metric} {results[metric]:.4f}  test_loss {results['test_loss']:.4f}  "

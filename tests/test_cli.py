@@ -84,3 +84,12 @@ def test_datasets_lists_where_files_are():
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert {"mnist", "fashion-mnist", "cifar10", "digits", "diabetes"} <= rows.keys()
     assert rows["digits"]["found"]
+
+
+def test_seeds_in_parallel_processes(tmp_path):
+    result = lfl(*TRAIN, "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "sweep"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1] and "±" in result.stdout
+    seeds = [json.loads((tmp_path / "sweep" / f"seed-{s}" / "results.json").read_text())["seed"] for s in (0, 1)]
+    assert seeds == [0, 1]

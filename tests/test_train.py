@@ -111,3 +111,16 @@ def test_adalfl_run_records_diagnostics_and_snapshots(tmp_path, digits):
 def test_bad_options_name_the_fix(kw, match):
     with pytest.raises(ConfigError, match=match):
         small(**kw)
+
+
+def test_seeds_write_one_run_per_seed_and_a_summary(tmp_path):
+    from toolkit.sweep import run_seeds
+    summary = run_seeds(small(steps=20), [0, 1], out_dir=tmp_path, progress=False)
+    one = json.loads((tmp_path / "seed-1" / "results.json").read_text())
+    assert one["seed"] == 1
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    errors = on_disk["test_error"]["values"]
+    assert on_disk["seeds"] == [0, 1] and summary["n"] == 2
+    assert abs(on_disk["test_error"]["mean"] - sum(errors) / 2) < 1e-12
+    with pytest.raises(ConfigError, match="distinct"):
+        run_seeds(small(steps=5), [1, 1], out_dir=tmp_path)
