@@ -160,3 +160,12 @@ def test_offline_initialisation_lowers_the_one_step_objective_and_leaves_model_a
     assert records[-1]["meta_loss"] < records[0]["meta_loss"]
     assert records[-1]["skipped"] == 0
     assert all(original[k].equal(v) for k, v in model.state_dict().items())
+
+
+def test_reinitialise_trusts_a_model_level_reset():
+    from toolkit.models import build_model
+    from toolkit.offline import reinitialise
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 28, 28), num_outputs=10)
+    reinitialise(model)
+    assert all(float(m.bias.abs().max()) == 0.0 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))

@@ -24,17 +24,26 @@ Batch = tuple[Tensor, Tensor]
 
 
 def reinitialise(model: nn.Module) -> None:
-    """Draw fresh parameters for every submodule that defines ``reset_parameters``."""
-    for module in model.modules():
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
+    """Draw fresh parameters: the outermost modules defining ``reset_parameters`` reset themselves.
+
+    A module with its own ``reset_parameters`` (e.g. LeNet-5's Glorot initialisation)
+    is trusted to reset its whole subtree; its children are not reset again after it.
+    Models that initialise in ``__init__`` only should be given a ``reset`` callable
+    that rebuilds them (``toolkit.run`` does this with the model builder).
+    """
+    reset = getattr(model, "reset_parameters", None)
+    if callable(reset):
+        reset()
+        return
+    for child in model.children():
+        reinitialise(child)
 
 
 def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int], tuple[Batch, Batch]], *,
                        steps: int = 2500, rule: SGDRule, meta_lr: float = 1e-3, meta_clip: float | None = None,
                        meta_gradient: str = "fast", task: str = "classification", record_every: int = 50,
-                       progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+                       progress: Callable[[int, dict], None] | None = None,
+                       reset: Callable[[nn.Module], None] = reinitialise) -> list[dict]:
     """Meta-train ``loss`` in place from one-step lookaheads at random initialisations.
 
     Args:
@@ -48,6 +57,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         task: "classification" or "regression".
         record_every: read the meta-objective on the host every N steps.
         progress: called as ``progress(s, record)`` after each recorded step.
+        reset: draws a fresh initialisation of the (copied) model in place.
 
     Returns:
         Records {"step", "meta_loss", "skipped"} every ``record_every`` steps.
@@ -63,7 +73,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
     meta_loss_sum = torch.zeros_like(skipped, dtype=torch.float64)
     for s in range(steps):
         with torch.no_grad():
-            reinitialise(scratch)
+            reset(scratch)
         train, valid = batches(s)
         params = {k: p for k, p in scratch.named_parameters() if p.requires_grad}
         result = meta_gradient_fn(scratch, params, dict(scratch.named_buffers()), loss, loss_params,

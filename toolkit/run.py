@@ -182,7 +182,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
             (out / name).unlink(missing_ok=True)
 
     if config.learned and (checkpoint is None or checkpoint["phase"] == "init"):
-        _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress)
+        _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
+                    data.input_shape, data.num_outputs)
         if checkpoint_path is not None:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
@@ -256,7 +257,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     return results
 
 
-def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress) -> None:
+def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
+                input_shape, num_outputs) -> None:
     """The offline phase of AdaLFL / ML3, with its records in the history."""
     history.truncate_after(-1, "init")
     snapshots.truncate_after(-1, "train")
@@ -267,9 +269,15 @@ def _initialise(config, model, loss, train_batches, meta_batches, task, history,
         bar.update(step - bar.n)
         bar.set_postfix(meta_loss=f"{record['meta_loss']:.4f}", refresh=False)
 
+    def fresh_initialisation(scratch: nn.Module) -> None:
+        """The model builder's own initialisation, drawn anew (global RNG)."""
+        fresh = build_model(config.model, input_shape=input_shape, num_outputs=num_outputs, **config.model_options)
+        scratch.load_state_dict(fresh.state_dict())
+
     offline_initialise(model, loss, lambda s: (train_batches(s), meta_batches(s)), steps=config.init_steps,
                        rule=config.rule(), meta_lr=config.meta_lr, meta_clip=config.meta_clip,
-                       meta_gradient=config.meta_gradient, task=task, progress=report)
+                       meta_gradient=config.meta_gradient, task=task, progress=report,
+                       reset=fresh_initialisation)
     bar.close()
 
 
