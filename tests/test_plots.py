@@ -1,0 +1,108 @@
+"""Figures (toolkit.plots): titles, axis labels and non-empty PNG/SVG files, on small synthetic runs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import losses
+from toolkit.plots import (plot_final_errors, plot_gradient_magnitude, plot_learning_curves, plot_loss_evolution,
+                           plot_loss_surface, plot_runs, save_figure)
+from toolkit.rundir import AnalysisError, find_runs
+
+
+def _write_run(path, *, loss: str, seed: int, error: float, learned: bool) -> None:
+    path.mkdir(parents=True)
+    results = {"dataset": "digits", "model": "mlp", "loss": loss, "seed": seed, "steps": 30,
+               "task": "classification", "test_error": error, "config": {"loss_param": "mlp"}}
+    (path / "results.json").write_text(json.dumps(results))
+    history = [{"phase": "train", "step": s, "lr": 0.1, "train_loss": 2.0 / s + 0.01 * seed, "grad_ratio": 1.5}
+               for s in (10, 20, 30)]
+    history += [{"phase": "eval", "step": s, "valid_error": error + 0.1 / s, "valid_loss": 1.0} for s in (10, 30)]
+    (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if learned:
+        torch.manual_seed(seed)
+        loss_module = losses.MLPLoss(hidden=(4,))
+        lines = []
+        for step in (0, 10, 20, 30):
+            lines.append(json.dumps({"phase": "train", "step": step, "loss": losses.loss_to_dict(loss_module)}))
+            with torch.no_grad():
+                for p in loss_module.parameters():
+                    p.mul_(1.2)
+        (path / "loss_snapshots.jsonl").write_text("\n".join(lines) + "\n")
+        losses.save_loss(loss_module, path / "loss.json")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for seed in (0, 1):
+        _write_run(root / "adalfl" / f"seed-{seed}", loss="adalfl", seed=seed, error=0.1 + 0.01 * seed, learned=True)
+        _write_run(root / "ce" / f"seed-{seed}", loss="ce", seed=seed, error=0.12 + 0.01 * seed, learned=False)
+    return find_runs([root])
+
+
+def _labels(ax) -> tuple[str, str, str]:
+    return ax.get_title(), ax.get_xlabel(), ax.get_ylabel()
+
+
+def test_loss_evolution(runs):
+    run = next(r for r in runs if r.method == "adalfl-mlp")
+    fig = plot_loss_evolution(run, checkpoints=3)
+    assert fig.get_suptitle() == f"Learned loss during training: {run.name}"
+    (ax1, ax0) = fig.axes
+    assert _labels(ax1) == ("target class (y = 1)", "predicted probability ŷ", "loss ℓ(ŷ | y = 1)")
+    assert _labels(ax0)[0] == "other classes (y = 0)"
+    assert [line.get_label() for line in ax0.get_lines()] == ["step 0", "step 20", "step 30"]
+    with pytest.raises(AnalysisError, match="no loss snapshots"):
+        plot_loss_evolution(next(r for r in runs if r.method == "ce"))
+
+
+def test_loss_surface_and_regression_curves():
+    torch.manual_seed(0)
+    fig = plot_loss_surface(losses.TaylorLoss(task="regression", order=2), points=21)
+    assert _labels(fig.axes[0]) == ("Learned loss surface ℓ(y, ŷ)", "prediction ŷ", "target y")
+    assert fig.axes[1].get_ylabel() == "loss ℓ(y, ŷ)"  # the colour bar
+    evolution = plot_loss_evolution([(0, losses.SquaredErrorLoss()), (5, losses.MLPLoss(task="regression"))])
+    assert _labels(evolution.axes[0]) == ("target y = 0", "prediction ŷ", "loss ℓ(ŷ | y = 0)")
+
+
+def test_learning_curves_gradient_and_final_errors(runs):
+    curves = plot_learning_curves(runs)
+    train, valid = curves.axes
+    assert curves.get_suptitle() == "Learning curves (mean ± std over seeds)"
+    assert _labels(train) == ("training loss (the loss being minimised)", "step", "training loss")
+    assert _labels(valid) == ("validation error (◆ final test error)", "step", "valid error")
+    assert sorted(t.get_text() for t in valid.get_legend().get_texts()) == ["adalfl-mlp", "ce"]
+    assert len(train.collections) >= 2  # a ±1 std band per method
+    run = next(r for r in runs if r.method == "adalfl-mlp")
+    gradient = plot_gradient_magnitude(run)
+    assert [ax.get_ylabel() for ax in gradient.axes] == ["mean |∂ℓ/∂ŷ|", "‖∂M/∂f‖ / ‖∂L_task/∂f‖"]
+    assert gradient.axes[0].get_yscale() == "log"
+    final = plot_final_errors(runs)
+    assert _labels(final.axes[0]) == ("Final test error per method (mean ± std over seeds)", "method", "test error")
+    assert [t.get_text() for t in final.axes[0].get_xticklabels()] == ["adalfl-mlp", "ce"]
+
+
+def test_save_and_plot_runs_write_non_empty_png_and_svg(runs, tmp_path):
+    paths = save_figure(plot_final_errors(runs), tmp_path / "final")
+    assert [p.name for p in paths] == ["final.png", "final.svg"]
+    assert paths[0].read_bytes().startswith(b"\x89PNG") and b"<svg" in paths[1].read_bytes()[:500]
+    written = plot_runs(runs, tmp_path / "all", formats=["png"])
+    names = sorted(p.name for p in written)
+    assert names == sorted(["learning_curves.png", "final_test_error.png"]
+                           + [f"{kind}_adalfl_seed-{s}.png" for kind in ("loss_evolution", "loss_gradient",
+                                                                        "loss_surface") for s in (0, 1)])
+    assert all(p.stat().st_size > 1000 for p in written)
+    with pytest.raises(AnalysisError, match="unknown image format 'gif'"):
+        plot_runs(runs, tmp_path / "bad", formats=["gif"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_import_toolkit_plots_stays_light():
+    import subprocess
+    import sys
+    code = "import sys, toolkit.plots, toolkit.analysis, toolkit.compare; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
