@@ -20,7 +20,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from toolkit.models import ModelError
     from toolkit.online import NonFiniteError
     from toolkit.train import ConfigError
-    return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError)
+    from toolkit.rundir import AnalysisError
+    return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError, AnalysisError)
 
 
 def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -204,6 +205,82 @@ def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device:
         ratio = 1.0 if key == "ce" else result[f"{key}_ratio"]
         click.echo(f"  {key:<6} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
                    f"peak {result[f'{key}_peak_mb']:.1f} MB")
+
+
+def _domain(text: str | None) -> tuple[float, float] | None:
+    if not text:
+        return None
+    try:
+        lo, hi = (float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected LO,HI (two numbers), got {text!r}", param_hint="--domain") from None
+    return lo, hi
+
+
+@cli.command()
+@click.argument("source", required=False, metavar="RUN_OR_LOSS")
+@click.option("--format", "fmt", default="sympy", show_default=True,
+              type=click.Choice(["sympy", "latex", "python", "json"]), help="Output format.")
+@click.option("--approx", is_flag=True, help="A compact fitted formula instead of the exact network.")
+@click.option("--step", type=int, default=None, help="The loss snapshot after this many training steps.")
+@click.option("--max-terms", default=12, show_default=True, type=int, help="--approx: most terms in the formula.")
+@click.option("--target-r2", default=0.9995, show_default=True, type=float,
+              help="--approx: R² each part must reach; fewer terms win.")
+@click.option("--domain", default=None, metavar="LO,HI",
+              help="--approx: y_pred interval (default 0,1; regression -3,3 for y and y_pred).")
+@click.option("--taylor", "taylor_order", type=int, default=None, metavar="ORDER",
+              help="The Taylor polynomial of this order around --around instead.")
+@click.option("--around", default=0.5, show_default=True, type=float, help="--taylor: the y_pred expansion point.")
+@click.option("--around-y", default=None, type=float,
+              help="--taylor: also expand in y around this value (needed for regression).")
+@click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Write to a file, not stdout.")
+def export(source: str | None, fmt: str, approx: bool, step: int | None, max_terms: int, target_r2: float,
+           domain: str | None, taylor_order: int | None, around: float, around_y: float | None,
+           output: str | None) -> None:
+    """Print a learned loss (a run directory or loss.json) as a formula: exact, --approx or --taylor."""
+    from toolkit.export import export_loss
+
+    if source is None:
+        raise click.UsageError("lfl export needs RUN_OR_LOSS: a run directory or a loss .json file")
+    if approx and taylor_order is not None:
+        raise click.UsageError("choose one of --approx and --taylor")
+    text, note = export_loss(source, fmt=fmt, step=step, approx=approx, max_terms=max_terms, target_r2=target_r2,
+                             domain=_domain(domain), taylor_order=taylor_order, around=around, around_y=around_y)
+    if output:
+        Path(output).write_text(text if text.endswith("\n") else text + "\n")
+    else:
+        click.echo(text)
+    if note:
+        click.echo(note, err=True)
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Directory for the figures.")
+@click.option("--format", "formats", default="png,svg", show_default=True, help="Comma-separated: png, svg.")
+def plot(runs: tuple[str, ...], out: str, formats: str) -> None:
+    """Figures of runs: learning curves, final test errors, and for learned losses their evolution."""
+    from toolkit.plots import plot_runs
+    from toolkit.rundir import find_runs
+
+    paths = plot_runs(find_runs(list(runs)), out, formats=[f.strip() for f in formats.split(",") if f.strip()])
+    for path in paths:
+        click.echo(str(path))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...")
+@click.option("--format", "fmt", default="text", show_default=True, type=click.Choice(["text", "markdown", "csv"]))
+@click.option("--baseline", default="ce", show_default=True,
+              help="Method the others are tested against (ce falls back to mse for regression).")
+@click.option("--metric", default="test_error", show_default=True, help="A key of results.json.")
+def compare(runs: tuple[str, ...], fmt: str, baseline: str, metric: str) -> None:
+    """Mean ± std of the test error per method across seeds, with paired tests against a baseline."""
+    from toolkit.compare import compare_runs, format_comparison
+    from toolkit.rundir import find_runs
+
+    rows = compare_runs(find_runs(list(runs)), baseline=baseline, metric=metric)
+    click.echo(format_comparison(rows, fmt, metric=metric), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:
