@@ -124,3 +124,38 @@ def test_seeds_write_one_run_per_seed_and_a_summary(tmp_path):
     assert abs(on_disk["test_error"]["mean"] - sum(errors) / 2) < 1e-12
     with pytest.raises(ConfigError, match="distinct"):
         run_seeds(small(steps=5), [1, 1], out_dir=tmp_path)
+
+
+def test_taylorglo_run_searches_then_trains_with_the_best_loss(tmp_path, digits):
+    results = train(small(loss="taylorglo", generations=2, population=4, fitness_steps=30, steps=60),
+                    out_dir=tmp_path, progress=False, dataset=digits)
+    searched = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in searched if r["phase"] == "search"] == [1, 2]
+    saved = json.loads((tmp_path / "loss.json").read_text())
+    assert saved["kind"] == "taylor" and results["test_error"] < 0.9
+
+
+@pytest.mark.parametrize("adapt", [False, True])
+def test_reuse_a_loss_json_and_a_formula(tmp_path, digits, adapt):
+    first = tmp_path / "first"
+    train(small(loss="ml3", init_steps=5), out_dir=first, progress=False, dataset=digits)
+    reused = train(small(loss_from=str(first / "loss.json"), adapt=adapt), out_dir=tmp_path / "json",
+                   progress=False, dataset=digits)
+    assert reused["loss"] == ("reused-adapt" if adapt else "reused")
+    before = json.loads((first / "loss.json").read_text())["parameters"]
+    after = json.loads((tmp_path / "json" / "loss.json").read_text())["parameters"]
+    assert (before != after) == adapt  # fixed unless adapting online
+    formula_file = tmp_path / "formula.txt"
+    formula = "10.0*y*(1 - y_pred)**2 + 10.0*(1 - y)*y_pred**2"
+    formula_file.write_text(formula)
+    for source in (str(formula_file), formula):
+        result = train(small(loss_from=source, adapt=adapt, steps=100), progress=False, dataset=digits)
+        assert result["test_error"] < 0.5
+
+
+@pytest.mark.parametrize("source, match", [
+    ("y_pred +* y", "neither a file nor"), ("z * y_pred", "only y_pred and y"), ("missing.json", "no such file"),
+])
+def test_bad_loss_sources_name_the_problem(source, match, digits):
+    with pytest.raises(ConfigError, match=match):
+        train(small(loss_from=source), progress=False, dataset=digits)

@@ -84,17 +84,48 @@ class OnlineStepper:
         self.learner.load_state_dict(state)
 
 
+def load_loss_source(source: str, task: str) -> nn.Module:
+    """A loss to reuse: a loss.json, a file holding a SymPy formula, or a formula string.
+
+    Formulas are per-element losses in ``y_pred`` and ``y`` (e.g. ``"-y*log(y_pred)"``);
+    their numeric constants become trainable parameters of a ``losses.SymbolicLoss``.
+    """
+    import sympy
+
+    path = Path(source)
+    if path.suffix == ".json" or (path.is_dir() and (path / "loss.json").exists()):
+        path = path / "loss.json" if path.is_dir() else path
+        if not path.exists():
+            raise ConfigError(f"--loss-from {source}: no such file")
+        loss = losses.load_loss(path)
+    else:
+        text = path.read_text() if path.is_file() else source
+        try:
+            expr = sympy.sympify(text.strip(), locals={"y_pred": losses.Y_PRED, "y": losses.Y_TRUE})
+        except (sympy.SympifyError, SyntaxError, TypeError) as exc:
+            raise ConfigError(f"--loss-from {source!r} is neither a file nor a SymPy formula in y_pred and y "
+                              f"({type(exc).__name__})") from None
+        if not isinstance(expr, sympy.Expr) or not expr.free_symbols <= {losses.Y_PRED, losses.Y_TRUE}:
+            raise ConfigError(f"--loss-from formula may use only y_pred and y; got {expr}")
+        loss = losses.SymbolicLoss(expr, task=task)
+    if loss.task != task:
+        raise ConfigError(f"--loss-from {source}: a {loss.task} loss cannot train a {task} dataset")
+    return loss
+
+
 def make_loss(config: TrainConfig, task: str) -> nn.Module:
     """The loss module a config asks for, before any learning."""
+    if config.loss_from is not None:
+        return load_loss_source(config.loss_from, task)
     if config.loss == "ce":
         if task != "classification":
             raise ConfigError("--loss ce needs a classification dataset: use --loss mse for regression")
         return losses.CrossEntropyLoss(task=task)
     if config.loss == "mse":
         return losses.SquaredErrorLoss(task=task)
-    if config.loss_param == "mlp":
-        return losses.MLPLoss(task=task)
-    return losses.TaylorLoss.taylorglo(task=task)
+    if config.loss == "taylorglo" or config.loss_param == "taylor":
+        return losses.TaylorLoss.taylorglo(task=task)
+    return losses.MLPLoss(task=task)
 
 
 class History:
@@ -138,7 +169,7 @@ def _to_device(split, device: torch.device) -> tuple[Tensor, Tensor]:
 
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
           progress: bool = True, dataset: Dataset | None = None,
-          on_step: Callable[[int], None] | None = None) -> dict:
+          on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None) -> dict:
     """Run one training job and return its results (also written to ``out_dir``).
 
     Args:
@@ -148,6 +179,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         progress: show a progress bar on stderr.
         dataset: an already loaded dataset (else loaded from the config).
         on_step: called after every step with the step count (tests use it to interrupt).
+        initial_loss: a loss module to train with instead of the one the config names;
+            no offline phase or search runs, and it adapts online only if ``config.online``.
     """
     started = time.perf_counter()
     elapsed = lambda: time.perf_counter() - started + (checkpoint["wall_time_s"] if checkpoint else 0.0)  # noqa: E731
@@ -162,14 +195,15 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     task = data.task
     model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
                         **config.model_options).to(device)
-    loss = make_loss(config, task).to(device)
+    loss = (initial_loss if initial_loss is not None else make_loss(config, task)).to(device)
+    prepare = initial_loss is None and (config.offline_phase or config.loss == "taylorglo")
     train_x, train_y = _to_device(data.train, device)
     valid_x, valid_y = _to_device(data.valid, device)
     test_x, test_y = _to_device(data.test, device)
     train_batches = BatchStream(train_x, train_y, config.batch_size, seed=config.seed)
     meta_x, meta_y = (valid_x, valid_y) if config.meta_source == "valid" else (train_x, train_y)
     meta_batches = (BatchStream(meta_x, meta_y, config.batch_size, seed=config.seed + 7919)
-                    if config.learned else None)
+                    if config.online or config.offline_phase else None)
     history = History(out / "history.jsonl" if out is not None else None)
     snapshots = History(out / "loss_snapshots.jsonl" if out is not None else None)
     checkpoint_path = out / "checkpoint.pt" if out is not None else None
@@ -181,20 +215,23 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         for name in ("history.jsonl", "loss_snapshots.jsonl"):
             (out / name).unlink(missing_ok=True)
 
-    if config.learned and (checkpoint is None or checkpoint["phase"] == "init"):
-        _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                    data.input_shape, data.num_outputs)
+    if prepare and (checkpoint is None or checkpoint["phase"] == "init"):
+        if config.loss == "taylorglo":
+            loss = _search(config, task, history, progress).to(device)
+        else:
+            _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
+                        data.input_shape, data.num_outputs)
         if checkpoint_path is not None:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
-    if config.loss == "adalfl":
+    if config.online:
         learner = OnlineLossLearner(model, loss, rule=config.rule(), meta_lr=config.meta_lr,
                                     meta_interval=config.meta_interval, meta_clip=config.meta_clip,
                                     meta_gradient=config.meta_gradient, task=task,
                                     snapshot_every=0)  # the run writes loss_snapshots.jsonl itself
         stepper = OnlineStepper(learner)
     else:
-        train_loss = frozen_copy(loss) if config.learned else loss
+        train_loss = frozen_copy(loss) if any(p.requires_grad for p in loss.parameters()) else loss
         stepper = FixedLossStepper(model, train_loss, config)
 
     start_step = 0
@@ -257,6 +294,25 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     return results
 
 
+def _search(config: TrainConfig, task: str, history: History, progress: bool) -> nn.Module:
+    """The TaylorGLO phase: CMA-ES over the 8 Taylor parameters, records in the history."""
+    from .taylorglo import search_taylorglo
+
+    history.truncate_after(-1, "search")
+    bar = _progress_bar(config.generations, 0, progress, desc="TaylorGLO search")
+
+    def report(record: dict) -> None:
+        history.append({"phase": "search", "step": record["generation"], **record})
+        bar.update(1)
+        bar.set_postfix(best=f"{record['best']:.4f}", refresh=False)
+
+    loss, _ = search_taylorglo(config, task=task, generations=config.generations, population=config.population,
+                               fitness_steps=config.fitness_steps, jobs=config.search_jobs, seed=config.seed,
+                               on_generation=report)
+    bar.close()
+    return loss
+
+
 def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
                 input_shape, num_outputs) -> None:
     """The offline phase of AdaLFL / ML3, with its records in the history."""
@@ -286,7 +342,9 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
     valid = evaluate(model, valid_x, valid_y, task=task)
     test = evaluate(model, test_x, test_y, task=task)
     results = {
-        "dataset": data.name, "model": config.model, "loss": config.loss, "seed": config.seed,
+        "dataset": data.name, "model": config.model, "seed": config.seed,
+        "loss": config.loss if config.loss_from is None else ("reused-adapt" if config.adapt else "reused"),
+        "loss_from": config.loss_from,
         "steps": config.steps, "task": task,
         "test_loss": test["loss"], "valid_loss": valid["loss"],
         "wall_time_s": wall,

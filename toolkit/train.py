@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from .lookahead import SGDRule, task_loss
 
-LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3")
+LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
 
 
@@ -67,6 +67,13 @@ class TrainConfig:
     meta_source: str = "valid"
     snapshot_every: int = 100
     model_options: dict = field(default_factory=dict)
+    # reuse of a learned loss, and the TaylorGLO search
+    loss_from: str | None = None
+    adapt: bool = False
+    generations: int = 10
+    population: int | None = None
+    fitness_steps: int = 200
+    search_jobs: int = 1
 
     def __post_init__(self) -> None:
         checks = [
@@ -90,6 +97,13 @@ class TrainConfig:
             (0 <= self.valid_fraction < 1, "--valid-fraction must be in [0, 1)"),
             (self.log_every >= 1 and self.checkpoint_every >= 0 and self.eval_every >= 0,
              "--log-every must be >= 1; --checkpoint-every and --eval-every >= 0"),
+            (not self.adapt or self.loss_from is not None,
+             "--adapt needs --loss-from FILE (to learn a loss from scratch use --loss adalfl)"),
+            (self.loss_from is None or self.loss in ("ce", "mse", "adalfl"),
+             f"--loss-from replaces --loss {self.loss}: drop --loss, or add --adapt to keep learning online"),
+            (self.generations >= 1 and self.fitness_steps >= 1 and self.search_jobs >= 1,
+             "--generations, --fitness-steps and --jobs must be >= 1"),
+            (self.population is None or self.population >= 2, "--population must be >= 2"),
         ]
         for ok, message in checks:
             if not ok:
@@ -97,7 +111,18 @@ class TrainConfig:
 
     @property
     def learned(self) -> bool:
-        return self.loss in ("adalfl", "ml3")
+        """The loss has parameters worth recording (snapshots, loss.json)."""
+        return self.loss in ("adalfl", "ml3", "taylorglo") or self.loss_from is not None
+
+    @property
+    def offline_phase(self) -> bool:
+        """ML3-style offline initialisation before training (AdaLFL, ML3; not for a reused loss)."""
+        return self.loss in ("adalfl", "ml3") and self.loss_from is None
+
+    @property
+    def online(self) -> bool:
+        """The loss keeps adapting during training."""
+        return self.loss == "adalfl" or self.adapt
 
     def rule(self) -> SGDRule:
         return SGDRule(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
