@@ -78,8 +78,8 @@ def test_export_formats(runs, capsys, tmp_path):
     assert isinstance(losses.load_loss(target), losses.SymbolicLoss)  # trainable again as a loss
     code, out, err = lfl_in_process(capsys, "export", runs / "adalfl", "--taylor", 2, "--format", "latex")
     assert code == 0 and "y_{pred}" in out and "order 2" in err
-    code, out, _ = lfl_in_process(capsys, "export", runs / "adalfl" / "loss.json", "--format", "json")
-    assert code == 0 and json.loads(out)["kind"] == "mlp"
+    code, out, _ = lfl_in_process(capsys, "export", runs / "ce" / "loss.json", "--format", "json")
+    assert code == 0 and json.loads(out)["kind"] == "cross_entropy"
 
 
 def _snapshots(path: Path):
