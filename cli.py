@@ -103,8 +103,20 @@ def cli() -> None:
 @click.option("--model", default="lenet5", show_default=True, help="Model name; see toolkit.models.MODEL_NAMES.")
 @click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
               help="Model option, e.g. --model-option depth=16 --model-option 'hidden=[100,100]'.")
-@click.option("--loss", default="ce", show_default=True, type=click.Choice(["ce", "mse", "adalfl", "ml3"]),
-              help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online.")
+@click.option("--loss", default="ce", show_default=True,
+              type=click.Choice(["ce", "mse", "adalfl", "ml3", "taylorglo"]),
+              help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online; "
+                   "taylorglo: CMA-ES search, then fixed.")
+@click.option("--loss-from", default=None, metavar="FILE_OR_FORMULA",
+              help="Reuse a loss: a loss.json, a run directory, a file holding a SymPy formula, or a formula "
+                   "in y_pred and y. Fixed, unless --adapt.")
+@click.option("--adapt", is_flag=True, help="With --loss-from: keep learning the loss online (no offline phase).")
+@click.option("--generations", default=10, show_default=True, type=int, help="TaylorGLO: CMA-ES generations.")
+@click.option("--population", default=None, type=int, help="TaylorGLO: candidates per generation (default 10).")
+@click.option("--fitness-steps", default=200, show_default=True, type=int,
+              help="TaylorGLO: training steps per candidate evaluation.")
+@click.option("--search-jobs", default=1, show_default=True, type=int,
+              help="TaylorGLO: parallel processes evaluating candidates.")
 @click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]),
               help="Parameterisation of a learned loss.")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")
@@ -159,7 +171,7 @@ def train(**options) -> None:
         return
     results = run_training(config, out_dir=out, resume=resume, progress=not quiet)
     metric = "test_error" if results["task"] == "classification" else "test_mse"
-    click.echo(f"{config.loss}: {metric} {results[metric]:.4f}  test_loss {results['test_loss']:.4f}  "
+    click.echo(f"{results['loss']}: {metric} {results[metric]:.4f}  test_loss {results['test_loss']:.4f}  "
                f"({results['wall_time_s']:.1f} s)" + (f"  -> {out}" if out else ""))
 
 

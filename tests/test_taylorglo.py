@@ -44,11 +44,19 @@ def test_invariant_accepts_cross_entropy_like_losses_and_rejects_reversed_ones()
 
 def test_short_search_beats_its_starting_point_on_digits():
     data = load_dataset("digits", seed=0)
-    config = TrainConfig(dataset="digits", model="mlp", steps=60, batch_size=64, lr=0.1, device="cpu",
+    config = TrainConfig(dataset="digits", model="mlp", steps=100, batch_size=64, lr=1.0, device="cpu",
                          checkpoint_every=0, model_options={"hidden": (32,)})
     start = train(config, progress=False, dataset=data, initial_loss=taylorglo_loss([0.0] * 8))
-    loss, result = search_taylorglo(config, generations=3, population=6, fitness_steps=60)
-    assert start["valid_error"] > 0.5  # the all-zero loss does not train
-    assert result.best_fitness < start["valid_error"] - 0.3
-    assert result.history[-1]["evaluations"] == 18
+    loss, result = search_taylorglo(config, generations=4, population=8, fitness_steps=100)
+    assert start["valid_error"] > 0.8  # the all-zero loss does not train: chance level
+    assert result.best_fitness < 0.2   # measured 0.049 (seed 0)
+    assert [h["best"] for h in result.history] == sorted((h["best"] for h in result.history), reverse=True)
+    assert result.history[-1]["evaluations"] == 32
     assert isinstance(loss, losses.TaylorLoss)
+
+
+def test_parallel_evaluation_gives_the_same_search_as_sequential():
+    config = TrainConfig(dataset="digits", model="mlp", steps=20, batch_size=64, lr=0.1, device="cpu",
+                         checkpoint_every=0, model_options={"hidden": (16,)})
+    runs = [search_taylorglo(config, generations=2, population=4, fitness_steps=20, jobs=jobs)[1] for jobs in (1, 2)]
+    assert runs[0].history == runs[1].history and runs[0].best == runs[1].best

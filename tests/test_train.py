@@ -127,12 +127,12 @@ def test_seeds_write_one_run_per_seed_and_a_summary(tmp_path):
 
 
 def test_taylorglo_run_searches_then_trains_with_the_best_loss(tmp_path, digits):
-    results = train(small(loss="taylorglo", generations=2, population=4, fitness_steps=30, steps=60),
+    results = train(small(loss="taylorglo", generations=2, population=6, fitness_steps=60, steps=100, lr=1.0),
                     out_dir=tmp_path, progress=False, dataset=digits)
     searched = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in searched if r["phase"] == "search"] == [1, 2]
     saved = json.loads((tmp_path / "loss.json").read_text())
-    assert saved["kind"] == "taylor" and results["test_error"] < 0.9
+    assert saved["kind"] == "taylor" and results["test_error"] < 0.5
 
 
 @pytest.mark.parametrize("adapt", [False, True])

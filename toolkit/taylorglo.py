@@ -66,7 +66,10 @@ def cma_minimise(fitness: Callable[[list[np.ndarray]], Sequence[float]], x0: Seq
     best, best_fitness, history = list(map(float, x0)), float("inf"), []
     for generation in range(generations):
         candidates = strategy.ask()
-        values = [float(v) if np.isfinite(v) else 1e30 for v in fitness(candidates)]
+        sampler_state = np.random.get_state()  # CMA-ES samples from numpy's global RNG, which a
+        scores = fitness(candidates)          # fitness run in this process may reseed
+        np.random.set_state(sampler_state)
+        values = [float(v) if np.isfinite(v) else 1e30 for v in scores]
         strategy.tell(candidates, values)
         index = int(np.argmin(values))
         if values[index] < best_fitness:
