@@ -204,3 +204,14 @@ def test_approximation_of_a_snapshot_has_a_finite_fidelity(tmp_path):
     loss = read_run(tmp_path / "run").loss_at(0)
     result = approximate_loss(loss)
     assert math.isfinite(result.r2) and result.r2 > 0.9999 and result.n_terms <= 6
+
+
+def test_method_labels(tmp_path):
+    cases = [({"loss": "ce"}, "ce"), ({"loss": "ml3", "config": {"loss_param": "taylor"}}, "ml3-taylor"),
+             ({"loss": "taylorglo"}, "taylorglo"), ({"loss": "reused", "loss_from": "/runs/a/approx.json"},
+                                                    "reused:approx.json"),
+             ({"loss": "reused-adapt", "loss_from": "-y*log(y_pred)"}, "reused-adapt:-y*log(y_pred)"), ({}, "unknown")]
+    for i, (results, label) in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(results))
+        assert read_run(tmp_path / str(i)).method == label

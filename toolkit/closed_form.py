@@ -233,13 +233,24 @@ def _refine(terms: list[Term], p: np.ndarray, y: np.ndarray, f: np.ndarray) -> F
     start = _fit_terms(terms, p, y, f)
     if not free:
         return start
-    lower = np.array([np.log(1e-12) if terms[i].kind.startswith("log") else -np.inf for i in free])
+    lower, upper = np.array([_bounds(terms[i].kind, p, y) for i in free]).T
+    theta0 = np.clip(theta0, lower, upper)
     try:
-        result = least_squares(residual, theta0, bounds=(lower, np.inf), x_scale="jac", max_nfev=200 * len(free))
+        result = least_squares(residual, theta0, bounds=(lower, upper), x_scale="jac", max_nfev=200 * len(free))
     except ValueError:  # non-finite residuals at the start point
         return start
     refined = _fit_terms(build(result.x), p, y, f)
     return refined if refined.sse < start.sse else start
+
+
+def _bounds(kind: str, p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Where a free parameter may go: log offsets ε in [1e-12, 2] (as log ε; a larger ε makes the
+    log almost linear, which powers say more plainly), knots inside the data (outside, a hinge
+    is linear or zero)."""
+    if kind.startswith("log"):
+        return float(np.log(1e-12)), float(np.log(2.0))
+    values = p - y if kind.startswith("residual") else p
+    return float(values.min()), float(values.max())
 
 
 def _fit_terms(terms: list[Term], p: np.ndarray, y: np.ndarray, f: np.ndarray) -> Fit:

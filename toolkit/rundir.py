@@ -48,12 +48,22 @@ class Run:
 
     @property
     def method(self) -> str:
-        """``ce``, ``mse``, or a learned loss with its parameterisation (``adalfl-mlp``, ``ml3-taylor``)."""
+        """What trained the model, from results.json.
+
+        ``ce``, ``mse``, ``taylorglo``; a learned loss with its parameterisation
+        (``adalfl-mlp``, ``ml3-taylor``); a reused loss with its source
+        (``reused:approx.json``, ``reused-adapt:loss.json``); ``unknown`` for a run in progress.
+        """
         loss = self.results.get("loss")
         if loss is None:
             return "unknown"
         if loss in ("adalfl", "ml3"):
             return f"{loss}-{self.config.get('loss_param', 'mlp')}"
+        source = self.results.get("loss_from")
+        if source:
+            is_path = source.endswith(".json") or (len(source) < 200 and Path(source).exists())
+            name = Path(source).name if is_path else source
+            return f"{loss}:{name if len(name) <= 40 else name[:37] + '...'}"
         return str(loss)
 
     @property
