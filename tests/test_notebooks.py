@@ -7,7 +7,6 @@ the ``python3`` kernel of this interpreter's environment (ipykernel installs it 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -151,21 +151,22 @@ def approximate_loss(loss: losses.LearnedLoss, *, max_terms: int = 12, target_r2
                             "choose a narrower domain")
     budget = max_terms - len(grid) + 1  # each part keeps at least one term
     dictionary = curve_dictionary(lo, hi) if task == "classification" else surface_dictionary(lo, hi)
-    sst = {name: float(((f - f.mean()) ** 2).sum()) for name, f in values.items()}
     fits = lambda name, stop: best_fits(*grid[name], values[name], dictionary, budget,  # noqa: E731
                                         rational=task == "classification", target_sse=stop)
-    paths = {name: fits(name, (1 - target_r2) * sst[name]) for name in grid}
-    reached = {name: min(k for k, fit in path.items() if _r2(fit.sse, sst[name]) >= target_r2)
-               for name, path in paths.items() if any(_r2(f.sse, sst[name]) >= target_r2 for f in path.values())}
+    paths = {name: fits(name, _target_sse(values[name], target_r2)) for name in grid}
+    reached = {name: min(k for k, fit in path.items() if _r2(fit.sse, values[name]) >= target_r2)
+               for name, path in paths.items() if any(_r2(f.sse, values[name]) >= target_r2 for f in path.values())}
     if len(reached) == len(grid) and sum(reached.values()) <= max_terms:
         choice = {name: paths[name][k] for name, k in reached.items()}
     else:  # the target is out of reach: the most faithful formula within max_terms
         paths = {name: fits(name, None) for name in grid}
-        choice = _most_faithful(paths, sst, max_terms)
+        choice = _most_faithful(paths, values, max_terms)
     parts = {}
     for name, fit in choice.items():
         p, y = grid[name]
-        parts[name] = fit.expression(rounded_digits(fit, p, y, values[name]))
+        # Rounding may spend 1% of the error the target allows: more digits only where they matter.
+        slack = 0.01 * _target_sse(values[name], target_r2)
+        parts[name] = fit.expression(rounded_digits(fit, p, y, values[name], slack=slack))
     if task == "classification":
         with distribute(False):  # keep y*(…) + (1 - y)*(…) as written
             expression = Y_TRUE * parts["y=1"] + (1 - Y_TRUE) * parts["y=0"]
@@ -180,20 +181,32 @@ def approximate_loss(loss: losses.LearnedLoss, *, max_terms: int = 12, target_r2
                          max_abs_error_by_part=quality["max_abs_error_by_part"])
 
 
-def _most_faithful(paths: dict[str, dict], sst: dict[str, float], max_terms: int) -> dict:
+def _most_faithful(paths: dict[str, dict], values: dict[str, np.ndarray], max_terms: int) -> dict:
     """One fit per part, at most ``max_terms`` in all, maximising the worst part's R² (then the pooled error)."""
     options = [{}]
     for name, path in paths.items():
         options = [{**o, name: fit} for o in options for fit in path.values()]
     options = [o for o in options if sum(f.n_terms for f in o.values()) <= max_terms]
-    return max(options, key=lambda o: (min(_r2(f.sse, sst[n]) for n, f in o.items()),
+    return max(options, key=lambda o: (min(_r2(f.sse, values[n]) for n, f in o.items()),
                                        -sum(f.sse for f in o.values())))
 
 
-def _r2(sse: float, sst: float) -> float:
-    if sst <= 0:
-        return 1.0 if sse <= 1e-24 else 0.0
+def _floor(truth: np.ndarray) -> float:
+    """Squared error at the level of float64 rounding of ``truth``."""
+    return 1e-20 * float(truth @ truth) + 1e-300
+
+
+def _r2(sse: float, truth: np.ndarray) -> float:
+    """1 − SSE/SST; a part without variation scores 1 when matched to rounding level, else 0."""
+    sst = float(((truth - truth.mean()) ** 2).sum())
+    if sst <= _floor(truth):
+        return 1.0 if sse <= _floor(truth) else 0.0
     return 1.0 - sse / sst
+
+
+def _target_sse(truth: np.ndarray, target_r2: float) -> float:
+    sst = float(((truth - truth.mean()) ** 2).sum())
+    return max((1 - target_r2) * sst, _floor(truth))
 
 
 def fidelity(expression: sympy.Expr, loss: losses.LearnedLoss, *, domain: tuple[float, float] | None = None,
@@ -211,10 +224,10 @@ def fidelity(expression: sympy.Expr, loss: losses.LearnedLoss, *, domain: tuple[
     result = {"r2_by_part": {}, "max_abs_error_by_part": {}}
     for name in grid:
         err = approx[name] - truth[name]
-        result["r2_by_part"][name] = _r2(float(err @ err), float(((truth[name] - truth[name].mean()) ** 2).sum()))
+        result["r2_by_part"][name] = _r2(float(err @ err), truth[name])
         result["max_abs_error_by_part"][name] = float(np.max(np.abs(err)))
     t, a = np.concatenate(list(truth.values())), np.concatenate(list(approx.values()))
-    result["r2"] = _r2(float((a - t) @ (a - t)), float(((t - t.mean()) ** 2).sum()))
+    result["r2"] = _r2(float((a - t) @ (a - t)), t)
     result["max_abs_error"] = float(np.max(np.abs(a - t)))
     return result
 

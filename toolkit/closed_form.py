@@ -342,9 +342,11 @@ def best_fits(p: np.ndarray, y: np.ndarray, f: np.ndarray, dictionary: list[Term
     return best
 
 
-def rounded_digits(fit: Fit, p: np.ndarray, y: np.ndarray, f: np.ndarray, *, start: int = 3) -> int:
-    """Fewest significant digits (≥ start) whose rounded form loses at most a tenth more error than the fit."""
-    limit = fit.sse * 1.1 + 1e-24 * max(float(f @ f), 1e-300)
+def rounded_digits(fit: Fit, p: np.ndarray, y: np.ndarray, f: np.ndarray, *, slack: float = 0.0,
+                   start: int = 3) -> int:
+    """Fewest significant digits (≥ start) whose rounded form adds at most ``slack`` to the squared error
+    (and at most 10% of the fit's own error)."""
+    limit = max(fit.sse * 1.1, fit.sse + slack) + 1e-24 * max(float(f @ f), 1e-300)
     for digits in range(start, 18):
         r = f - fit.predict(p, y, digits)
         if float(r @ r) <= limit:
