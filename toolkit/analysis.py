@@ -259,7 +259,8 @@ def _taylor_polynomial(net: losses.LearnedLoss, y_pred: float, y_true: float | N
     number = (lambda v: exact_float(v)) if digits is None else (lambda v: exact_float(float(f"{v:.{digits}g}"), digits))
     if y_true is None:
         if net.task != "classification":
-            raise AnalysisError("a regression loss needs the expansion point in y too (y_true)")
+            raise AnalysisError("a regression loss needs the expansion point in y too: pass y_true "
+                                "(lfl export --around-y)")
         branches = {}
         for label in (1.0, 0.0):
             derivatives = _derivatives(net, y_pred, label, order, bivariate=False)
