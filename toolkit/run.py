@@ -221,7 +221,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         else:
             _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
                         data.input_shape, data.num_outputs)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
     if config.online:
@@ -361,7 +361,7 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train"):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
                 dynamic_ncols=True, mininterval=0.5)
 
