@@ -28,10 +28,17 @@ data:
 	  echo "no apt-get: lfl will download Fashion-MNIST on first use (or see 'lfl datasets')"; \
 	fi
 
-## The main job: LeNet-5 on Fashion-MNIST, cross-entropy, then the test error.
+## The main job: AdaLFL against cross-entropy, LeNet-5 on Fashion-MNIST, same budget and seed;
+## prints both test errors (with the paired comparison) and the learned loss as a compact formula.
+RUN_STEPS  ?= 6000
+INIT_STEPS ?= 2500
+RUN_OPTS   ?= --dataset fashion-mnist --model lenet5 --steps $(RUN_STEPS) --lr 0.01 --momentum 0.9 \
+              --nesterov --batch-size 128 --seed 0 --checkpoint-every 1000
 run: setup data
-	$(LFL) train --dataset fashion-mnist --model lenet5 --loss ce --steps 12000 \
-	  --lr 0.01 --momentum 0.9 --nesterov --batch-size 128 --seed 0 --out $(RUN_DIR)/ce
+	$(LFL) train $(RUN_OPTS) --loss ce --out $(RUN_DIR)/ce
+	$(LFL) train $(RUN_OPTS) --loss adalfl --init-steps $(INIT_STEPS) --out $(RUN_DIR)/adalfl
+	$(LFL) compare $(RUN_DIR)/ce $(RUN_DIR)/adalfl
+	$(LFL) export $(RUN_DIR)/adalfl --approx
 
 test: setup data
 	$(VENV)/bin/pytest -q
