@@ -153,9 +153,10 @@ def test_reuse_a_loss_json_and_a_formula(tmp_path, digits, adapt):
         assert result["test_error"] < 0.5
 
 
-@pytest.mark.parametrize("source, match", [
-    ("y_pred +* y", "neither a file nor"), ("z * y_pred", "only y_pred and y"), ("missing.json", "no such file"),
+@pytest.mark.parametrize("source, adapt, match", [
+    ("y_pred +* y", False, "neither a file nor"), ("z * y_pred", False, "only y_pred and y"),
+    ("missing.json", False, "no such file"), ("(y - y_pred)**2", True, "no trainable parameters"),
 ])
-def test_bad_loss_sources_name_the_problem(source, match, digits):
+def test_bad_loss_sources_name_the_problem(source, adapt, match, digits):
     with pytest.raises(ConfigError, match=match):
-        train(small(loss_from=source), progress=False, dataset=digits)
+        train(small(loss_from=source, adapt=adapt), progress=False, dataset=digits)

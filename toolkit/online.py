@@ -65,6 +65,8 @@ class OnlineLossLearner:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if meta_lr <= 0:
             raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
+        if not any(p.requires_grad and p.numel() for p in loss.parameters()):
+            raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
         self.model, self.loss, self.rule = model, loss, rule
         self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip
         self.meta_gradient_name = meta_gradient

@@ -224,6 +224,9 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
+    if config.online and not any(p.requires_grad and p.numel() for p in loss.parameters()):
+        raise ConfigError(f"the loss to adapt has no trainable parameters ({type(loss).__name__}): "
+                          "give a formula with numeric constants, or drop --adapt")
     if config.online:
         learner = OnlineLossLearner(model, loss, rule=config.rule(), meta_lr=config.meta_lr,
                                     meta_interval=config.meta_interval, meta_clip=config.meta_clip,
