@@ -169,3 +169,13 @@ def test_reinitialise_trusts_a_model_level_reset():
     model = build_model("lenet5", input_shape=(1, 28, 28), num_outputs=10)
     reinitialise(model)
     assert all(float(m.bias.detach().abs().max()) == 0.0 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+def test_batchnorm_running_statistics_are_updated_exactly_once_per_step():
+    learner = _learner(model=tiny_bn_dropout())
+    reference = copy.deepcopy(learner.model)
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+    learner.step(train, valid)
+    reference(train[0])  # one ordinary training-mode forward on the training batch
+    for (name, b), (_, ref) in zip(learner.model.named_buffers(), reference.named_buffers()):
+        torch.testing.assert_close(b, ref, msg=name)
