@@ -164,7 +164,7 @@ def train(**options) -> None:
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
         from toolkit.sweep import run_seeds
         summary = run_seeds(config, list(seeds), out_dir=out, jobs=jobs, resume=resume, progress=not quiet)
-        metric = "test_error" if "test_error" in summary else "test_mse"
+        metric = "test_mse" if "test_mse" in summary else "test_error"
         stats = summary[metric]
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
                    f"{','.join(map(str, seeds))} (worst {stats['max']:.4f})  -> {out}/summary.json")
