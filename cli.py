@@ -117,6 +117,8 @@ def cli() -> None:
               help="TaylorGLO: training steps per candidate evaluation.")
 @click.option("--search-jobs", default=1, show_default=True, type=int,
               help="TaylorGLO: parallel processes evaluating candidates.")
+@click.option("--invariant/--no-invariant", default=True, show_default=True,
+              help="TaylorGLO: reject candidates whose gradient does not favour the true class, untrained.")
 @click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]),
               help="Parameterisation of a learned loss.")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")

@@ -160,3 +160,13 @@ def test_reuse_a_loss_json_and_a_formula(tmp_path, digits, adapt):
 def test_bad_loss_sources_name_the_problem(source, adapt, match, digits):
     with pytest.raises(ConfigError, match=match):
         train(small(loss_from=source, adapt=adapt), progress=False, dataset=digits)
+
+
+def test_adalfl_on_regression_reports_test_mse(tmp_path):
+    data = load_dataset("diabetes", seed=0)
+    results = train(small(dataset="diabetes", loss="adalfl", init_steps=10, steps=30, lr=0.01),
+                    out_dir=tmp_path, progress=False, dataset=data)
+    assert results["task"] == "regression" and results["test_mse"] > 0
+    assert results["test_mse_original_units"] == pytest.approx(results["test_mse"] * data.target_std ** 2)
+    saved = json.loads((tmp_path / "loss.json").read_text())
+    assert saved["config"]["task"] == "regression"

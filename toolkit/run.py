@@ -311,6 +311,7 @@ def _search(config: TrainConfig, task: str, history: History, progress: bool) ->
 
     loss, _ = search_taylorglo(config, task=task, generations=config.generations, population=config.population,
                                fitness_steps=config.fitness_steps, jobs=config.search_jobs, seed=config.seed,
+                               invariant=config.invariant,
                                on_generation=report)
     bar.close()
     return loss

@@ -74,6 +74,7 @@ class TrainConfig:
     population: int | None = None
     fitness_steps: int = 200
     search_jobs: int = 1
+    invariant: bool = True
 
     def __post_init__(self) -> None:
         checks = [
