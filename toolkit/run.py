@@ -84,7 +84,7 @@ class OnlineStepper:
         self.learner.load_state_dict(state)
 
 
-def load_loss_source(source: str, task: str) -> nn.Module:
+def reused_loss(source: str, task: str) -> nn.Module:
     """A loss to reuse: a loss.json, a file holding a SymPy formula, or a formula string.
 
     Formulas are per-element losses in ``y_pred`` and ``y`` (e.g. ``"-y*log(y_pred)"``);
@@ -116,7 +116,7 @@ def load_loss_source(source: str, task: str) -> nn.Module:
 def make_loss(config: TrainConfig, task: str) -> nn.Module:
     """The loss module a config asks for, before any learning."""
     if config.loss_from is not None:
-        return load_loss_source(config.loss_from, task)
+        return reused_loss(config.loss_from, task)
     if config.loss == "ce":
         if task != "classification":
             raise ConfigError("--loss ce needs a classification dataset: use --loss mse for regression")
