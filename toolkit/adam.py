@@ -75,6 +75,20 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state
     return new_params, AdamState(step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
 
 
+def apply_meta_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: AdamState, *,
+                      lr: float, clip: float | None = None, apply: Tensor | None = None) -> AdamState:
+    """Clip ``grads``, take an Adam step and write it into ``params`` in place; return the new state.
+
+    ``params`` are the loss module's parameters themselves; where ``apply`` is False
+    they and the state stay unchanged (selected on the device, no host sync).
+    """
+    new_params, state = adam_update(params, clip_by_global_norm(grads, clip), state, lr=lr, apply=apply)
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(new_params[name])
+    return state
+
+
 def clip_by_global_norm(grads: Mapping[str, Tensor], max_norm: float | None) -> TensorDict:
     """Scale ``grads`` so their joint L2 norm is at most ``max_norm`` (None: unchanged)."""
     if max_norm is None:

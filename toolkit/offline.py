@@ -12,12 +12,12 @@ References:
 from __future__ import annotations
 
 import copy
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from .adam import adam_init, adam_update, all_finite, clip_by_global_norm
+from .adam import adam_init, all_finite, apply_meta_update
 from .lookahead import SGDRule, get_meta_gradient
 
 Batch = tuple[Tensor, Tensor]
@@ -79,11 +79,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         result = meta_gradient_fn(scratch, params, dict(scratch.named_buffers()), loss, loss_params,
                                   train, valid, rule, None, task=task)
         ok = all_finite([result.meta_loss, *result.meta_grads.values()])
-        grads = clip_by_global_norm(result.meta_grads, meta_clip)
-        new_phi, adam = adam_update(loss_params, grads, adam, lr=meta_lr, apply=ok)
-        with torch.no_grad():
-            for k, p in loss_params.items():
-                p.copy_(new_phi[k])
+        adam = apply_meta_update(loss_params, result.meta_grads, adam, lr=meta_lr, clip=meta_clip, apply=ok)
         skipped = skipped + (~ok).long()
         meta_loss_sum = meta_loss_sum + torch.where(ok, result.meta_loss.double(), 0.0)
         if (s + 1) % record_every == 0 or s + 1 == steps:
@@ -95,7 +91,3 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
                 progress(s + 1, record)
     return records
 
-
-def batch_pairs(train_batches: Iterator[Batch], valid_batches: Iterator[Batch]) -> Callable[[int], tuple[Batch, Batch]]:
-    """Adapt two iterators to the ``batches(s)`` callable :func:`offline_initialise` takes."""
-    return lambda s: (next(train_batches), next(valid_batches))

@@ -21,8 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .adam import AdamState, adam_init, adam_update, all_finite, clip_by_global_norm
+from .adam import AdamState, adam_init, all_finite, apply_meta_update
 from .lookahead import SGDRule, get_meta_gradient, sgd_update
+
+
+def has_trainable_parameters(module: nn.Module) -> bool:
+    """Whether ``module`` has a non-empty parameter that requires grad (something to learn)."""
+    return any(p.requires_grad and p.numel() for p in module.parameters())
 
 
 class NonFiniteError(RuntimeError):
@@ -65,11 +70,10 @@ class OnlineLossLearner:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if meta_lr <= 0:
             raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
-        if not any(p.requires_grad and p.numel() for p in loss.parameters()):
+        if not has_trainable_parameters(loss):
             raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
         self.model, self.loss, self.rule = model, loss, rule
         self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip
-        self.meta_gradient_name = meta_gradient
         self._meta_gradient = get_meta_gradient(meta_gradient)
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
         self.adam: AdamState = adam_init(dict(loss.named_parameters()))
@@ -120,11 +124,8 @@ class OnlineLossLearner:
         base_ok = all_finite([result.train_loss, *result.params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, result.params, result.momentum, base_ok)
-        grads = clip_by_global_norm(result.meta_grads, self.meta_clip)
-        new_phi, self.adam = adam_update(loss_params, grads, self.adam, lr=self.meta_lr, apply=meta_ok)
-        with torch.no_grad():
-            for k, p in loss_params.items():
-                p.copy_(new_phi[k])
+        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.meta_lr,
+                                      clip=self.meta_clip, apply=meta_ok)
         self._count(base_ok, meta_ok)
         info = {"train_loss": result.train_loss, "meta_loss": result.meta_loss}
         if result.grad_ratio is not None:
@@ -205,4 +206,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
     return fixed
 
 
-__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy"]
+__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters"]

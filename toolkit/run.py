@@ -23,7 +23,7 @@ import losses
 from .data import Dataset, load_dataset
 from .models import build_model
 from .offline import offline_initialise
-from .online import OnlineLossLearner, frozen_copy
+from .online import OnlineLossLearner, frozen_copy, has_trainable_parameters
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at, resolve_device,
                     seed_everything, write_json)
 
@@ -32,8 +32,6 @@ CHECKPOINT_VERSION = 1
 
 class FixedLossStepper:
     """Plain SGD (``torch.optim.SGD``) on a fixed loss: cross-entropy, squared error, or a frozen learned loss."""
-
-    needs_valid = False
 
     def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig) -> None:
         self.model, self.loss = model, loss
@@ -62,8 +60,6 @@ class FixedLossStepper:
 
 class OnlineStepper:
     """Adapter from :class:`OnlineLossLearner` to the loop's stepper interface."""
-
-    needs_valid = True
 
     def __init__(self, learner: OnlineLossLearner) -> None:
         self.learner = learner
@@ -111,6 +107,12 @@ def reused_loss(source: str, task: str) -> nn.Module:
     if loss.task != task:
         raise ConfigError(f"--loss-from {source}: a {loss.task} loss cannot train a {task} dataset")
     return loss
+
+
+def load_run_dataset(config: TrainConfig) -> Dataset:
+    """The dataset, splits and normalisation a config names (its seed picks the validation split)."""
+    return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
+                        valid_fraction=config.valid_fraction, target=config.target, task=config.task)
 
 
 def make_loss(config: TrainConfig, task: str) -> nn.Module:
@@ -189,9 +191,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    data = dataset or load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                                   valid_fraction=config.valid_fraction, target=config.target,
-                                   task=config.task)
+    data = dataset or load_run_dataset(config)
     task = data.task
     model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
                         **config.model_options).to(device)
@@ -224,7 +224,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
-    if config.online and not any(p.requires_grad and p.numel() for p in loss.parameters()):
+    if config.online and not has_trainable_parameters(loss):
         raise ConfigError(f"the loss to adapt has no trainable parameters ({type(loss).__name__}): "
                           "give a formula with numeric constants, or drop --adapt")
     if config.online:
@@ -234,7 +234,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
                                     snapshot_every=0)  # the run writes loss_snapshots.jsonl itself
         stepper = OnlineStepper(learner)
     else:
-        train_loss = frozen_copy(loss) if any(p.requires_grad for p in loss.parameters()) else loss
+        train_loss = frozen_copy(loss) if has_trainable_parameters(loss) else loss
         stepper = FixedLossStepper(model, train_loss, config)
 
     start_step = 0

@@ -115,14 +115,11 @@ def satisfies_invariant(loss: losses.LearnedLoss, *, points: int = 64) -> bool:
 _WORKER: dict = {}
 
 
-def _worker_init(config_dict: dict, threads: int) -> None:
-    from .data import load_dataset
-    from .train import TrainConfig
+def _worker_init(config, threads: int) -> None:
+    from .run import load_run_dataset
     torch.set_num_threads(threads)
-    config = TrainConfig(**{**config_dict, "milestones": tuple(config_dict["milestones"])})
     _WORKER["config"] = config
-    _WORKER["data"] = load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                                   valid_fraction=config.valid_fraction, target=config.target, task=config.task)
+    _WORKER["data"] = load_run_dataset(config)
 
 
 def _fitness(params: Sequence[float], fitness_steps: int, invariant: bool) -> float:
@@ -155,19 +152,18 @@ def search_taylorglo(config, *, task: str = "classification", generations: int =
     Returns:
         (best loss, search result).
     """
-    config_dict = config.to_dict()
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     if jobs == 1:
-        _worker_init(config_dict, torch.get_num_threads())
+        _worker_init(config, torch.get_num_threads())
         evaluate = lambda xs: [_fitness(x, fitness_steps, invariant) for x in xs]  # noqa: E731
         result = cma_minimise(evaluate, [0.0] * TAYLORGLO_SIZE, population=population, generations=generations,
                               seed=seed, on_generation=on_generation)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                                 initargs=(config_dict, threads)) as pool:
+                                 initargs=(config, threads)) as pool:
             evaluate = lambda xs: list(pool.map(_fitness, xs, [fitness_steps] * len(xs),  # noqa: E731
                                                 [invariant] * len(xs)))
             result = cma_minimise(evaluate, [0.0] * TAYLORGLO_SIZE, population=population,
