@@ -59,7 +59,27 @@ def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         elif isinstance(val, list) and not params[name].multiple:
             val = ",".join(str(v) for v in val)
         defaults[name] = val
+    preset = defaults.pop("preset", None)
+    if preset is not None:
+        from toolkit.train import PRESETS
+        if preset not in PRESETS:
+            raise click.BadParameter(f"unknown preset {preset!r} in {path}; choose {', '.join(PRESETS)}",
+                                     param_hint="--config")
+        for name, val in PRESETS[preset].items():
+            defaults.setdefault(name, val)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def _apply_preset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Eager --preset: its option values become defaults below any --config file and the command line."""
+    if value is None:
+        return None
+    from toolkit.train import PRESETS
+    defaults = dict(ctx.default_map or {})
+    for name, val in PRESETS[value].items():
+        defaults.setdefault(name, val)
+    ctx.default_map = defaults
     return value
 
 
@@ -95,6 +115,9 @@ def cli() -> None:
 @cli.command()
 @click.option("--config", type=click.Path(dir_okay=False), callback=_read_config_file, is_eager=True,
               expose_value=False, help="TOML or YAML file setting any option below; the command line overrides it.")
+@click.option("--preset", type=click.Choice(["default", "paper"]), callback=_apply_preset, is_eager=True,
+              expose_value=False,
+              help="Named option values: 'paper' is AdaLFL as published (--loss-scale free). Explicit options win.")
 @click.option("--dataset", default="fashion-mnist", show_default=True,
               help="mnist, fashion-mnist, cifar10, cifar100, svhn, digits, wine, breast_cancer, diabetes, csv:PATH")
 @click.option("--target", default=None, help="Target column of a csv: dataset (default: the last column).")
@@ -121,6 +144,11 @@ def cli() -> None:
               help="TaylorGLO: reject candidates whose gradient does not favour the true class, untrained.")
 @click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]),
               help="Parameterisation of a learned loss.")
+@click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
+              help="adalfl/ml3: 'normalised' takes the gradient's direction from the learned loss and its size from "
+                   "the task loss times a learned scale in [1/--max-scale, --max-scale]; 'free' uses the loss as is.")
+@click.option("--max-scale", default=4.0, show_default=True, type=float,
+              help="Bound on the learned scale of a normalised loss.")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @click.option("--lr", default=0.01, show_default=True, type=float, help="Base SGD learning rate.")
@@ -201,23 +229,26 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--repeats", default=30, show_default=True, type=int, help="Timed steps per method (median).")
 @click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]))
+@click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
+              help="As in lfl train: 'free' times the loss network alone (the paper's AdaLFL).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device: str, repeats: int,
-          loss_param: str, as_json: bool) -> None:
+          loss_param: str, loss_scale: str, as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (fast and naive meta-gradient)."""
     from toolkit.bench import benchmark_steps
     from toolkit.train import resolve_device
 
     shape = _int_list(dataset_shape)
     result = benchmark_steps(model=model, input_shape=shape, num_outputs=classes, batch_size=batch_size,
-                             device=resolve_device(device), repeats=repeats, loss_param=loss_param)
+                             device=resolve_device(device), repeats=repeats, loss_param=loss_param,
+                             loss_scale=loss_scale)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{model}, batch {batch_size}, {result['device']}, median of {repeats}:")
-    for key in ("ce", "fast", "naive"):
+    for key in ("ce", "fast", "fast_forward_ad", "naive"):
         ratio = 1.0 if key == "ce" else result[f"{key}_ratio"]
-        click.echo(f"  {key:<6} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
+        click.echo(f"  {key:<15} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
                    f"peak {result[f'{key}_peak_mb']:.1f} MB")
 
 

@@ -3,6 +3,7 @@
 from losses.base import LearnedLoss, encode_targets, prediction_transform
 from losses.io import LossFileError, load_loss, loss_from_dict, loss_to_dict, save_loss
 from losses.mlp import MLPLoss
+from losses.scaled import GradientScaledLoss
 from losses.registry import LOSS_NAMES, build_loss
 from losses.standard import CrossEntropyLoss, SquaredErrorLoss
 from losses.symbolic import SYMPY_TO_TORCH, SymbolicLoss, UnsupportedFunctionError
@@ -16,6 +17,7 @@ __all__ = [
     "CrossEntropyLoss",
     "SquaredErrorLoss",
     "SymbolicLoss",
+    "GradientScaledLoss",
     "Y_PRED",
     "Y_TRUE",
     "SYMPY_TO_TORCH",

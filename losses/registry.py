@@ -7,6 +7,7 @@ from typing import Any
 
 from losses.base import LearnedLoss
 from losses.mlp import MLPLoss
+from losses.scaled import GradientScaledLoss
 from losses.standard import CrossEntropyLoss, SquaredErrorLoss
 from losses.symbolic import SymbolicLoss
 from losses.taylor import TaylorLoss
@@ -23,7 +24,7 @@ _BUILDERS: dict[str, Callable[..., LearnedLoss]] = {
 LOSS_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 LOSS_KINDS: dict[str, type[LearnedLoss]] = {
-    cls.kind: cls for cls in (CrossEntropyLoss, SquaredErrorLoss, MLPLoss, TaylorLoss, SymbolicLoss)
+    cls.kind: cls for cls in (CrossEntropyLoss, SquaredErrorLoss, MLPLoss, TaylorLoss, SymbolicLoss, GradientScaledLoss)
 }
 """Class of each ``kind`` recorded in saved files."""
 

@@ -61,6 +61,25 @@ def test_config_file_sets_options_and_command_line_overrides(tmp_path):
     assert_one_line_error(lfl("train", "--config", str(yaml_config)), "bogus")
 
 
+def test_paper_preset_is_a_named_group_of_defaults(tmp_path):
+    common = ("train", "--dataset", "digits", "--model", "logreg", "--loss", "ml3", "--init-steps", "2",
+              "--steps", "2", "--quiet", "--checkpoint-every", "0")
+    config = tmp_path / "paper.toml"
+    config.write_text('preset = "paper"\n')
+    cases = {"preset": ["--preset", "paper"], "explicit-wins": ["--preset", "paper", "--loss-scale", "normalised"],
+             "file": ["--config", str(config)], "default": []}
+    expected = {"preset": ("free", "mlp"), "explicit-wins": ("normalised", "gradient_scaled"),
+                "file": ("free", "mlp"), "default": ("normalised", "gradient_scaled")}
+    for name, extra in cases.items():
+        out = tmp_path / name
+        result = lfl(*common, *extra, "--out", str(out))
+        assert result.returncode == 0, result.stderr
+        saved = json.loads((out / "loss.json").read_text())
+        assert (json.loads((out / "results.json").read_text())["config"]["loss_scale"], saved["kind"]) \
+            == expected[name], name
+    assert_one_line_error(lfl(*common, "--preset", "fancy"), "fancy")
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["train", "--dataset", "imagenet"], ["imagenet"]),
     (["train", "--dataset", "csv:/nonexistent/data.csv"], ["/nonexistent/data.csv"]),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import losses
-from toolkit.plots import (plot_final_errors, plot_gradient_magnitude, plot_learning_curves, plot_loss_evolution,
+from toolkit.plots import (plot_diagnostics, plot_final_errors, plot_gradient_magnitude, plot_learning_curves, plot_loss_evolution,
                            plot_loss_surface, plot_runs, save_figure)
 from toolkit.rundir import AnalysisError, find_runs
 
@@ -19,11 +19,17 @@ def _write_run(path, *, loss: str, seed: int, error: float, learned: bool) -> No
     (path / "results.json").write_text(json.dumps(results))
     history = [{"phase": "train", "step": s, "lr": 0.1, "train_loss": 2.0 / s + 0.01 * seed, "grad_ratio": 1.5}
                for s in (10, 20, 30)]
+    if learned:
+        history = [{"phase": "init", "step": s, "meta_loss": 3.0 - s / 50, "skipped": 0} for s in (25, 50)] + [
+            {**r, "meta_loss": 1.0 / r["step"], "skipped_base": 0, "skipped_meta": int(r["step"] == 30)}
+            for r in history]
     history += [{"phase": "eval", "step": s, "valid_error": error + 0.1 / s, "valid_loss": 1.0} for s in (10, 30)]
     (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
     if learned:
         torch.manual_seed(seed)
         loss_module = losses.MLPLoss(hidden=(4,))
+        if seed == 1:  # the default normalised parameterisation, as lfl train writes it
+            loss_module = losses.GradientScaledLoss(loss_module)
         lines = []
         for step in (0, 10, 20, 30):
             lines.append(json.dumps({"phase": "train", "step": step, "loss": losses.loss_to_dict(loss_module)}))
@@ -80,6 +86,14 @@ def test_learning_curves_gradient_and_final_errors(runs):
     gradient = plot_gradient_magnitude(run)
     assert [ax.get_ylabel() for ax in gradient.axes] == ["mean |∂ℓ/∂ŷ|", "‖∂M/∂f‖ / ‖∂L_task/∂f‖"]
     assert gradient.axes[0].get_yscale() == "log"
+    diagnostics = plot_diagnostics(run)
+    assert [ax.get_title() for ax in diagnostics.axes] == [
+        "meta-objective L_task(θ')", "training loss M (learned)", "‖∂M/∂f‖ / ‖∂L_task/∂f‖",
+        "skipped non-finite updates (total)"]
+    assert [line.get_label() for line in diagnostics.axes[0].get_lines()] == ["offline phase", "online"]
+    assert list(diagnostics.axes[3].get_lines()[1].get_ydata()) == [0, 0, 1]
+    with pytest.raises(AnalysisError, match="not a learned-loss run"):
+        plot_diagnostics(next(r for r in runs if r.method == "ce"))
     final = plot_final_errors(runs)
     assert _labels(final.axes[0]) == ("Final test error per method (mean ± std over seeds)", "method", "test error")
     assert [t.get_text() for t in final.axes[0].get_xticklabels()] == ["adalfl-mlp", "ce"]
@@ -93,7 +107,8 @@ def test_save_and_plot_runs_write_non_empty_png_and_svg(runs, tmp_path):
     names = sorted(p.name for p in written)
     assert names == sorted(["learning_curves.png", "final_test_error.png"]
                            + [f"{kind}_adalfl_seed-{s}.png" for kind in ("loss_evolution", "loss_gradient",
-                                                                        "loss_surface") for s in (0, 1)])
+                                                                        "loss_surface", "diagnostics")
+                              for s in (0, 1)])
     assert all(p.stat().st_size > 1000 for p in written)
     with pytest.raises(AnalysisError, match="unknown image format 'gif'"):
         plot_runs(runs, tmp_path / "bad", formats=["gif"])

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+import losses
 from toolkit.data import load_dataset
 from toolkit.run import train
 from toolkit.train import BatchStream, ConfigError, TrainConfig, lr_at
@@ -104,7 +105,32 @@ def test_adalfl_run_records_diagnostics_and_snapshots(tmp_path, digits):
     assert [s["step"] for s in snaps] == [0, 20, 40]
 
 
+def test_learned_losses_are_gradient_normalised_unless_the_paper_preset_asks_otherwise():
+    from toolkit.run import make_loss
+    from toolkit.train import PRESETS
+    default = make_loss(small(loss="adalfl"), "classification")
+    assert isinstance(default, losses.GradientScaledLoss) and isinstance(default.shape, losses.MLPLoss)
+    assert default.max_scale == 4.0
+    taylor = make_loss(small(loss="ml3", loss_param="taylor", max_scale=2.0), "classification")
+    assert isinstance(taylor.shape, losses.TaylorLoss) and taylor.max_scale == 2.0
+    paper = make_loss(small(loss="adalfl", **PRESETS["paper"]), "classification")
+    assert type(paper) is losses.MLPLoss
+    assert type(make_loss(small(loss="taylorglo"), "classification")) is losses.TaylorLoss
+
+
+def test_normalised_run_logs_its_learned_scale_as_the_gradient_ratio(tmp_path, digits):
+    train(small(loss="adalfl", init_steps=5, steps=20, log_every=10), out_dir=tmp_path, progress=False,
+          dataset=digits)
+    loss = losses.load_loss(tmp_path / "loss.json")
+    online = [json.loads(x) for x in (tmp_path / "history.jsonl").read_text().splitlines()]
+    ratios = [r["grad_ratio"] for r in online if r["phase"] == "train"]
+    assert all(1 / 4 <= r <= 4 for r in ratios)
+    # The ratio is logged before the step's meta update; the scale changes by at most ~meta_lr per step.
+    assert ratios[-1] == pytest.approx(float(loss.scale.detach()), rel=0.01)
+
+
 @pytest.mark.parametrize("kw, match", [
+    (dict(loss_scale="huge"), "--loss-scale"), (dict(max_scale=1.0), "--max-scale"),
     (dict(steps=-1), "--steps"), (dict(lr=0), "--lr"), (dict(loss="huber"), "--loss"),
     (dict(nesterov=True), "--nesterov"), (dict(device="tpu"), "--device"),
 ])

@@ -211,6 +211,47 @@ def plot_gradient_magnitude(run: Run, *, snapshots: list[tuple[int, losses.Learn
     return fig
 
 
+def plot_diagnostics(run: Run, *, title: str | None = None):
+    """A learned-loss run's health over steps: meta-objective, training loss, gradient scale, skipped updates.
+
+    Reads the ``train`` records of ``history.jsonl`` (every ``--log-every`` steps), and the offline
+    phase's meta-objective when there was one.
+    """
+    records = [r for r in run.records("train") if r.get("meta_loss") is not None]
+    init = [r for r in run.records("init") if r.get("meta_loss") is not None]
+    if not records and not init:
+        raise AnalysisError(f"{run.path} has no meta-objective records: it is not a learned-loss run")
+    fig, axes = _figure(4, width=4.2)
+    ax = axes[0]
+    if init:
+        ax.plot([r["step"] - init[-1]["step"] for r in init], [r["meta_loss"] for r in init],
+                color="tab:grey", label="offline phase")
+    ax.plot([r["step"] for r in records], [r["meta_loss"] for r in records], color="tab:blue", label="online")
+    ax.set_title("meta-objective L_task(θ')")
+    ax.set_xlabel("step (offline phase before 0)")
+    ax.legend(fontsize="small")
+    panels = (("train_loss", "training loss M (learned)", "tab:green", False),
+              ("grad_ratio", "‖∂M/∂f‖ / ‖∂L_task/∂f‖", "tab:red", True))
+    for ax, (key, label, colour, log) in zip(axes[1:3], panels):
+        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), color=colour)
+        if log:
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+            ax.set_yscale("log")
+        ax.set_title(label)
+        ax.set_xlabel("step")
+    ax = axes[3]
+    for key, colour in (("skipped_base", "tab:orange"), ("skipped_meta", "tab:purple")):
+        ax.step([r["step"] for r in records], [r.get(key, 0) for r in records], where="post", color=colour,
+                label=key.replace("_", " "))
+    ax.set_title("skipped non-finite updates (total)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize="small")
+    fig.suptitle(title or f"Learned-loss diagnostics: {run.name}")
+    return fig
+
+
 def plot_final_errors(runs: list[Run], *, title: str | None = None):
     """Final test error per method: mean ± std over seeds (bars) and each run (dots)."""
     import pandas as pd
@@ -253,6 +294,8 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, formats: Iterable[str] = 
         written += _save(plot_loss_evolution(snapshots, title=f"Learned loss during training: {run.name}"),
                          out / f"loss_evolution_{label}", formats)
         written += _save(plot_gradient_magnitude(run, snapshots=snapshots), out / f"loss_gradient_{label}", formats)
+        if any(r.get("meta_loss") is not None for r in run.records("train")):
+            written += _save(plot_diagnostics(run), out / f"diagnostics_{label}", formats)
         final = run.loss_at() if (run.path / "loss.json").exists() else snapshots[-1][1]
         written += _save(plot_loss_surface(final, title=f"Learned loss surface ℓ(y, ŷ): {run.name}"),
                          out / f"loss_surface_{label}", formats)

@@ -125,9 +125,12 @@ def make_loss(config: TrainConfig, task: str) -> nn.Module:
         return losses.CrossEntropyLoss(task=task)
     if config.loss == "mse":
         return losses.SquaredErrorLoss(task=task)
-    if config.loss == "taylorglo" or config.loss_param == "taylor":
+    if config.loss == "taylorglo":
         return losses.TaylorLoss.taylorglo(task=task)
-    return losses.MLPLoss(task=task)
+    shape = losses.TaylorLoss.taylorglo(task=task) if config.loss_param == "taylor" else losses.MLPLoss(task=task)
+    if config.loss_scale == "normalised":
+        return losses.GradientScaledLoss(shape, max_scale=config.max_scale)
+    return shape
 
 
 class History:

@@ -27,6 +27,17 @@ from .lookahead import SGDRule, task_loss
 
 LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
+LOSS_SCALES = ("normalised", "free")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # This toolkit's defaults: the learned loss gives the gradient's direction, and its
+    # size is the task loss's times a meta-learned scale bounded to [1/4, 4].
+    "default": {},
+    # Algorithms 1-2 of the paper as published: the loss network's output is used as is,
+    # so the offline phase is free to learn any gradient scale (see losses.scaled).
+    "paper": {"loss_scale": "free"},
+}
+"""Named groups of option values: ``lfl train --preset paper``. Explicit options win."""
 
 
 class ConfigError(ValueError):
@@ -66,6 +77,8 @@ class TrainConfig:
     meta_gradient: str = "fast"
     meta_source: str = "valid"
     snapshot_every: int = 100
+    loss_scale: str = "normalised"
+    max_scale: float = 4.0
     model_options: dict = field(default_factory=dict)
     # reuse of a learned loss, and the TaylorGLO search
     loss_from: str | None = None
@@ -91,6 +104,9 @@ class TrainConfig:
             (self.init_steps >= 0, f"--init-steps must be >= 0, got {self.init_steps}"),
             (self.meta_lr > 0, f"--meta-lr must be > 0, got {self.meta_lr}"),
             (self.meta_interval >= 1, f"--meta-interval must be >= 1, got {self.meta_interval}"),
+            (self.loss_scale in LOSS_SCALES,
+             f"unknown --loss-scale {self.loss_scale!r}: choose normalised or free"),
+            (math.isfinite(self.max_scale) and self.max_scale > 1, f"--max-scale must be > 1, got {self.max_scale}"),
             (self.meta_source in ("valid", "train"), "--meta-source must be 'valid' or 'train'"),
             (self.meta_gradient in ("fast", "naive"), "--meta-gradient must be 'fast' or 'naive'"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -229,4 +245,5 @@ def finite_or_none(value: float) -> float | None:
 
 
 __all__ = ["TrainConfig", "ConfigError", "BatchStream", "evaluate", "lr_at", "resolve_device",
-           "seed_everything", "atomic_write", "write_json", "LOSS_CHOICES", "LOSS_PARAMS"]
+           "seed_everything", "atomic_write", "write_json", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
+           "PRESETS"]

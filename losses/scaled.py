@@ -1,0 +1,161 @@
+"""A learned loss whose shape is learned and whose scale is an explicit, bounded multiplier.
+
+Why: a one-step lookahead rewards whatever makes the next step larger, so a learned
+loss trained that way (ML3's offline phase, AdaLFL's Algorithm 1) tends to learn a
+hidden learning-rate multiplier: its gradient grows to many times the task loss's
+(the short-horizon bias of greedy meta-objectives). From a fresh initialisation
+that can saturate the base model at once. ``GradientScaledLoss`` separates the two:
+the inner loss ℓ_φ gives only the *direction* of the gradient with respect to the
+model outputs f; its *size* is the task loss's gradient size on the same batch
+times a learned scale ``s`` bounded to [1/max_scale, max_scale]:
+
+    ∂M/∂f = s · ‖∂L_task/∂f‖ / ‖∂ℓ̄_φ/∂f‖ · ∂ℓ̄_φ/∂f,     s = max_scale ** tanh(ρ),
+
+with norms over the whole batch, ℓ̄_φ the mean inner loss and L_task cross-entropy
+(mean over the batch) or mean squared error, as in the meta-objective. The factor
+k = s·‖∂L_task/∂f‖/‖∂ℓ̄_φ/∂f‖ is computed on detached outputs, so it is a constant
+of the base step (the gradient with respect to f is exactly k·∂ℓ̄_φ/∂f) while it
+still depends on φ and ρ, so meta-gradients see how the shape and the scale move
+the step. The per-element formula (``elementwise``, ``to_sympy``) is the inner
+loss's shape; ``scale`` reports s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import sympy
+import torch
+from torch import Tensor, nn
+
+from losses.base import LearnedLoss, check_choice, encode_targets, reduce_loss, REDUCTIONS
+
+
+def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
+    """∂L_task/∂f in closed form: cross-entropy (softmax, or sigmoid for one output) or MSE.
+
+    Args:
+        outputs: raw model outputs (B, C); targets: already encoded, (B, C), same dtype.
+        task: "classification" or "regression".
+    """
+    batch = outputs.shape[0]
+    if task == "classification":
+        if outputs.shape[1] == 1:
+            return (torch.sigmoid(outputs) - targets) / batch
+        return (torch.softmax(outputs, dim=1) - targets) / batch
+    return 2.0 * (outputs - targets) / outputs.numel()
+
+
+class GradientScaledLoss(LearnedLoss):
+    """Wraps a learned loss: its gradient's direction, the task loss's gradient size times ``scale``.
+
+    Args:
+        shape: the inner learned loss ℓ_φ (e.g. ``MLPLoss()``); its task is used.
+        max_scale: bound B > 1 on the learned multiplier: s ∈ [1/B, B]; s starts at 1.
+
+    Attributes:
+        scale_logit: ρ, the unconstrained scalar behind s = B ** tanh(ρ).
+    """
+
+    kind = "gradient_scaled"
+
+    def __init__(self, shape: LearnedLoss | Mapping[str, Any] | None = None, *, max_scale: float = 4.0,
+                 task: str | None = None) -> None:
+        shape = self._build_shape(shape, task)
+        super().__init__(task=shape.task)
+        if task is not None and task != shape.task:
+            raise ValueError(f"task {task!r} differs from the inner loss's task {shape.task!r}")
+        if not (isinstance(max_scale, (int, float)) and math.isfinite(max_scale) and max_scale > 1):
+            raise ValueError(f"max_scale must be a finite number > 1 (e.g. 4.0); got {max_scale!r}")
+        self.shape = shape
+        self.max_scale = float(max_scale)
+        dtype = next((p.dtype for p in shape.parameters() if p.is_floating_point()), torch.get_default_dtype())
+        self.scale_logit = nn.Parameter(torch.zeros((), dtype=dtype))
+
+    @staticmethod
+    def _build_shape(shape: LearnedLoss | Mapping[str, Any] | None, task: str | None) -> LearnedLoss:
+        from losses.registry import LOSS_KINDS  # the registry imports this module
+
+        if shape is None:
+            from losses.mlp import MLPLoss
+            return MLPLoss(task=task or "classification")
+        if isinstance(shape, LearnedLoss):
+            if isinstance(shape, GradientScaledLoss):
+                raise ValueError("the inner loss is already a GradientScaledLoss; wrap its .shape instead")
+            return shape
+        if isinstance(shape, Mapping) and set(shape) == {"kind", "config"}:
+            cls = LOSS_KINDS.get(shape["kind"])
+            if cls is None or cls is GradientScaledLoss:
+                raise ValueError(f"unknown inner loss kind {shape['kind']!r}; known kinds: {', '.join(LOSS_KINDS)}")
+            return cls.from_config(shape["config"])
+        raise TypeError(f"shape must be a LearnedLoss or {{'kind': ..., 'config': ...}}; got {type(shape).__name__}")
+
+    @property
+    def scale(self) -> Tensor:
+        """s = max_scale ** tanh(ρ), in [1/max_scale, max_scale] (a 0-d tensor, differentiable)."""
+        return torch.exp(math.log(self.max_scale) * torch.tanh(self.scale_logit))
+
+    def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
+        return self.shape._elementwise(y_pred, y_true)
+
+    def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
+        return self.shape._elementwise_from_outputs(outputs, y_true)
+
+    def factor(self, outputs: Tensor, y_true: Tensor) -> Tensor:
+        """k = s·‖∂L_task/∂f‖ / ‖∂ℓ̄_φ/∂f‖ on this batch: no gradient to ``outputs``, gradients to φ and ρ.
+
+        Args:
+            outputs: raw outputs (B, C); y_true: encoded targets (B, C).
+        """
+        return self._normalised(outputs, y_true)[0]
+
+    def _normalised(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(k, ℓ̄_φ, ∂ℓ̄_φ/∂f) on detached outputs; k and the gradient carry graphs to φ and ρ if grad is on."""
+        differentiable = torch.is_grad_enabled()
+        f = outputs.detach().requires_grad_(True)
+        with torch.enable_grad():
+            inner = self.shape._elementwise_from_outputs(f, y_true).mean()
+            (direction,) = torch.autograd.grad(inner, f, create_graph=differentiable)
+        reference = task_gradient(f.detach(), y_true, self.task)
+        tiny = torch.finfo(outputs.dtype).eps ** 2
+        return self.scale * reference.norm() / direction.norm().clamp_min(tiny), inner, direction
+
+    provides_output_gradient = True
+    """``forward(..., output_gradient=True)`` returns (value, ∂value/∂outputs) in one loss-network pass."""
+
+    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
+                output_gradient: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """k · ℓ_φ on a batch; ∂/∂outputs has the task loss's norm times ``scale`` (``reduction="mean"``).
+
+        With ``output_gradient=True`` (mean reduction only) returns ``(value, m)``, m = ∂value/∂outputs
+        = k·∂ℓ̄_φ/∂outputs, differentiable with respect to the loss parameters when grad is
+        enabled: the same numbers as autograd through ``forward``, for half the loss-network work.
+        """
+        check_choice("reduction", reduction, REDUCTIONS)
+        y_true = encode_targets(targets, outputs, self.task)
+        self._check_dtype(outputs.dtype)
+        if output_gradient:
+            if reduction != "mean":
+                raise ValueError("output_gradient=True needs reduction='mean'")
+            return self._value_and_output_gradient(outputs, y_true)
+        return self.factor(outputs, y_true) * reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)
+
+    def _value_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
+        k, inner, direction = self._normalised(outputs, y_true)
+        return (k * inner).detach(), k * direction
+
+    def to_sympy(self) -> sympy.Expr:
+        """The inner loss's per-element shape (the scale is set per batch; see the class docstring)."""
+        return self.shape.to_sympy()
+
+    def config(self) -> dict[str, Any]:
+        return {"shape": {"kind": self.shape.kind, "config": self.shape.config()}, "max_scale": self.max_scale,
+                "task": self.task}
+
+    def extra_repr(self) -> str:
+        return f"max_scale={self.max_scale!r}"
+
+
+__all__ = ["GradientScaledLoss", "task_gradient"]
