@@ -14,6 +14,21 @@ RULES = {
     "momentum-wd": SGDRule(lr=0.1, momentum=0.9, weight_decay=0.01),
     "nesterov-wd": SGDRule(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
 }
+
+
+def _mlp_loss(hidden, task="classification"):
+    return losses.MLPLoss(hidden=hidden, task=task).double()
+
+
+def _scaled_loss(hidden, task="classification"):
+    """The toolkit's default: gradient direction from the MLP, size from the task loss times a learned scale."""
+    loss = losses.GradientScaledLoss(losses.MLPLoss(hidden=hidden, task=task), max_scale=3.0).double()
+    with torch.no_grad():
+        loss.scale_logit.fill_(0.4)  # away from 0, so tanh's slope is not 1
+    return loss
+
+
+LOSSES = {"mlp": _mlp_loss, "scaled": _scaled_loss}
 MODELS = {
     "mlp": (tiny_mlp, (5,)),
     "conv": (tiny_conv, (1, 8, 8)),
@@ -50,12 +65,13 @@ def test_sgd_update_matches_torch_optim(rule_name):
         torch.testing.assert_close(params[k], p.detach(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("rule_name", RULES)
-def test_fast_meta_gradient_equals_naive(model_name, rule_name):
+def test_fast_meta_gradient_equals_naive(model_name, rule_name, loss_name):
     factory, shape = MODELS[model_name]
     model = factory()
-    loss = losses.MLPLoss(hidden=(6, 6)).double()
+    loss = LOSSES[loss_name]((6, 6))
     params, momentum = _state(model, 0)
     train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
     results = {}
@@ -98,11 +114,12 @@ def _lookahead_objective(model, params, loss, phi, train, valid, rule):
         return float(task_loss(scratch(valid[0]), valid[1], "classification"))
 
 
+@pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("fn", [meta_gradient_fast, meta_gradient_naive], ids=["fast", "naive"])
-def test_meta_gradient_matches_central_differences(fn):
+def test_meta_gradient_matches_central_differences(fn, loss_name):
     rule = SGDRule(lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01)
     model = tiny_mlp(inputs=3, classes=3)
-    loss = losses.MLPLoss(hidden=(3, 3)).double()
+    loss = LOSSES[loss_name]((3, 3))
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
     train, valid = batch(10, (3,), 3, seed=5), batch(10, (3,), 3, seed=6)
     result = fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, None)
@@ -120,9 +137,10 @@ def test_meta_gradient_matches_central_differences(fn):
             assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, index, numeric, analytic)
 
 
-def test_regression_meta_gradient_fast_equals_naive():
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_regression_meta_gradient_fast_equals_naive(loss_name):
     model = tiny_mlp(inputs=4, classes=1)
-    loss = losses.MLPLoss(hidden=(5, 5), task="regression").double()
+    loss = LOSSES[loss_name]((5, 5), task="regression")
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
     g = torch.Generator().manual_seed(3)
     train = (torch.randn(12, 4, generator=g, dtype=torch.float64), torch.randn(12, 1, generator=g, dtype=torch.float64))

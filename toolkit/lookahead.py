@@ -14,8 +14,10 @@ L(θ') with respect to the loss parameters φ is
 
 where f are the base model's outputs on the training batch and J_f = ∂f/∂θ.
 ``meta_gradient_fast`` evaluates exactly this: one backward on the validation
-batch for v, one forward-mode Jacobian-vector product through the base model for u,
-and second derivatives of the small loss network only. ``meta_gradient_naive``
+batch for v, one Jacobian-vector product through the base model for u (from the
+training forward's activations when the model is a chain of known layers, see
+:mod:`toolkit.tangents`; forward-mode AD otherwise), and second derivatives of the
+small loss network only. ``meta_gradient_naive``
 differentiates through the whole unrolled step (``create_graph=True``) and is the
 reference the tests compare against.
 
@@ -33,6 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
+
+from .tangents import as_chain, chain_jvp, record_chain
 
 TensorDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -170,6 +174,15 @@ def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tenso
     return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
 
 
+def _value_and_output_gradient(loss: nn.Module, loss_params: Mapping[str, Tensor], outputs: Tensor,
+                               targets: Tensor) -> tuple[Tensor, Tensor]:
+    """M_φ and m = ∂M_φ/∂f with the graph to φ kept; one pass for losses that provide it themselves."""
+    if getattr(loss, "provides_output_gradient", False):
+        return functional_call(loss, dict(loss_params), (outputs, targets), {"output_gradient": True})
+    value = functional_call(loss, dict(loss_params), (outputs, targets))
+    return value, torch.autograd.grad(value, outputs, create_graph=True)[0]
+
+
 def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                             x: Tensor, tangents: Mapping[str, Tensor]) -> Tensor:
     """u = J_f v: the directional derivative of the outputs f_θ(x) along v, in forward mode.
@@ -193,7 +206,7 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
                        loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                        rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
                        task: str = "classification", update_buffers: bool = True,
-                       diagnostics: bool = False) -> Lookahead:
+                       diagnostics: bool = False, jvp: str = "auto") -> Lookahead:
     """The base update and the exact meta-gradient, through a JVP (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one
@@ -212,20 +225,26 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         task: "classification" or "regression" (selects the task loss).
         update_buffers: False evaluates the training forward on copies of the buffers.
         diagnostics: also compute the gradient-scale ratio (one extra tiny backward).
+        jvp: "auto" reuses the training forward's activations when the model is a
+            verifiable chain of known layers (:mod:`toolkit.tangents`), else forward-mode
+            AD; "forward" always uses forward-mode AD.
 
     Returns:
         A :class:`Lookahead`.
     """
+    if jvp not in ("auto", "forward"):
+        raise ValueError(f"jvp must be 'auto' or 'forward', got {jvp!r}")
     x, y = train
     device = x.device
     theta = {k: p.detach() for k, p in params.items()}
     rng = _rng_state(device)
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
-        outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+        with record_chain(model) as links:
+            outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+        chain = as_chain(links, outputs, set(theta_leaf)) if jvp == "auto" else None
         out_leaf = outputs.detach().requires_grad_(True)
-        train_loss = functional_call(loss, dict(loss_params), (out_leaf, y))
-        m = torch.autograd.grad(train_loss, out_leaf, create_graph=True)[0]  # depends on φ
+        train_loss, m = _value_and_output_gradient(loss, loss_params, out_leaf, y)  # m depends on φ
         grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m.detach())
     grads = dict(zip(theta_leaf, grads))
     new_params, new_momentum = sgd_update(theta, grads, momentum, rule)
@@ -236,8 +255,11 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
         v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
 
-    with _replayed_rng(rng, device):
-        u = jacobian_vector_product(model, theta, _cloned(buffers), x, v)
+    if chain is not None:  # the training forward's activations give u without a second forward
+        u = chain_jvp(chain, theta, v)
+    else:
+        with _replayed_rng(rng, device):
+            u = jacobian_vector_product(model, theta, _cloned(buffers), x, v)
 
     with torch.enable_grad():
         names = list(loss_params)
@@ -286,9 +308,15 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
                      grad_ratio=ratio)
 
 
+def meta_gradient_fast_forward_ad(*args, **kwargs) -> Lookahead:
+    """:func:`meta_gradient_fast` with forward-mode AD for every model (for benchmarks)."""
+    return meta_gradient_fast(*args, jvp="forward", **kwargs)
+
+
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
     "fast": meta_gradient_fast,
     "naive": meta_gradient_naive,
+    "fast-forward-ad": meta_gradient_fast_forward_ad,
 }
 
 

@@ -1,0 +1,100 @@
+"""Chain JVPs from recorded activations against forward-mode AD (float64), and when they must not apply."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from helpers import tiny_bn_dropout, tiny_conv, tiny_mlp
+from toolkit.lookahead import jacobian_vector_product
+from toolkit.models import build_model
+from toolkit.tangents import as_chain, chain_jvp, record_chain
+
+
+class Doubling(nn.Module):
+    """A forward with a functional op between layers: not a chain of modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.b(2 * self.a(x))
+
+
+class Shared(nn.Module):
+    """The same layer used twice: still a chain; its tangent sums both uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer, self.act, self.out = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(self.act(self.layer(self.act(self.layer(x)))))
+
+
+def _chain_and_reference(model, x):
+    model = model.double()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(7)
+    v = {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in params.items()}
+    with torch.enable_grad(), record_chain(model) as links:
+        outputs = functional_call(model, {k: p.requires_grad_(True) for k, p in
+                                          ((k, p.clone()) for k, p in params.items())}, (x,))
+    chain = as_chain(links, outputs, set(params))
+    reference = jacobian_vector_product(model, params, dict(model.named_buffers()), x, v)
+    return chain, (None if chain is None else chain_jvp(chain, params, v)), reference
+
+
+CHAINS = {
+    "lenet5": (lambda: build_model("lenet5", input_shape=(1, 28, 28), num_outputs=10), (6, 1, 28, 28)),
+    "mlp-relu": (lambda: build_model("mlp", input_shape=(12,), num_outputs=4, hidden=(9, 7)), (8, 12)),
+    "logreg": (lambda: build_model("logreg", input_shape=(3, 4, 4), num_outputs=5), (5, 3, 4, 4)),
+    "tiny-mlp": (tiny_mlp, (6, 5)),
+    "tiny-conv": (tiny_conv, (6, 1, 8, 8)),
+    "sigmoid-leaky-conv1d": (lambda: nn.Sequential(
+        nn.Conv1d(2, 3, 3, padding=1, stride=2, bias=False), nn.Sigmoid(), nn.AvgPool1d(2), nn.Flatten(),
+        nn.Linear(6, 4), nn.LeakyReLU(0.1), nn.Dropout(0.0), nn.Linear(4, 2)), (5, 2, 8)),
+    "shared-weights": (Shared, (6, 4)),
+    "odd-pools": (lambda: nn.Sequential(
+        nn.Conv2d(1, 2, 2), nn.AvgPool2d(2), nn.Tanh(), nn.AvgPool2d(3, ceil_mode=True), nn.ReLU(),
+        nn.AvgPool2d((2, 1)), nn.AvgPool2d(2, stride=1, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(2, 3)), (4, 1, 20, 20)),
+}
+
+
+@pytest.mark.parametrize("name", CHAINS)
+def test_chain_jvp_equals_forward_mode_ad(name):
+    factory, shape = CHAINS[name]
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64)
+    chain, u, reference = _chain_and_reference(factory(), x)
+    assert chain is not None, "expected a recognised chain"
+    torch.testing.assert_close(u, reference, rtol=1e-12, atol=1e-12)
+
+
+NOT_CHAINS = {
+    "batchnorm-dropout": (tiny_bn_dropout, (6, 5)),
+    "maxpool": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 3)),
+                (4, 1, 8, 8)),
+    "functional-op": (Doubling, (4, 4)),
+    "reflect-padding": (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+                                              nn.Flatten(), nn.Linear(2 * 16, 3)), (3, 1, 4, 4)),
+    "resnet": (lambda: build_model("resnet18", input_shape=(3, 8, 8), num_outputs=3), (2, 3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("name", NOT_CHAINS)
+def test_models_that_are_not_verifiable_chains_fall_back(name):
+    factory, shape = NOT_CHAINS[name]
+    torch.manual_seed(0)
+    chain, _, _ = _chain_and_reference(factory(), torch.randn(*shape, dtype=torch.float64))
+    assert chain is None
+
+
+def test_hooks_are_removed_after_recording():
+    model = tiny_conv()
+    with record_chain(model):
+        model(torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    assert all(not m._forward_hooks for m in model.modules())
