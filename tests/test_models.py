@@ -310,3 +310,20 @@ def test_error_messages():
 def test_module_docstring_example():
     result = doctest.testmod(toolkit.models, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_lenet5_variants_keep_the_parameter_count_and_check_their_options():
+    torch.manual_seed(0)
+    classic = build_model("lenet5", input_shape=MNIST, num_outputs=10)
+    modern = build_model("lenet5", input_shape=MNIST, num_outputs=10, activation="relu", pooling="max",
+                         init="torch")
+    assert sum(p.numel() for p in modern.parameters()) == 61_706
+    assert [type(m).__name__ for m in modern.features] == ["Conv2d", "ReLU", "MaxPool2d"] * 2
+    # Glorot with the tanh gain: U(±gain·√(6/(fan_in+fan_out))); PyTorch's default: U(±1/√fan_in).
+    fc = classic.classifier[1].weight
+    bound = nn.init.calculate_gain("tanh") * (6 / (400 + 120)) ** 0.5
+    assert float(fc.abs().max()) <= bound and float(fc.abs().max()) > 0.9 * bound
+    assert float(modern.classifier[1].weight.abs().max()) <= 1 / 400 ** 0.5
+    assert float(modern.classifier[1].bias.abs().max()) > 0  # PyTorch draws biases too
+    with pytest.raises(ModelError, match="model 'lenet5' option init must be one of glorot, torch; got 'he'"):
+        build_model("lenet5", input_shape=MNIST, num_outputs=10, init="he")

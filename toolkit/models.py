@@ -191,8 +191,13 @@ def _mlp(
                dropout=_fraction("mlp", "dropout", dropout))
 
 
-def _lenet5(input_shape: tuple[int, ...], num_outputs: int) -> nn.Module:
-    return LeNet5(input_shape, num_outputs)  # type: ignore[arg-type]
+def _lenet5(input_shape: tuple[int, ...], num_outputs: int, *, activation: str = "tanh", pooling: str = "avg",
+            init: str = "glorot") -> nn.Module:
+    try:
+        return LeNet5(input_shape, num_outputs, activation=str(activation).lower(),  # type: ignore[arg-type]
+                      pooling=str(pooling).lower(), init=str(init).lower())
+    except ValueError as error:
+        raise ModelError(f"model 'lenet5' option {str(error).removeprefix('LeNet5 ')}") from None
 
 
 def _alexnet(input_shape: tuple[int, ...], num_outputs: int, *, dropout: float = 0.0) -> nn.Module:

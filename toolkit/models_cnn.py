@@ -64,39 +64,56 @@ class LeNet5(nn.Module):
     Args:
       input_shape: ``(C, H, W)``; H and W at least :attr:`MIN_SIZE`.
       num_outputs: number of logits.
+      activation: "tanh" (classic) or "relu" (the common modern variant).
+      pooling: "avg" (classic) or "max".
+      init: "glorot" (Glorot-uniform with the activation's gain, zero biases) or
+        "torch" (PyTorch's layer defaults).
     """
 
     MIN_SIZE = 12
+    ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+    POOLINGS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+    INITS = ("glorot", "torch")
 
-    def __init__(self, input_shape: tuple[int, int, int], num_outputs: int) -> None:
+    def __init__(self, input_shape: tuple[int, int, int], num_outputs: int, *, activation: str = "tanh",
+                 pooling: str = "avg", init: str = "glorot") -> None:
         super().__init__()
+        for option, value, choices in (("activation", activation, self.ACTIVATIONS), ("pooling", pooling,
+                                       self.POOLINGS), ("init", init, self.INITS)):
+            if value not in choices:
+                raise ValueError(f"LeNet5 {option} must be one of {', '.join(choices)}; got {value!r}")
+        self.activation, self.pooling, self.init = activation, pooling, init
+        act, pool = self.ACTIVATIONS[activation], self.POOLINGS[pooling]
         channels, height, width = input_shape
         padding = self.first_padding(height, width)
         self.features = nn.Sequential(
-            nn.Conv2d(channels, 6, 5, padding=padding), nn.Tanh(), nn.AvgPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.Tanh(), nn.AvgPool2d(2),
+            nn.Conv2d(channels, 6, 5, padding=padding), act(), pool(2),
+            nn.Conv2d(6, 16, 5), act(), pool(2),
         )
         rows, cols = (self.feature_side(side, padding) for side in (height, width))
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(16 * rows * cols, 120), nn.Tanh(),
-            nn.Linear(120, 84), nn.Tanh(),
+            nn.Linear(16 * rows * cols, 120), act(),
+            nn.Linear(120, 84), act(),
             nn.Linear(84, num_outputs),
         )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Glorot-uniform weights with the tanh gain (5/3), zero biases.
+        """Glorot-uniform weights with the activation's gain (tanh: 5/3), zero biases; or PyTorch's defaults.
 
         PyTorch's default (Kaiming-uniform with a=√5) shrinks the signal through the
         tanh/average-pool stack: on Fashion-MNIST with plain SGD (lr 0.01, batch 128)
-        it reached 0.488 test error after 2,000 steps against 0.270 with this one.
+        it reached 0.488 test error after 2,000 steps against 0.270 with Glorot.
         """
-        gain = nn.init.calculate_gain("tanh")
+        gain = nn.init.calculate_gain(self.activation)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight, gain=gain)
-                nn.init.zeros_(module.bias)
+                if self.init == "torch":
+                    module.reset_parameters()
+                else:
+                    nn.init.xavier_uniform_(module.weight, gain=gain)
+                    nn.init.zeros_(module.bias)
 
     @staticmethod
     def first_padding(height: int, width: int) -> int:
