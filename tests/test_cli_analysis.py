@@ -80,6 +80,13 @@ def test_export_formats(runs, capsys, tmp_path):
     assert code == 0 and "y_{pred}" in out and "order 2" in err
     code, out, _ = lfl_in_process(capsys, "export", runs / "ce" / "loss.json", "--format", "json")
     assert code == 0 and json.loads(out)["kind"] == "cross_entropy"
+    # The default learned loss is gradient-normalised: the formula is its shape, the note gives its scale.
+    final = losses.load_loss(runs / "adalfl" / "loss.json")
+    assert isinstance(final, losses.GradientScaledLoss)
+    code, out, err = lfl_in_process(capsys, "export", runs / "adalfl")
+    from losses.printing import formula_string
+    assert code == 0 and out.strip() == formula_string(final.shape.to_sympy()).strip()
+    assert f"at {float(final.scale.detach()):.4g}x the task loss's gradient norm" in err
 
 
 def _snapshots(path: Path):

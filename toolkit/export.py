@@ -34,6 +34,18 @@ def export_loss(source: str, *, fmt: str = "sympy", step: int | None = None, app
     if fmt not in FORMATS:
         raise AnalysisError(f"unknown format {fmt!r}: choose from {', '.join(FORMATS)}")
     loss, task = load_loss_source(source, step=step)
+    text, note = _export(loss, task, fmt=fmt, approx=approx, max_terms=max_terms, target_r2=target_r2, domain=domain,
+                         taylor_order=taylor_order, around=around, around_y=around_y)
+    if isinstance(loss, losses.GradientScaledLoss):
+        scale = (f"gradient-normalised loss: the formula is its shape; each step takes its gradient direction at "
+                 f"{float(loss.scale.detach()):.4g}x the task loss's gradient norm")
+        note = f"{note}\n{scale}" if note else scale
+    return text, note
+
+
+def _export(loss: losses.LearnedLoss, task: str, *, fmt: str, approx: bool, max_terms: int, target_r2: float,
+            domain: tuple[float, float] | None, taylor_order: int | None, around: float,
+            around_y: float | None) -> tuple[str, str | None]:
     if approx:
         result = approximate_loss(loss, max_terms=max_terms, target_r2=target_r2, domain=domain)
         parts = ", ".join(f"{k}: {v:.6f}" for k, v in result.r2_by_part.items())
