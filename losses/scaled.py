@@ -61,14 +61,14 @@ class GradientScaledLoss(LearnedLoss):
 
     kind = "gradient_scaled"
 
-    def __init__(self, shape: LearnedLoss | Mapping[str, Any] | None = None, *, max_scale: float = 4.0,
+    def __init__(self, shape: LearnedLoss | Mapping[str, Any] | None = None, *, max_scale: float = 2.0,
                  task: str | None = None) -> None:
         shape = self._build_shape(shape, task)
         super().__init__(task=shape.task)
         if task is not None and task != shape.task:
             raise ValueError(f"task {task!r} differs from the inner loss's task {shape.task!r}")
         if not (isinstance(max_scale, (int, float)) and math.isfinite(max_scale) and max_scale > 1):
-            raise ValueError(f"max_scale must be a finite number > 1 (e.g. 4.0); got {max_scale!r}")
+            raise ValueError(f"max_scale must be a finite number > 1 (e.g. 2.0); got {max_scale!r}")
         self.shape = shape
         self.max_scale = float(max_scale)
         dtype = next((p.dtype for p in shape.parameters() if p.is_floating_point()), torch.get_default_dtype())
