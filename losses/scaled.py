@@ -53,7 +53,8 @@ class GradientScaledLoss(LearnedLoss):
 
     Args:
         shape: the inner learned loss ℓ_φ (e.g. ``MLPLoss()``); its task is used.
-        max_scale: bound B > 1 on the learned multiplier: s ∈ [1/B, B]; s starts at 1.
+        max_scale: bound B >= 1 on the learned multiplier: s ∈ [1/B, B]; s starts at 1
+            (B = 1 fixes s = 1: the learned loss sets the direction only).
 
     Attributes:
         scale_logit: ρ, the unconstrained scalar behind s = B ** tanh(ρ).
@@ -67,8 +68,9 @@ class GradientScaledLoss(LearnedLoss):
         super().__init__(task=shape.task)
         if task is not None and task != shape.task:
             raise ValueError(f"task {task!r} differs from the inner loss's task {shape.task!r}")
-        if not (isinstance(max_scale, (int, float)) and math.isfinite(max_scale) and max_scale > 1):
-            raise ValueError(f"max_scale must be a finite number > 1 (e.g. 2.0); got {max_scale!r}")
+        if not (isinstance(max_scale, (int, float)) and math.isfinite(max_scale) and max_scale >= 1):
+            raise ValueError(f"max_scale must be a finite number >= 1 (e.g. 2.0; 1 fixes the scale); "
+                             f"got {max_scale!r}")
         self.shape = shape
         self.max_scale = float(max_scale)
         dtype = next((p.dtype for p in shape.parameters() if p.is_floating_point()), torch.get_default_dtype())

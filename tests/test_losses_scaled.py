@@ -57,6 +57,10 @@ def test_gradient_has_the_task_losss_norm_times_the_scale(task, classes, logit):
 
 
 def test_scale_is_bounded_and_starts_at_one():
+    fixed = GradientScaledLoss(MLPLoss(), max_scale=1.0)
+    with torch.no_grad():
+        fixed.scale_logit.fill_(3.0)
+    assert float(fixed.scale.detach()) == 1.0
     loss = GradientScaledLoss(MLPLoss(), max_scale=5.0)
     assert float(loss.scale.detach()) == 1.0
     with torch.no_grad():
@@ -131,8 +135,8 @@ def test_saved_file_round_trip(tmp_path):
 
 
 def test_bad_arguments_name_the_fix():
-    with pytest.raises(ValueError, match="max_scale must be a finite number > 1"):
-        GradientScaledLoss(MLPLoss(), max_scale=1.0)
+    with pytest.raises(ValueError, match="max_scale must be a finite number >= 1"):
+        GradientScaledLoss(MLPLoss(), max_scale=0.5)
     with pytest.raises(ValueError, match="wrap its .shape"):
         GradientScaledLoss(GradientScaledLoss(MLPLoss()))
     with pytest.raises(ValueError, match="differs"):

@@ -130,7 +130,7 @@ def test_normalised_run_logs_its_learned_scale_as_the_gradient_ratio(tmp_path, d
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(loss_scale="huge"), "--loss-scale"), (dict(max_scale=1.0), "--max-scale"),
+    (dict(loss_scale="huge"), "--loss-scale"), (dict(max_scale=0.5), "--max-scale"),
     (dict(steps=-1), "--steps"), (dict(lr=0), "--lr"), (dict(loss="huber"), "--loss"),
     (dict(nesterov=True), "--nesterov"), (dict(device="tpu"), "--device"),
 ])

@@ -106,7 +106,7 @@ class TrainConfig:
             (self.meta_interval >= 1, f"--meta-interval must be >= 1, got {self.meta_interval}"),
             (self.loss_scale in LOSS_SCALES,
              f"unknown --loss-scale {self.loss_scale!r}: choose normalised or free"),
-            (math.isfinite(self.max_scale) and self.max_scale > 1, f"--max-scale must be > 1, got {self.max_scale}"),
+            (math.isfinite(self.max_scale) and self.max_scale >= 1, f"--max-scale must be >= 1, got {self.max_scale}"),
             (self.meta_source in ("valid", "train"), "--meta-source must be 'valid' or 'train'"),
             (self.meta_gradient in ("fast", "naive"), "--meta-gradient must be 'fast' or 'naive'"),
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
