@@ -147,7 +147,7 @@ def cli() -> None:
 @click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
               help="adalfl/ml3: 'normalised' takes the gradient's direction from the learned loss and its size from "
                    "the task loss times a learned scale in [1/--max-scale, --max-scale]; 'free' uses the loss as is.")
-@click.option("--max-scale", default=2.0, show_default=True, type=float,
+@click.option("--max-scale", default=1.0, show_default=True, type=float,
               help="Bound on the learned scale of a normalised loss (1 fixes it at the task loss's).")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")
 @click.option("--batch-size", default=128, show_default=True, type=int)

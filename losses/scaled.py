@@ -62,7 +62,7 @@ class GradientScaledLoss(LearnedLoss):
 
     kind = "gradient_scaled"
 
-    def __init__(self, shape: LearnedLoss | Mapping[str, Any] | None = None, *, max_scale: float = 2.0,
+    def __init__(self, shape: LearnedLoss | Mapping[str, Any] | None = None, *, max_scale: float = 1.0,
                  task: str | None = None) -> None:
         shape = self._build_shape(shape, task)
         super().__init__(task=shape.task)

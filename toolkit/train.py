@@ -31,7 +31,7 @@ LOSS_SCALES = ("normalised", "free")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # This toolkit's defaults: the learned loss gives the gradient's direction, and its
-    # size is the task loss's times a meta-learned scale bounded to [1/2, 2] (--max-scale).
+    # size is the task loss's (--max-scale > 1 lets a bounded multiplier be meta-learned too).
     "default": {},
     # Algorithms 1-2 of the paper as published: the loss network's output is used as is,
     # so the offline phase is free to learn any gradient scale (see losses.scaled).
@@ -78,7 +78,7 @@ class TrainConfig:
     meta_source: str = "valid"
     snapshot_every: int = 100
     loss_scale: str = "normalised"
-    max_scale: float = 2.0
+    max_scale: float = 1.0
     model_options: dict = field(default_factory=dict)
     # reuse of a learned loss, and the TaylorGLO search
     loss_from: str | None = None
