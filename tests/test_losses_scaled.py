@@ -87,7 +87,7 @@ def test_the_step_ignores_the_inner_losss_own_scale():
 
 def test_meta_gradients_reach_the_shape_and_the_scale_through_functional_call():
     torch.manual_seed(0)
-    loss = GradientScaledLoss(MLPLoss(hidden=(4, 4))).double()
+    loss = GradientScaledLoss(MLPLoss(hidden=(4, 4)), max_scale=2.0).double()
     params = dict(loss.named_parameters())
     assert set(params) == {"scale_logit", *(f"shape.{k}" for k, _ in loss.shape.named_parameters())}
     outputs, targets = _outputs(8, 3), torch.arange(8) % 3
@@ -96,6 +96,9 @@ def test_meta_gradients_reach_the_shape_and_the_scale_through_functional_call():
     u = torch.randn_like(m)
     grads = torch.autograd.grad((u * m).sum(), list(params.values()))
     assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    fixed = GradientScaledLoss(MLPLoss(hidden=(4, 4)), max_scale=1.0).double()  # the default: nothing to learn
+    m = torch.autograd.grad(fixed(f, targets), f, create_graph=True)[0]
+    assert float(torch.autograd.grad((u * m).sum(), fixed.scale_logit)[0]) == 0.0
 
 
 def test_works_without_grad_and_has_no_gradient_without_it():
