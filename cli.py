@@ -65,21 +65,23 @@ def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         if preset not in PRESETS:
             raise click.BadParameter(f"unknown preset {preset!r} in {path}; choose {', '.join(PRESETS)}",
                                      param_hint="--config")
-        for name, val in PRESETS[preset].items():
-            defaults.setdefault(name, val)
+        _add_preset(defaults, preset)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 
+def _add_preset(defaults: dict, preset: str) -> dict:
+    """Fill ``defaults`` with a preset's option values, keeping the values already there."""
+    from toolkit.train import PRESETS
+    for name, val in PRESETS[preset].items():
+        defaults.setdefault(name, val)
+    return defaults
+
+
 def _apply_preset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Eager --preset: its option values become defaults below any --config file and the command line."""
-    if value is None:
-        return None
-    from toolkit.train import PRESETS
-    defaults = dict(ctx.default_map or {})
-    for name, val in PRESETS[value].items():
-        defaults.setdefault(name, val)
-    ctx.default_map = defaults
+    if value is not None:
+        ctx.default_map = _add_preset(dict(ctx.default_map or {}), value)
     return value
 
 
