@@ -114,8 +114,12 @@ class GradientScaledLoss(LearnedLoss):
         return self._normalised(outputs, y_true)[0]
 
     def _normalised(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(k, ℓ̄_φ, ∂ℓ̄_φ/∂f) on detached outputs; k and the gradient carry graphs to φ and ρ if grad is on."""
-        differentiable = torch.is_grad_enabled()
+        """(k, ℓ̄_φ, ∂ℓ̄_φ/∂f) on detached outputs; k and the gradient carry graphs to φ and ρ if grad is on.
+
+        A frozen loss (no parameter requires grad, e.g. ``--loss ml3`` after its offline phase)
+        builds no second-order graph.
+        """
+        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         f = outputs.detach().requires_grad_(True)
         with torch.enable_grad():
             inner = self.shape._elementwise_from_outputs(f, y_true).mean()

@@ -170,3 +170,18 @@ def test_output_gradient_in_one_pass_equals_autograd_through_forward(task):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
     with pytest.raises(ValueError, match="reduction='mean'"):
         loss(outputs, targets, reduction="sum", output_gradient=True)
+
+
+def test_a_frozen_copy_steps_identically_without_a_second_order_graph():
+    from toolkit.online import frozen_copy
+
+    torch.manual_seed(6)
+    loss = GradientScaledLoss(MLPLoss(hidden=(5, 5)), max_scale=2.0).double()
+    with torch.no_grad():
+        loss.scale_logit.fill_(0.3)
+    frozen = frozen_copy(loss)
+    outputs, targets = _outputs(9, 4), torch.arange(9) % 4
+    assert frozen.factor(outputs, losses.encode_targets(targets, outputs, "classification")).grad_fn is None
+    assert loss.factor(outputs, losses.encode_targets(targets, outputs, "classification")).grad_fn is not None
+    expected = _grad(lambda f: loss(f, targets), outputs)
+    torch.testing.assert_close(_grad(lambda f: frozen(f, targets), outputs), expected, rtol=0, atol=0)

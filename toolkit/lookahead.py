@@ -36,6 +36,9 @@ from torch import Tensor, nn
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
+from losses import encode_targets
+from losses.scaled import task_gradient
+
 from .tangents import as_chain, chain_jvp, record_chain
 
 TensorDict = dict[str, Tensor]
@@ -168,9 +171,8 @@ def _cloned(buffers: Mapping[str, Tensor]) -> TensorDict:
 
 
 def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
-    out = outputs.detach().requires_grad_(True)
-    with torch.enable_grad():
-        reference = torch.autograd.grad(task_loss(out, targets, task), out)[0]
+    f = outputs.detach()
+    reference = task_gradient(f, encode_targets(targets, f, task), task)
     return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
 
 
@@ -240,9 +242,9 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
     rng = _rng_state(device)
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
-        with record_chain(model) as links:
+        with record_chain(model) if jvp == "auto" else contextlib.nullcontext([]) as links:
             outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
-        chain = as_chain(links, outputs, set(theta_leaf)) if jvp == "auto" else None
+        chain = as_chain(links, outputs, set(theta_leaf))
         out_leaf = outputs.detach().requires_grad_(True)
         train_loss, m = _value_and_output_gradient(loss, loss_params, out_leaf, y)  # m depends on φ
         grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m.detach())

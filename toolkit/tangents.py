@@ -116,17 +116,18 @@ def _supported(module: nn.Module) -> bool:
 def record_chain(model: nn.Module) -> Iterator[list[Link]]:
     """Record the leaf-module calls of one forward of ``model`` (used as ``with record_chain(m) as links``).
 
-    Every leaf module with parameters or a known rule is hooked; after the block,
-    ``links`` holds the calls in order. Use :func:`as_chain` to check they form a chain.
+    Every leaf module is hooked; after the block, ``links`` holds the calls in order. Use
+    :func:`as_chain` to check they form a chain. A model with a leaf module of a type that
+    has no tangent rule (BatchNorm, max pooling, …) cannot be a chain: nothing is hooked
+    and ``links`` stays empty, so models on the forward-mode fallback pay no hook cost.
     """
     links: list[Link] = []
     handles = []
-    prefixes = {}
+    leaves = [(name, module) for name, module in model.named_modules() if next(module.children(), None) is None]
+    if not all(_supported(module) for _, module in leaves):
+        leaves = []
     try:
-        for name, module in model.named_modules():
-            if next(module.children(), None) is not None:
-                continue
-            prefixes[module] = name
+        for name, module in leaves:
 
             def hook(mod, args, output, name=name):
                 inputs = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
