@@ -72,6 +72,7 @@ class TrainConfig:
     loss_param: str = "mlp"
     init_steps: int = 2500
     meta_lr: float = 1e-3
+    online_meta_lr: float | None = None
     meta_interval: int = 1
     meta_clip: float | None = None
     meta_gradient: str = "fast"
@@ -103,6 +104,8 @@ class TrainConfig:
             (self.loss_param in LOSS_PARAMS, f"unknown --loss-param {self.loss_param!r}: choose mlp or taylor"),
             (self.init_steps >= 0, f"--init-steps must be >= 0, got {self.init_steps}"),
             (self.meta_lr > 0, f"--meta-lr must be > 0, got {self.meta_lr}"),
+            (self.online_meta_lr is None or self.online_meta_lr > 0,
+             f"--online-meta-lr must be > 0, got {self.online_meta_lr}"),
             (self.meta_interval >= 1, f"--meta-interval must be >= 1, got {self.meta_interval}"),
             (self.loss_scale in LOSS_SCALES,
              f"unknown --loss-scale {self.loss_scale!r}: choose normalised or free"),
@@ -125,6 +128,11 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+
+    @property
+    def online_lr(self) -> float:
+        """Adam learning rate of the loss's online updates."""
+        return self.meta_lr if self.online_meta_lr is None else self.online_meta_lr
 
     @property
     def learned(self) -> bool:
