@@ -214,7 +214,55 @@ class LearnedLoss(nn.Module, abc.ABC):
         """Per-element loss from raw outputs; subclasses may override for stability."""
         return self._elementwise(prediction_transform(outputs, self.task), y_true)
 
-    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
+    def _elementwise_and_gradient(self, y_pred: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(ℓ, ∂ℓ/∂y_pred)`` per element in closed form, or None to let autograd differentiate.
+
+        A subclass that can write its derivative out (``MLPLoss``) overrides this: the
+        derivative is then a first-order graph in the parameters, so meta-gradients
+        through it need no double backward. Tests compare it with autograd.
+        """
+        return None
+
+    def mean_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
+        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss, as functions of the parameters only.
+
+        ``outputs`` are treated as constants (detached). The gradient keeps its graph to
+        the parameters when grad mode is on and some parameter requires grad, so it can
+        be differentiated again with respect to them (the meta-gradient); otherwise no
+        graph is built. Uses the closed form of :meth:`_elementwise_and_gradient` when
+        the subclass gives one, and autograd otherwise.
+
+        Args:
+            outputs: raw outputs (B, C); y_true: encoded targets (B, C), same dtype.
+        """
+        f = outputs.detach()
+        closed = None
+        if type(self)._elementwise_from_outputs is LearnedLoss._elementwise_from_outputs:
+            y_pred = prediction_transform(f, self.task)
+            closed = self._elementwise_and_gradient(y_pred, y_true)
+        if closed is not None:
+            per_element, g = closed
+            g = g / per_element.numel()  # ∂ℓ̄/∂y_pred
+            if self.task == "classification":
+                if f.shape[1] == 1:
+                    g = g * y_pred * (1 - y_pred)  # through the sigmoid
+                else:
+                    g = y_pred * (g - (y_pred * g).sum(dim=1, keepdim=True))  # through the softmax
+            return per_element.mean(), g
+        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        f = f.requires_grad_(True)
+        with torch.enable_grad():
+            mean = self._elementwise_from_outputs(f, y_true).mean()
+            if not mean.requires_grad:  # a constant loss
+                return mean, torch.zeros_like(f)
+            (gradient,) = torch.autograd.grad(mean, f, create_graph=differentiable)
+        return (mean if differentiable else mean.detach()), gradient
+
+    provides_output_gradient: ClassVar[bool] = True
+    """``forward(..., output_gradient=True)`` returns ``(value, ∂value/∂outputs)`` (mean reduction)."""
+
+    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
+                output_gradient: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Loss of raw model outputs against labels or regression targets.
 
         Args:
@@ -222,6 +270,9 @@ class LearnedLoss(nn.Module, abc.ABC):
             targets: Integer labels (B,) for classification; floats (B,) or (B, C)
                 for regression.
             reduction: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"``.
+            output_gradient: with ``reduction="mean"``, return ``(value, m)``, m = ∂value/∂outputs,
+                the value detached and m differentiable with respect to the parameters
+                (see :meth:`mean_and_output_gradient`).
 
         Returns:
             A scalar, or the (B, C) per-element loss for ``reduction="none"``.
@@ -229,6 +280,11 @@ class LearnedLoss(nn.Module, abc.ABC):
         check_choice("reduction", reduction, REDUCTIONS)
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
+        if output_gradient:
+            if reduction != "mean":
+                raise ValueError("output_gradient=True needs reduction='mean'")
+            mean, gradient = self.mean_and_output_gradient(outputs, y_true)
+            return mean.detach(), gradient
         return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)
 
     @abc.abstractmethod

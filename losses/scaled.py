@@ -119,17 +119,11 @@ class GradientScaledLoss(LearnedLoss):
         A frozen loss (no parameter requires grad, e.g. ``--loss ml3`` after its offline phase)
         builds no second-order graph.
         """
-        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        f = outputs.detach().requires_grad_(True)
-        with torch.enable_grad():
-            inner = self.shape._elementwise_from_outputs(f, y_true).mean()
-            (direction,) = torch.autograd.grad(inner, f, create_graph=differentiable)
-        reference = task_gradient(f.detach(), y_true, self.task)
+        f = outputs.detach()
+        inner, direction = self.shape.mean_and_output_gradient(f, y_true)
+        reference = task_gradient(f, y_true, self.task)
         tiny = torch.finfo(outputs.dtype).eps ** 2
         return self.scale * reference.norm() / direction.norm().clamp_min(tiny), inner, direction
-
-    provides_output_gradient = True
-    """``forward(..., output_gradient=True)`` returns (value, ∂value/∂outputs) in one loss-network pass."""
 
     def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
                 output_gradient: bool = False) -> Tensor | tuple[Tensor, Tensor]:

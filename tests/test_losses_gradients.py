@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_losses_cases import CASE_IDS, F64, make_loss
+from test_losses_cases import CASE_IDS, F64, element_inputs, make_loss
 from torch.func import functional_call, grad
 
 from losses import MLPLoss
@@ -100,3 +100,65 @@ def test_losses_work_in_float32_and_refuse_mixed_dtypes() -> None:
         loss(outputs.double(), labels)
     with pytest.raises(TypeError, match="loss.to"):
         loss.elementwise(torch.rand(3, dtype=F64), torch.rand(3, dtype=F64))
+
+
+def _batch_for(case: str, loss, *, extreme: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    if loss.task == "classification":
+        if extreme:
+            logits, labels = _extreme_batch(F64, _classes(case))
+            return logits.detach(), labels
+        classes = _classes(case)
+        return torch.randn(7, classes, dtype=F64), torch.arange(7) % max(classes, 2)
+    if extreme:
+        return (torch.tensor([[1e3, -2.0], [0.5, -1e3], [0.0, 3.0]], dtype=F64),
+                torch.tensor([[-1e3, 1.0], [0.5, 2.0], [1.0, -3.0]], dtype=F64))
+    return torch.randn(7, 3, dtype=F64), torch.randn(7, 3, dtype=F64)
+
+
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "saturated"])
+@pytest.mark.parametrize("case", CASE_IDS)
+def test_output_gradient_and_its_meta_gradient_equal_autograd(case: str, extreme: bool) -> None:
+    """forward(output_gradient=True) gives (M, ∂M/∂f) with the graph to φ; closed form (MLP) or autograd.
+
+    Reference: autograd through the plain forward, then the double backward d/dφ (u · ∂M/∂f).
+    """
+    loss = make_loss(case)
+    outputs, targets = _batch_for(case, loss, extreme=extreme)
+    f = outputs.clone().requires_grad_(True)
+    value = loss(f, targets)
+    (expected,) = torch.autograd.grad(value, f, create_graph=True)
+    one_value, m = loss(outputs, targets, output_gradient=True)
+    torch.testing.assert_close(one_value, value.detach(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(m, expected.detach() if not m.requires_grad else expected, rtol=1e-12, atol=1e-16)
+    assert one_value.grad_fn is None
+    params = [p for p in loss.parameters()]
+    if not params:
+        return
+    u = torch.linspace(-1, 1, m.numel(), dtype=F64).reshape(m.shape)
+    got = torch.autograd.grad((u * m).sum(), params, allow_unused=True)
+    want = torch.autograd.grad((u * expected).sum(), params, allow_unused=True)
+    for a, b in zip(got, want):
+        if a is None or b is None:
+            assert (a is None or not a.any()) and (b is None or not b.any())
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("case", [c for c in CASE_IDS if c.startswith(("mlp", "ml3"))])
+def test_mlp_closed_form_derivative_equals_autograd_past_the_softplus_threshold(case: str) -> None:
+    """The hand-written backward of the loss network, elementwise, against autograd, with weights
+    large enough that pre-activations cross softplus's linear threshold (βz > 40) and ReLU's kink."""
+    loss = make_loss(case)
+    with torch.no_grad():
+        for p in loss.parameters():
+            p.mul_(30.0)
+    y_pred, y_true = element_inputs(loss.task)
+    closed = loss._elementwise_and_gradient(y_pred, y_true)
+    assert closed is not None
+    x = y_pred.clone().requires_grad_(True)
+    value = loss.elementwise(x, y_true)
+    (expected,) = torch.autograd.grad(value.sum(), x)
+    torch.testing.assert_close(closed[0], value.detach(), rtol=0, atol=0)
+    # Saturated tanh units leave derivatives at rounding level (1 − y² ≈ 1e-16): absolute tolerance
+    # relative to the largest derivative.
+    torch.testing.assert_close(closed[1], expected, rtol=1e-13, atol=1e-13 * float(expected.abs().max()))
