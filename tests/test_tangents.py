@@ -61,6 +61,10 @@ CHAINS = {
         nn.Conv2d(1, 2, 2), nn.AvgPool2d(2), nn.Tanh(), nn.AvgPool2d(3, ceil_mode=True), nn.ReLU(),
         nn.AvgPool2d((2, 1)), nn.AvgPool2d(2, stride=1, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(2, 3)), (4, 1, 20, 20)),
+    # A grouped convolution after a tangent-carrying layer cannot stack its channels: two convolutions.
+    "grouped-conv": (lambda: nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.Tanh(), nn.Conv2d(4, 6, 3, groups=2, stride=2), nn.Flatten(), nn.Linear(54, 3)),
+        (3, 2, 9, 9)),
 }
 
 
