@@ -236,17 +236,20 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 @click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]))
 @click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
               help="As in lfl train: 'free' times the loss network alone (the paper's AdaLFL).")
+@click.option("--breakdown", is_flag=True, help="Also time the fast step's parts under the profiler (CPU only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device: str, repeats: int,
-          loss_param: str, loss_scale: str, as_json: bool) -> None:
+          loss_param: str, loss_scale: str, breakdown: bool, as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (fast and naive meta-gradient)."""
     from toolkit.bench import benchmark_steps
     from toolkit.train import resolve_device
 
     shape = _int_list(dataset_shape)
+    if breakdown and resolve_device(device).type != "cpu":
+        raise click.BadParameter("the breakdown times CPU work only: add --device cpu", param_hint="--breakdown")
     result = benchmark_steps(model=model, input_shape=shape, num_outputs=classes, batch_size=batch_size,
                              device=resolve_device(device), repeats=repeats, loss_param=loss_param,
-                             loss_scale=loss_scale)
+                             loss_scale=loss_scale, breakdown=breakdown)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -255,6 +258,12 @@ def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device:
         ratio = 1.0 if key == "ce" else result[f"{key}_ratio"]
         click.echo(f"  {key:<15} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
                    f"peak {result[f'{key}_peak_mb']:.1f} MB")
+    if breakdown:
+        parts = result["breakdown"]
+        click.echo(f"fast step by part, under the profiler (CE step {parts['ce_step_ms']:.2f} ms, "
+                   f"fast step {parts['fast_step_ms']:.2f} ms):")
+        for name, ms in parts["phases_ms"].items():
+            click.echo(f"  {name:<15} {ms:8.2f} ms  {parts['phases_ratio'][name]:5.2f}x")
 
 
 def _domain(text: str | None) -> tuple[float, float] | None:

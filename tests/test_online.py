@@ -179,3 +179,22 @@ def test_batchnorm_running_statistics_are_updated_exactly_once_per_step():
     reference(train[0])  # one ordinary training-mode forward on the training batch
     for (name, b), (_, ref) in zip(learner.model.named_buffers(), reference.named_buffers()):
         torch.testing.assert_close(b, ref, msg=name)
+
+
+def test_bench_reports_ratios_and_a_breakdown_that_adds_up():
+    """lfl bench's numbers on a tiny model: every route timed, the fast step's labelled parts
+    all seen by the profiler and no larger than the step."""
+    from toolkit.bench import benchmark_steps
+    from toolkit.lookahead import PHASES
+
+    result = benchmark_steps(model="mlp", input_shape=(12,), num_outputs=3, batch_size=16, repeats=3, warmup=1,
+                             breakdown=True)
+    for key in ("ce", "fast", "naive", "fast_forward_ad"):
+        assert result[f"{key}_step_s"] > 0 and result[f"{key}_peak_mb"] >= 0
+    assert result["fast_ratio"] == pytest.approx(result["fast_step_s"] / result["ce_step_s"])
+    parts = result["breakdown"]
+    assert set(parts["phases_ms"]) == {*PHASES, "other"}
+    assert all(parts["phases_ms"][name] > 0 for name in PHASES)
+    assert sum(parts["phases_ms"].values()) == pytest.approx(parts["fast_step_ms"], rel=1e-9)
+    with pytest.raises(ValueError, match="--device cpu"):
+        benchmark_steps(model="mlp", input_shape=(12,), num_outputs=3, device=torch.device("meta"), breakdown=True)

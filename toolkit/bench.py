@@ -14,7 +14,7 @@ import torch
 
 import losses
 
-from .lookahead import SGDRule
+from .lookahead import PHASES, SGDRule
 from .models import build_model
 from .online import OnlineLossLearner
 from .run import FixedLossStepper
@@ -46,7 +46,7 @@ def _peak_memory_mb(device: torch.device, fn) -> float:
 def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
                     batch_size: int = 128, device: torch.device = torch.device("cpu"), repeats: int = 30,
                     warmup: int = 5, loss_param: str = "mlp", loss_scale: str = "normalised",
-                    seed: int = 0) -> dict:
+                    seed: int = 0, breakdown: bool = False) -> dict:
     """Median step times of CE-SGD, AdaLFL-fast and AdaLFL-naive, and their ratios.
 
     Separate validation batches are used for the meta-objective, as in training.
@@ -56,7 +56,13 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     ``fast_ratio``, ``naive_ratio`` and peak memory per method (MB); also
     ``fast_forward_ad_*``: the fast route with forward-mode AD for the JVP, which is
     what it falls back to for models that are not chains of known layers.
+
+    ``breakdown`` (CPU only) adds ``breakdown``: the fast step's parts (:data:`toolkit.lookahead.PHASES`,
+    plus ``other``: the meta update, the commit and the skip counters), in ms per step and as
+    ratios to the CE step, all measured under ``torch.profiler``, which inflates small operations.
     """
+    if breakdown and device.type != "cpu":
+        raise ValueError("the breakdown times CPU work only: run it with --device cpu")
     torch.manual_seed(seed)
     base = build_model(model, input_shape=tuple(input_shape), num_outputs=num_outputs).to(device)
     n_batches = 8
@@ -93,4 +99,29 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
         result[f"{key}_peak_mb"] = _peak_memory_mb(device, lambda: stepper.step(train[0], valid[0], lr=0.01))
     for key in ("fast", "naive", "fast_forward_ad"):
         result[f"{key}_ratio"] = result[f"{key}_step_s"] / result["ce_step_s"]
+    if breakdown:
+        result["breakdown"] = _breakdown(steppers["ce"], steppers["fast"], train, valid, repeats)
     return result
+
+
+def _breakdown(ce, fast, train, valid, repeats: int) -> dict:
+    """Per-step CPU time of the fast step's labelled parts, and of both whole steps, under the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def profiled(stepper) -> tuple[float, list]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for i in range(repeats):
+                stepper.step(train[i % len(train)], valid[i % len(valid)], lr=0.01)
+            elapsed = time.perf_counter() - start
+        return elapsed / repeats * 1e3, prof.events()
+
+    ce_ms, _ = profiled(ce)
+    fast_ms, events = profiled(fast)
+    phases = {name: 0.0 for name in PHASES}
+    for event in events:
+        if event.name.startswith("lookahead."):
+            phases[event.name.split(".", 1)[1]] += event.cpu_time_total / 1e3 / repeats
+    phases["other"] = max(fast_ms - sum(phases.values()), 0.0)
+    return {"ce_step_ms": ce_ms, "fast_step_ms": fast_ms, "phases_ms": phases,
+            "phases_ratio": {name: ms / ce_ms for name, ms in phases.items()}}
