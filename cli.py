@@ -167,9 +167,9 @@ def cli() -> None:
 @click.option("--valid-fraction", default=0.1, show_default=True, type=float)
 @click.option("--init-steps", default=2500, show_default=True, type=int, help="Offline initialisation meta steps.")
 @click.option("--meta-lr", default=1e-3, show_default=True, type=float,
-              help="Adam learning rate of the loss in the offline phase (and online, unless --online-meta-lr).")
-@click.option("--online-meta-lr", default=None, type=float,
-              help="Adam learning rate of the loss during training (adalfl, --adapt); default: --meta-lr.")
+              help="Adam learning rate of the loss in the offline phase.")
+@click.option("--online-meta-lr", default=1e-4, show_default=True, type=float,
+              help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
 @click.option("--meta-interval", default=1, show_default=True, type=int, help="Meta step every k base steps.")
 @click.option("--meta-clip", default=None, type=float, help="Clip the meta-gradient to this global norm.")
 @click.option("--meta-gradient", default="fast", show_default=True, type=click.Choice(["fast", "naive"]))

@@ -1,6 +1,7 @@
 """The training loop: batches, schedules, determinism, resume, output files."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -199,3 +200,25 @@ def test_adalfl_on_regression_reports_test_mse(tmp_path):
     assert results["test_mse_original_units"] == pytest.approx(results["test_mse"] * data.target_std ** 2)
     saved = json.loads((tmp_path / "loss.json").read_text())
     assert saved["config"]["task"] == "regression"
+
+
+@pytest.mark.parametrize("online_meta_lr", [1e-4, 3e-3])
+def test_online_updates_use_the_online_meta_learning_rate(tmp_path, digits, online_meta_lr):
+    """Adam's first step moves every parameter with a non-zero gradient by the learning rate itself."""
+    start = small(loss="adalfl", init_steps=0, steps=0, meta_lr=0.5, online_meta_lr=online_meta_lr)
+    train(start, out_dir=tmp_path / "start", progress=False, dataset=digits)
+    train(dataclasses.replace(start, steps=1), out_dir=tmp_path / "one", progress=False, dataset=digits)
+    before, after = (losses.load_loss(tmp_path / name / "loss.json") for name in ("start", "one"))
+    moves = torch.cat([(a - b).abs().flatten() for a, b in zip(after.parameters(), before.parameters())])
+    moved = moves[moves > 0]
+    assert moved.numel() > 0
+    assert float(moved.max()) == pytest.approx(online_meta_lr, rel=1e-3)
+
+
+def test_online_meta_learning_rate_defaults_and_falls_back_to_the_offline_one():
+    from toolkit.train import PRESETS
+    assert TrainConfig().online_lr == 1e-4 and TrainConfig().meta_lr == 1e-3
+    assert TrainConfig(online_meta_lr=None, meta_lr=3e-3).online_lr == 3e-3
+    assert TrainConfig(**PRESETS["paper"]).online_lr == 1e-3  # the paper: one Adam rate, 1e-3, for both phases
+    with pytest.raises(ConfigError, match="--online-meta-lr"):
+        TrainConfig(online_meta_lr=0.0)

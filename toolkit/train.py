@@ -31,11 +31,13 @@ LOSS_SCALES = ("normalised", "free")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # This toolkit's defaults: the learned loss gives the gradient's direction, and its
-    # size is the task loss's (--max-scale > 1 lets a bounded multiplier be meta-learned too).
+    # size is the task loss's (--max-scale > 1 lets a bounded multiplier be meta-learned too);
+    # online updates at Adam rate 1e-4 (--online-meta-lr), a tenth of the offline phase's.
     "default": {},
     # Algorithms 1-2 of the paper as published: the loss network's output is used as is,
-    # so the offline phase is free to learn any gradient scale (see losses.scaled).
-    "paper": {"loss_scale": "free"},
+    # so the offline phase is free to learn any gradient scale (see losses.scaled), and
+    # Adam's rate is 1e-3 online too.
+    "paper": {"loss_scale": "free", "online_meta_lr": 1e-3},
 }
 """Named groups of option values: ``lfl train --preset paper``. Explicit options win."""
 
@@ -72,7 +74,7 @@ class TrainConfig:
     loss_param: str = "mlp"
     init_steps: int = 2500
     meta_lr: float = 1e-3
-    online_meta_lr: float | None = None
+    online_meta_lr: float | None = 1e-4
     meta_interval: int = 1
     meta_clip: float | None = None
     meta_gradient: str = "fast"
