@@ -245,8 +245,6 @@ def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device:
     from toolkit.train import resolve_device
 
     shape = _int_list(dataset_shape)
-    if breakdown and resolve_device(device).type != "cpu":
-        raise click.BadParameter("the breakdown times CPU work only: add --device cpu", param_hint="--breakdown")
     result = benchmark_steps(model=model, input_shape=shape, num_outputs=classes, batch_size=batch_size,
                              device=resolve_device(device), repeats=repeats, loss_param=loss_param,
                              loss_scale=loss_scale, breakdown=breakdown)

@@ -18,7 +18,7 @@ from .lookahead import PHASES, SGDRule
 from .models import build_model
 from .online import OnlineLossLearner
 from .run import FixedLossStepper
-from .train import TrainConfig
+from .train import ConfigError, TrainConfig
 
 
 def _synchronise(device: torch.device) -> None:
@@ -62,7 +62,7 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     ratios to the CE step, all measured under ``torch.profiler``, which inflates small operations.
     """
     if breakdown and device.type != "cpu":
-        raise ValueError("the breakdown times CPU work only: run it with --device cpu")
+        raise ConfigError("the breakdown times CPU work only: run it with --device cpu")
     torch.manual_seed(seed)
     base = build_model(model, input_shape=tuple(input_shape), num_outputs=num_outputs).to(device)
     n_batches = 8
