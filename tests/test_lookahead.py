@@ -167,3 +167,22 @@ def test_bad_rules_are_rejected():
         SGDRule(lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="learning rate"):
         SGDRule(lr=0.0)
+
+
+def test_fast_meta_gradient_with_frozen_layers_equals_naive():
+    """Fine-tuning: θ holds only the trainable parameters; the frozen first convolution is a constant."""
+    from toolkit.models import build_model
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=3).double()
+    model.features[0].requires_grad_(False)
+    params = {k: p.detach().clone() for k, p in model.named_parameters() if p.requires_grad}
+    loss = _scaled_loss((6, 6))
+    train, valid = batch(8, (1, 12, 12), 3, seed=1), batch(6, (1, 12, 12), 3, seed=2)
+    rule = RULES["momentum-wd"]
+    momentum = {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
+    fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum)
+                   for fn in (meta_gradient_fast, meta_gradient_naive))
+    for k in fast.meta_grads:
+        err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
+        assert err < 1e-8, (k, float(err))
+    assert set(fast.params) == set(params)

@@ -102,3 +102,50 @@ def test_hooks_are_removed_after_recording():
     with record_chain(model):
         model(torch.randn(2, 1, 8, 8, dtype=torch.float64))
     assert all(not m._forward_hooks for m in model.modules())
+
+
+FROZEN = {
+    "first-conv": lambda m: m.features[0].requires_grad_(False),
+    "a-weight-only": lambda m: m.classifier[3].weight.requires_grad_(False),
+    "a-bias-only": lambda m: m.features[3].bias.requires_grad_(False),
+    "all-but-last-bias": lambda m: [p.requires_grad_(False) for k, p in m.named_parameters()
+                                    if k != "classifier.5.bias"],
+}
+
+
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_parameters_are_constants_of_the_chain(name):
+    """θ holds only the trainable parameters (as the learner passes it): frozen ones enter with their
+    module values and no tangent, exactly as forward-mode AD over the trainable ones sees it."""
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=4).double()
+    FROZEN[name](model)
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    g = torch.Generator().manual_seed(3)
+    v = {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in params.items()}
+    x = torch.randn(5, 1, 12, 12, dtype=torch.float64)
+    with torch.enable_grad(), record_chain(model) as recording:
+        outputs = functional_call(model, {k: p.clone().requires_grad_(True) for k, p in params.items()}, (x,))
+    chain = as_chain(recording, outputs, set(params))
+    assert chain is not None
+    reference = jacobian_vector_product(model, params, dict(model.named_buffers()), x, v)
+    torch.testing.assert_close(chain_jvp(chain, params, v), reference, rtol=1e-12, atol=1e-12)
+
+
+def test_a_model_with_nothing_to_train_is_not_a_chain():
+    model = tiny_mlp().requires_grad_(False)
+    with record_chain(model) as recording:
+        outputs = model(torch.randn(3, 5, dtype=torch.float64))
+    assert as_chain(recording, outputs, set()) is None
+
+
+def test_the_recording_keeps_only_what_the_tangent_rules_read():
+    """Pre-activation outputs are freed by the forward itself; the recording must not keep them alive."""
+    model = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=4)
+    with record_chain(model) as recording:
+        outputs = model(torch.randn(2, 1, 12, 12))
+    assert as_chain(recording, outputs, {k for k, _ in model.named_parameters()}) is not None
+    for link in recording.links:
+        kind = type(link.module)
+        assert (link.inputs is not None) == (kind in (nn.Conv2d, nn.Linear)), kind
+        assert (link.output is not None) == (kind is nn.Tanh), kind
