@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import inspect
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import sympy
@@ -25,6 +25,8 @@ from losses.python_source import python_source
 from losses.sympy_to_torch import compile_expression
 
 TASKS = ("classification", "regression")
+Pullback = Callable[[Tensor], dict[str, Tensor]]
+"""``pullback(u) -> {parameter name: ∂/∂param Σ u ⊙ m}`` for a loss gradient m (see ``mean_gradient_pullback``)."""
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -32,6 +34,13 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     """Raise ValueError unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _check_output_gradient(output_gradient: object, reduction: str) -> None:
+    if output_gradient is not True and output_gradient != "pullback":
+        raise ValueError(f"output_gradient must be False, True or 'pullback'; got {output_gradient!r}")
+    if reduction != "mean":
+        raise ValueError(f"output_gradient={output_gradient!r} needs reduction='mean'")
 
 
 def _check_outputs(outputs: object) -> Tensor:
@@ -223,6 +232,29 @@ class LearnedLoss(nn.Module, abc.ABC):
         """
         return None
 
+    def _elementwise_gradient_pullback(self, y_pred: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Pullback] | None:
+        """``(ℓ, g = ∂ℓ/∂y_pred, pullback)`` per element without any autograd graph, or None.
+
+        ``pullback(c)`` returns ``{name: ∂/∂param Σ c ⊙ g}`` for every named parameter (the
+        second derivatives a meta-gradient needs), c shaped like ``y_pred``. A subclass that can
+        write them out (``MLPLoss``) overrides this; tests compare it with autograd.
+        """
+        return None
+
+    def _has_closed_form(self) -> bool:
+        return type(self)._elementwise_from_outputs is LearnedLoss._elementwise_from_outputs
+
+    def _through_prediction(self, y_pred: Tensor, g: Tensor) -> Tensor:
+        """J·g, J = ∂y_pred/∂outputs: softmax's Jacobian diag(p) − ppᵀ, sigmoid's p(1 − p), or I.
+
+        J is symmetric, so this is also the pullback of a cotangent on the outputs to y_pred.
+        """
+        if self.task != "classification":
+            return g
+        if y_pred.shape[1] == 1:
+            return g * y_pred * (1 - y_pred)  # through the sigmoid
+        return y_pred * (g - (y_pred * g).sum(dim=1, keepdim=True))  # through the softmax
+
     def mean_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
         """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss, as functions of the parameters only.
 
@@ -237,18 +269,12 @@ class LearnedLoss(nn.Module, abc.ABC):
         """
         f = outputs.detach()
         closed = None
-        if type(self)._elementwise_from_outputs is LearnedLoss._elementwise_from_outputs:
+        if self._has_closed_form():
             y_pred = prediction_transform(f, self.task)
             closed = self._elementwise_and_gradient(y_pred, y_true)
         if closed is not None:
             per_element, g = closed
-            g = g / per_element.numel()  # ∂ℓ̄/∂y_pred
-            if self.task == "classification":
-                if f.shape[1] == 1:
-                    g = g * y_pred * (1 - y_pred)  # through the sigmoid
-                else:
-                    g = y_pred * (g - (y_pred * g).sum(dim=1, keepdim=True))  # through the softmax
-            return per_element.mean(), g
+            return per_element.mean(), self._through_prediction(y_pred, g / per_element.numel())
         differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         f = f.requires_grad_(True)
         with torch.enable_grad():
@@ -258,11 +284,59 @@ class LearnedLoss(nn.Module, abc.ABC):
             (gradient,) = torch.autograd.grad(mean, f, create_graph=differentiable)
         return (mean if differentiable else mean.detach()), gradient
 
+    def mean_gradient_pullback(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Pullback]:
+        """``(ℓ̄, m = ∂ℓ̄/∂outputs, pullback)``: the value and gradient without graphs, and
+        ``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` for every named parameter.
+
+        This is what the fast meta-gradient needs from the loss (``u`` is the base model's
+        Jacobian-vector product). Closed form where the subclass gives
+        :meth:`_elementwise_gradient_pullback` (``MLPLoss``): no autograd graph at all.
+        Otherwise autograd's double backward through :meth:`mean_and_output_gradient`.
+        A parameter that does not require grad gets zeros.
+
+        Args:
+            outputs: raw outputs (B, C), treated as constants; y_true: encoded targets (B, C).
+        """
+        f = outputs.detach()
+        names = [name for name, _ in self.named_parameters()]
+        closed = None
+        if self._has_closed_form():
+            with torch.no_grad():
+                y_pred = prediction_transform(f, self.task)
+            closed = self._elementwise_gradient_pullback(y_pred, y_true)
+        if closed is not None:
+            per_element, g, inner = closed
+            n = per_element.numel()
+            with torch.no_grad():
+                mean, m = per_element.mean(), self._through_prediction(y_pred, g / n)
+
+            def pullback(u: Tensor) -> dict[str, Tensor]:
+                with torch.no_grad():
+                    return inner(self._through_prediction(y_pred, u.detach()) / n)
+
+            return mean, m, pullback
+        params = dict(self.named_parameters())
+        trainable = [name for name in names if params[name].requires_grad]
+        with torch.enable_grad():
+            mean, m = self.mean_and_output_gradient(f, y_true)
+
+        def autograd_pullback(u: Tensor) -> dict[str, Tensor]:
+            found = {}
+            if trainable and m.requires_grad:
+                with torch.enable_grad():
+                    grads = torch.autograd.grad((u.detach() * m).sum(), [params[k] for k in trainable],
+                                                allow_unused=True, retain_graph=True)  # callable again
+                found = {k: g for k, g in zip(trainable, grads) if g is not None}
+            return {k: found[k] if k in found else torch.zeros_like(params[k]) for k in names}
+
+        return mean.detach(), m.detach(), autograd_pullback
+
     provides_output_gradient: ClassVar[bool] = True
-    """``forward(..., output_gradient=True)`` returns ``(value, ∂value/∂outputs)`` (mean reduction)."""
+    """``forward(..., output_gradient=True)`` returns ``(value, ∂value/∂outputs)`` and
+    ``output_gradient="pullback"`` returns ``(value, ∂value/∂outputs, pullback)`` (mean reduction)."""
 
     def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
-                output_gradient: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                output_gradient: bool | str = False) -> Tensor | tuple:
         """Loss of raw model outputs against labels or regression targets.
 
         Args:
@@ -272,7 +346,10 @@ class LearnedLoss(nn.Module, abc.ABC):
             reduction: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"``.
             output_gradient: with ``reduction="mean"``, return ``(value, m)``, m = ∂value/∂outputs,
                 the value detached and m differentiable with respect to the parameters
-                (see :meth:`mean_and_output_gradient`).
+                (see :meth:`mean_and_output_gradient`); ``"pullback"`` returns
+                ``(value, m, pullback)`` instead, nothing differentiable and
+                ``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` (see :meth:`mean_gradient_pullback`;
+                call it through ``torch.func.functional_call`` to use other parameter values).
 
         Returns:
             A scalar, or the (B, C) per-element loss for ``reduction="none"``.
@@ -281,8 +358,9 @@ class LearnedLoss(nn.Module, abc.ABC):
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
         if output_gradient:
-            if reduction != "mean":
-                raise ValueError("output_gradient=True needs reduction='mean'")
+            _check_output_gradient(output_gradient, reduction)
+            if output_gradient == "pullback":
+                return self.mean_gradient_pullback(outputs, y_true)
             mean, gradient = self.mean_and_output_gradient(outputs, y_true)
             return mean.detach(), gradient
         return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)

@@ -186,3 +186,29 @@ def test_fast_meta_gradient_with_frozen_layers_equals_naive():
         err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
         assert err < 1e-8, (k, float(err))
     assert set(fast.params) == set(params)
+
+
+class _PlainModuleLoss(torch.nn.Module):
+    """A loss that is not a LearnedLoss: cross-entropy at a learned temperature plus a learned margin."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.temperature = torch.nn.Parameter(torch.tensor(1.3, dtype=torch.float64))
+        self.margin = torch.nn.Parameter(torch.linspace(-0.5, 0.5, classes, dtype=torch.float64))
+
+    def forward(self, outputs, targets):
+        return torch.nn.functional.cross_entropy(outputs / self.temperature + torch.tanh(outputs) * self.margin,
+                                                 targets)
+
+
+def test_fast_meta_gradient_for_any_loss_module_equals_naive():
+    """Losses without a closed form (any nn.Module) go through autograd's double backward."""
+    model = tiny_conv()
+    loss = _PlainModuleLoss(3)
+    params, momentum = _state(model, 0)
+    train, valid = batch(16, (1, 8, 8), 3, seed=1), batch(12, (1, 8, 8), 3, seed=2)
+    fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, RULES["plain"])
+                   for fn in (meta_gradient_fast, meta_gradient_naive))
+    for k in ("temperature", "margin"):
+        err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
+        assert err < 1e-8, (k, float(err))

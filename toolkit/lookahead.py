@@ -186,13 +186,29 @@ def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tenso
     return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
 
 
-def _value_and_output_gradient(loss: nn.Module, loss_params: Mapping[str, Tensor], outputs: Tensor,
-                               targets: Tensor) -> tuple[Tensor, Tensor]:
-    """M_φ and m = ∂M_φ/∂f with the graph to φ kept; one pass for losses that provide it themselves."""
+def _value_gradient_pullback(loss: nn.Module, loss_params: Mapping[str, Tensor], outputs: Tensor,
+                             targets: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], TensorDict]]:
+    """M_φ, m = ∂M_φ/∂f (both detached) and ``pullback(u) = {name: ∂/∂φ Σ u ⊙ m}``.
+
+    Learned losses (``provides_output_gradient``) give all three themselves, in closed form
+    where they can (``losses.MLPLoss``: no autograd graph at all); any other loss module goes
+    through autograd's double backward.
+    """
+    f = outputs.detach()
     if getattr(loss, "provides_output_gradient", False):
-        return functional_call(loss, dict(loss_params), (outputs, targets), {"output_gradient": True})
-    value = functional_call(loss, dict(loss_params), (outputs, targets))
-    return value, torch.autograd.grad(value, outputs, create_graph=True)[0]
+        return functional_call(loss, dict(loss_params), (f, targets), {"output_gradient": "pullback"})
+    names = list(loss_params)
+    with torch.enable_grad():
+        f = f.requires_grad_(True)
+        value = functional_call(loss, dict(loss_params), (f, targets))
+        (m,) = torch.autograd.grad(value, f, create_graph=True)
+
+    def pullback(u: Tensor) -> TensorDict:
+        with torch.enable_grad():
+            grads = torch.autograd.grad((u.detach() * m).sum(), [loss_params[k] for k in names], allow_unused=True)
+        return {k: torch.zeros_like(loss_params[k]) if g is None else g for k, g in zip(names, grads)}
+
+    return value.detach(), m.detach(), pullback
 
 
 def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -252,14 +268,13 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
     rng = _rng_state(device)
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
-        with _phase("train_forward"), record_chain(model) if jvp == "auto" else contextlib.nullcontext([]) as links:
+        with _phase("train_forward"), record_chain(model) if jvp == "auto" else contextlib.nullcontext() as recording:
             outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
-        chain = as_chain(links, outputs, set(theta_leaf))
+        chain = as_chain(recording, outputs, set(theta_leaf))
         with _phase("loss_gradient"):
-            out_leaf = outputs.detach().requires_grad_(True)
-            train_loss, m = _value_and_output_gradient(loss, loss_params, out_leaf, y)  # m depends on φ
+            train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
         with _phase("train_backward"):
-            grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m.detach())
+            grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m)
     with _phase("sgd_update"):
         new_params, new_momentum = sgd_update(theta, dict(zip(theta_leaf, grads)), momentum, rule)
 
@@ -276,12 +291,9 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
             with _replayed_rng(rng, device):
                 u = jacobian_vector_product(model, theta, _cloned(buffers), x, v)
 
-    with torch.enable_grad(), _phase("meta_backward"):
-        names = list(loss_params)
-        inner = (u.detach() * m).sum()
-        meta = torch.autograd.grad(inner, [loss_params[k] for k in names], allow_unused=True)
-    meta_grads = {k: (-rule.alpha * g if g is not None else torch.zeros_like(loss_params[k]))
-                  for k, g in zip(names, meta)}
+    with _phase("meta_backward"):
+        meta = pullback(u)
+        meta_grads = {k: -rule.alpha * meta[k] for k in loss_params}
     return Lookahead(params={k: p.detach() for k, p in new_params.items()},
                      momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
