@@ -33,12 +33,14 @@ def _softplus_sympy(z: sympy.Expr, beta: float) -> sympy.Expr:
 class Activation:
     """One activation in four forms: ``torch_fn(x, beta, gamma)``, ``sympy_fn(z, beta, gamma)``, its
     derivative ``torch_derivative(x, y, beta, gamma)`` at x, given y = ``torch_fn(x)`` too, and its second
-    derivative ``torch_second(x, y, beta, gamma)`` (None where it is zero: piecewise-linear activations)."""
+    derivative as ``torch_second(x, y, slope, beta, gamma) -> (t, c)`` meaning c·t (the constant
+    folds into a later fused multiply-add), given the slope = ``torch_derivative(x, …)``; None where
+    the second derivative is zero (piecewise-linear activations)."""
 
     torch_fn: Callable[[Tensor, float, float], Tensor]
     sympy_fn: Callable[[sympy.Expr, float, float], sympy.Expr]
     torch_derivative: Callable[[Tensor, Tensor, float, float], Tensor]
-    torch_second: Callable[[Tensor, Tensor, float, float], Tensor | None]
+    torch_second: Callable[[Tensor, Tensor, Tensor, float, float], tuple[Tensor, float] | None]
 
 
 def _softplus_derivative(x: Tensor, beta: float) -> Tensor:
@@ -47,30 +49,30 @@ def _softplus_derivative(x: Tensor, beta: float) -> Tensor:
     return torch.sigmoid(beta * x) if beta != 1 else torch.sigmoid(x)
 
 
-def _softplus_second(x: Tensor, beta: float, factor: float) -> Tensor:
-    # factor·d/dx σ(βx) = factor·β·σ(1 − σ): what autograd's sigmoid backward gives for the derivative above.
-    sig = _softplus_derivative(x, beta)
-    return sig * (1 - sig) * (factor * beta)
+def _sigmoid_slope(sig: Tensor) -> Tensor:
+    """σ(1 − σ) as σ − σ·σ in one fused op (what autograd's sigmoid backward computes, to rounding)."""
+    return torch.addcmul(sig, sig, sig, value=-1)
 
 
 ACTIVATIONS: dict[str, Activation] = {
-    # φ(x) = γx + (1−γ)·softplus_β(x), softplus_β(x) = log(1 + exp(βx))/β; φ'(x) = γ + (1−γ)·σ(βx).
+    # φ(x) = γx + (1−γ)·softplus_β(x), softplus_β(x) = log(1 + exp(βx))/β; φ'(x) = γ + (1−γ)·σ(βx);
+    # φ''(x) = (1−γ)β·σ(βx)(1 − σ(βx)). The value is one lerp: x + (1−γ)(softplus − x).
     "smooth_leaky_relu": Activation(
-        lambda x, b, g: g * x + (1 - g) * _softplus_torch(x, b),
+        lambda x, b, g: torch.lerp(x, _softplus_torch(x, b), 1 - g),
         lambda z, b, g: sympy_float(g) * z + sympy_float(1 - g) * _softplus_sympy(z, b),
-        lambda x, y, b, g: g + (1 - g) * _softplus_derivative(x, b),
-        lambda x, y, b, g: _softplus_second(x, b, 1 - g),
+        lambda x, y, b, g: _softplus_derivative(x, b).mul(1 - g).add_(g),
+        lambda x, y, s, b, g: (_sigmoid_slope(_softplus_derivative(x, b)), (1 - g) * b),
     ),
     "relu": Activation(lambda x, b, g: torch.relu(x), lambda z, b, g: sympy.Max(z, 0, evaluate=False),
                        lambda x, y, b, g: (x > 0).to(x.dtype),  # 0 at x = 0, as autograd
-                       lambda x, y, b, g: None),
+                       lambda x, y, s, b, g: None),
     "softplus": Activation(lambda x, b, g: _softplus_torch(x, 1.0), lambda z, b, g: _softplus_sympy(z, 1),
                            lambda x, y, b, g: _softplus_derivative(x, 1.0),
-                           lambda x, y, b, g: _softplus_second(x, 1.0, 1.0)),
+                           lambda x, y, s, b, g: (_sigmoid_slope(s), 1.0)),  # the slope is σ(x) itself
     "tanh": Activation(lambda x, b, g: torch.tanh(x), lambda z, b, g: sympy.tanh(z, evaluate=False),
-                       lambda x, y, b, g: 1 - y * y, lambda x, y, b, g: -2 * y * (1 - y * y)),
+                       lambda x, y, b, g: 1 - y * y, lambda x, y, s, b, g: (y * s, -2.0)),  # −2y(1 − y²)
     "identity": Activation(lambda x, b, g: x, lambda z, b, g: z, lambda x, y, b, g: torch.ones_like(x),
-                           lambda x, y, b, g: None),
+                           lambda x, y, s, b, g: None),
 }
 HIDDEN_ACTIVATIONS = ("smooth_leaky_relu", "relu", "softplus", "tanh")
 OUTPUT_ACTIVATIONS = ("softplus", "smooth_leaky_relu", "identity")
@@ -166,7 +168,8 @@ class MLPLoss(LearnedLoss):
         δ_L = φ_L'(z_L), δ_l = e_l ⊙ φ_l'(z_l) with e_l = δ_{l+1} W_{l+1}, and ∂ℓ/∂y_pred = δ_1 · W_1[:, 0]
         (y_pred is the first input).
         """
-        x = torch.stack((y_pred, y_true), dim=-1)
+        shape = y_pred.shape
+        x = torch.stack((y_pred.reshape(-1), y_true.reshape(-1)), dim=1)  # one row per element
         inputs, pre, post, slopes = [], [], [], []
         for layer, act in zip(self.layers, self._activations()):
             inputs.append(x)
@@ -175,7 +178,7 @@ class MLPLoss(LearnedLoss):
             pre.append(z)
             post.append(x)
             slopes.append(act.torch_derivative(z, x, self.beta, self.gamma))
-        deltas, backs = [slopes[-1]], []  # δ_L (..., 1); then δ_{L-1}, …, δ_1
+        deltas, backs = [slopes[-1]], []  # δ_L (N, 1); then δ_{L-1}, …, δ_1
         for i in range(len(self.layers) - 1, 0, -1):
             back = deltas[-1] @ self.layers[i].weight
             backs.append(back)
@@ -183,7 +186,7 @@ class MLPLoss(LearnedLoss):
         deltas.reverse()
         backs.reverse()  # backs[l] = e_l, the input to δ_l = e_l ⊙ φ_l'(z_l), for l < L
         record = {"inputs": inputs, "pre": pre, "post": post, "slopes": slopes, "deltas": deltas, "backs": backs}
-        return x.squeeze(-1), deltas[0] @ self.layers[0].weight[:, 0], record
+        return x.reshape(shape), (deltas[0] @ self.layers[0].weight[:, 0]).reshape(shape), record
 
     def _elementwise_and_gradient(self, y_pred: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
         """ℓ and ∂ℓ/∂y_pred by one forward and a hand-written backward through the layers.
@@ -212,42 +215,40 @@ class MLPLoss(LearnedLoss):
         frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
         names = [name for name, _ in self.named_parameters()]
 
-        def rows(t: Tensor) -> Tensor:
-            return t.reshape(-1, t.shape[-1])
-
         def pullback(cotangent: Tensor) -> dict[str, Tensor]:
             with torch.no_grad():
                 c = cotangent.reshape(-1, 1)
-                inputs = [rows(t) for t in record["inputs"]]
-                slopes = [rows(t) for t in record["slopes"]]
-                deltas = [rows(t) for t in record["deltas"]]
-                backs = [rows(t) for t in record["backs"]]
-                grads = {}
-                weight_bar = [torch.zeros_like(w) for w in weights]
+                inputs, slopes, deltas, backs = (record[k] for k in ("inputs", "slopes", "deltas", "backs"))
+                grads, weight_bar = {}, [None] * len(weights)
                 # Reverse of the backward pass: g = δ_1 W_1[:, 0], δ_l = e_l ⊙ s_l, e_l = δ_{l+1} W_{l+1}.
-                weight_bar[0][:, 0] = (deltas[0] * c).sum(0)
+                first_column = deltas[0].T @ c
                 delta_bar = c * weights[0][:, 0]
                 slope_bar = []
                 for i in range(len(weights) - 1):
                     back_bar = delta_bar * slopes[i]
                     slope_bar.append(delta_bar * backs[i])
-                    weight_bar[i + 1] += deltas[i + 1].T @ back_bar
+                    weight_bar[i + 1] = deltas[i + 1].T @ back_bar
                     delta_bar = back_bar @ weights[i + 1].T
                 slope_bar.append(delta_bar)  # δ_L = s_L
                 # Reverse of the forward pass: s_l = φ'(z_l), a_l = φ(z_l), z_l = a_{l-1} W_lᵀ (+ b_l).
                 post_bar = None
                 for i in range(len(weights) - 1, -1, -1):
-                    second = activations[i].torch_second(record["pre"][i], record["post"][i], self.beta, self.gamma)
-                    pre_bar = None if second is None else slope_bar[i] * rows(second)
-                    if post_bar is not None:
-                        through = post_bar * slopes[i]
-                        pre_bar = through if pre_bar is None else pre_bar + through
-                    if pre_bar is None:  # nothing depends on this layer's output (piecewise-linear, last)
-                        pre_bar = torch.zeros_like(slopes[i])
-                    weight_bar[i] += pre_bar.T @ inputs[i]
+                    second = activations[i].torch_second(record["pre"][i], record["post"][i], slopes[i],
+                                                         self.beta, self.gamma)
+                    if post_bar is None:
+                        pre_bar = torch.zeros_like(slopes[i]) if second is None else slope_bar[i] * second[0]
+                        if second is not None and second[1] != 1:
+                            pre_bar = pre_bar * second[1]
+                    else:
+                        pre_bar = post_bar * slopes[i]
+                        if second is not None:
+                            pre_bar = torch.addcmul(pre_bar, slope_bar[i], second[0], value=second[1])
+                    weight_bar[i] = (pre_bar.T @ inputs[i] if weight_bar[i] is None
+                                     else torch.addmm(weight_bar[i], pre_bar.T, inputs[i]))
                     if has_bias[i]:
                         grads[f"layers.{i}.bias"] = pre_bar.sum(0)
                     post_bar = pre_bar @ weights[i] if i > 0 else None
+                weight_bar[0][:, 0] += first_column[:, 0]
                 for i, w in enumerate(weight_bar):
                     grads[f"layers.{i}.weight"] = w
                 return {name: torch.zeros_like(grads[name]) if name in frozen else grads[name] for name in names}
