@@ -17,7 +17,9 @@ where f are the base model's outputs on the training batch and J_f = ∂f/∂θ.
 batch for v, one Jacobian-vector product through the base model for u (from the
 training forward's activations when the model is a chain of known layers, see
 :mod:`toolkit.tangents`; forward-mode AD otherwise), and second derivatives of the
-small loss network only. ``meta_gradient_naive``
+small loss network only: the loss's pullback u ↦ ∂/∂φ[u · m(φ)]
+(``losses.LearnedLoss.mean_gradient_pullback``), written out for ``MLPLoss`` and
+``GradientScaledLoss`` and autograd's double backward for other losses. ``meta_gradient_naive``
 differentiates through the whole unrolled step (``create_graph=True``) and is the
 reference the tests compare against.
 

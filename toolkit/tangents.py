@@ -92,10 +92,10 @@ def _avg_pool2d_tangent(module: nn.AvgPool2d, t_in, *_):
     for i in range(1, k):
         summed = summed + grid[:, :, :, i]
     grid = summed.reshape(batch, channels, rows // k, cols // k, k)
-    summed = grid[..., 0]
-    for j in range(1, k):
-        summed = summed + grid[..., j]
-    return summed / (k * k)
+    summed = torch.add(grid[..., 0], grid[..., 1]) if k > 1 else grid[..., 0].clone()
+    for j in range(2, k):
+        summed += grid[..., j]
+    return summed.mul_(1.0 / (k * k))
 
 
 TangentRule = Callable[..., Tensor | None]
@@ -104,9 +104,12 @@ RULES: dict[type, TangentRule] = {
     nn.Conv2d: _conv_tangent,
     nn.Linear: _linear_tangent,
     # The derivative times the tangent is what the activation's backward kernel computes, in one pass.
-    nn.Tanh: lambda m, t, x, y, *_: None if t is None else torch.ops.aten.tanh_backward(t, y),
-    nn.Sigmoid: lambda m, t, x, y, *_: None if t is None else torch.ops.aten.sigmoid_backward(t, y),
-    nn.ReLU: lambda m, t, x, y, *_: None if t is None else torch.ops.aten.threshold_backward(t, y, 0),
+    # The tangent t is always a temporary of chain_jvp's own, so these write over it (one buffer less).
+    nn.Tanh: lambda m, t, x, y, *_: None if t is None else torch.ops.aten.tanh_backward.grad_input(t, y, grad_input=t),
+    nn.Sigmoid: lambda m, t, x, y, *_: None if t is None else torch.ops.aten.sigmoid_backward.grad_input(
+        t, y, grad_input=t),
+    nn.ReLU: lambda m, t, x, y, *_: None if t is None else torch.ops.aten.threshold_backward.grad_input(
+        t, y, 0, grad_input=t),
     nn.LeakyReLU: lambda m, t, x, y, *_: None if t is None else torch.where(x > 0, t, t * m.negative_slope),
     nn.AvgPool1d: _linear_map,
     nn.AvgPool2d: _avg_pool2d_tangent,
