@@ -212,3 +212,20 @@ def test_fast_meta_gradient_for_any_loss_module_equals_naive():
     for k in ("temperature", "margin"):
         err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
         assert err < 1e-8, (k, float(err))
+
+
+@pytest.mark.parametrize("loss_name", LOSSES)
+def test_frozen_loss_parameters_get_zero_meta_gradients_on_both_routes(loss_name):
+    model = tiny_mlp()
+    loss = LOSSES[loss_name]((6, 6))
+    frozen = "shape.layers.1.weight" if loss_name == "scaled" else "layers.1.weight"
+    dict(loss.named_parameters())[frozen].requires_grad_(False)
+    params, momentum = _state(model, 0)
+    train, valid = batch(16, (5,), 3, seed=1), batch(12, (5,), 3, seed=2)
+    fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, RULES["plain"])
+                   for fn in (meta_gradient_fast, meta_gradient_naive))
+    assert not fast.meta_grads[frozen].any() and not naive.meta_grads[frozen].any()
+    for k in fast.meta_grads:
+        if k != frozen:
+            err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
+            assert err < 1e-8, (k, float(err))
