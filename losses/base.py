@@ -36,6 +36,30 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def fill_missing_gradients(params: Mapping[str, Tensor], grads: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
+    """A gradient for every parameter: zeros where none reached it (unused, or not requiring grad)."""
+    return {k: g if (g := grads.get(k)) is not None else torch.zeros_like(p) for k, p in params.items()}
+
+
+def autograd_pullback(m: Tensor, params: Mapping[str, Tensor]) -> Pullback:
+    """``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` by autograd through m's graph to ``params``.
+
+    Callable more than once (the graph is retained while the pullback lives); zeros for
+    parameters that do not require grad or that m does not depend on.
+    """
+    trainable = [k for k, p in params.items() if p.requires_grad]
+
+    def pullback(u: Tensor) -> dict[str, Tensor]:
+        grads: tuple = ()
+        if trainable and m.requires_grad:
+            with torch.enable_grad():
+                grads = torch.autograd.grad((u.detach() * m).sum(), [params[k] for k in trainable],
+                                            allow_unused=True, retain_graph=True)
+        return fill_missing_gradients(params, dict(zip(trainable, grads)))
+
+    return pullback
+
+
 def _check_output_gradient(output_gradient: object, reduction: str) -> None:
     if output_gradient is not True and output_gradient != "pullback":
         raise ValueError(f"output_gradient must be False, True or 'pullback'; got {output_gradient!r}")
@@ -298,7 +322,6 @@ class LearnedLoss(nn.Module, abc.ABC):
             outputs: raw outputs (B, C), treated as constants; y_true: encoded targets (B, C).
         """
         f = outputs.detach()
-        names = [name for name, _ in self.named_parameters()]
         closed = None
         if self._has_closed_form():
             with torch.no_grad():
@@ -315,21 +338,9 @@ class LearnedLoss(nn.Module, abc.ABC):
                     return inner(self._through_prediction(y_pred, u.detach()) / n)
 
             return mean, m, pullback
-        params = dict(self.named_parameters())
-        trainable = [name for name in names if params[name].requires_grad]
         with torch.enable_grad():
             mean, m = self.mean_and_output_gradient(f, y_true)
-
-        def autograd_pullback(u: Tensor) -> dict[str, Tensor]:
-            found = {}
-            if trainable and m.requires_grad:
-                with torch.enable_grad():
-                    grads = torch.autograd.grad((u.detach() * m).sum(), [params[k] for k in trainable],
-                                                allow_unused=True, retain_graph=True)  # callable again
-                found = {k: g for k, g in zip(trainable, grads) if g is not None}
-            return {k: found[k] if k in found else torch.zeros_like(params[k]) for k in names}
-
-        return mean.detach(), m.detach(), autograd_pullback
+        return mean.detach(), m.detach(), autograd_pullback(m, dict(self.named_parameters()))
 
     provides_output_gradient: ClassVar[bool] = True
     """``forward(..., output_gradient=True)`` returns ``(value, ∂value/∂outputs)`` and

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from sympy.core.parameters import distribute
 from torch import Tensor, nn
 
-from losses.base import LearnedLoss, check_choice
+from losses.base import LearnedLoss, check_choice, fill_missing_gradients
 from losses.symbols import Y_PRED, Y_TRUE, sympy_float
 from losses.sympy_to_torch import SOFTPLUS_THRESHOLD
 
@@ -212,8 +212,7 @@ class MLPLoss(LearnedLoss):
         weights = [layer.weight for layer in self.layers]
         has_bias = [layer.bias is not None for layer in self.layers]
         activations = self._activations()
-        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
-        names = [name for name, _ in self.named_parameters()]
+        params = dict(self.named_parameters())
 
         def pullback(cotangent: Tensor) -> dict[str, Tensor]:
             with torch.no_grad():
@@ -251,7 +250,7 @@ class MLPLoss(LearnedLoss):
                 weight_bar[0][:, 0] += first_column[:, 0]
                 for i, w in enumerate(weight_bar):
                     grads[f"layers.{i}.weight"] = w
-                return {name: torch.zeros_like(grads[name]) if name in frozen else grads[name] for name in names}
+                return fill_missing_gradients(params, {k: g for k, g in grads.items() if params[k].requires_grad})
 
         return value, gradient, pullback
 

@@ -122,9 +122,13 @@ class GradientScaledLoss(LearnedLoss):
         """
         f = outputs.detach()
         inner, direction = self.shape.mean_and_output_gradient(f, y_true)
-        reference = task_gradient(f, y_true, self.task)
-        tiny = torch.finfo(outputs.dtype).eps ** 2
-        return self.scale * reference.norm() / direction.norm().clamp_min(tiny), inner, direction
+        return self._factor_of(f, y_true, direction)[0], inner, direction
+
+    def _factor_of(self, f: Tensor, y_true: Tensor, direction: Tensor) -> tuple[Tensor, Tensor, float]:
+        """(k, ‖d‖, tiny): k = s·‖r‖ / max(‖d‖, tiny) for the inner loss's gradient d, r the task loss's."""
+        tiny = torch.finfo(f.dtype).eps ** 2
+        norm = direction.norm()
+        return self.scale * task_gradient(f, y_true, self.task).norm() / norm.clamp_min(tiny), norm, tiny
 
     def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
                 output_gradient: bool | str = False) -> Tensor | tuple:
@@ -160,11 +164,8 @@ class GradientScaledLoss(LearnedLoss):
         f = outputs.detach()
         inner, direction, inner_pullback = self.shape.mean_gradient_pullback(f, y_true)
         with torch.no_grad():
-            reference = task_gradient(f, y_true, self.task).norm()
-            norm = direction.norm()
-            tiny = torch.finfo(outputs.dtype).eps ** 2
+            k, norm, tiny = self._factor_of(f, y_true, direction)
             slope = torch.tanh(self.scale_logit)
-            k = torch.exp(math.log(self.max_scale) * slope) * reference / norm.clamp_min(tiny)
             # ‖d‖ below the clamp is a constant of k (clamp_min passes no gradient there).
             norm_sq_inv = torch.where(norm >= tiny, norm.clamp_min(tiny) ** -2, torch.zeros_like(norm))
         names = [name for name, _ in self.named_parameters()]

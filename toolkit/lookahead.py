@@ -39,6 +39,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
 from losses import encode_targets
+from losses.base import autograd_pullback, fill_missing_gradients
 from losses.scaled import task_gradient
 
 from .tangents import as_chain, chain_jvp, record_chain
@@ -188,15 +189,6 @@ def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tenso
     return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
 
 
-def _trainable(loss_params: Mapping[str, Tensor]) -> list[str]:
-    return [k for k, p in loss_params.items() if p.requires_grad]
-
-
-def _complete(loss_params: Mapping[str, Tensor], grads: Mapping[str, Tensor | None]) -> TensorDict:
-    """A gradient for every loss parameter: zeros where none reached it (unused or frozen)."""
-    return {k: g if (g := grads.get(k)) is not None else torch.zeros_like(p) for k, p in loss_params.items()}
-
-
 def _value_gradient_pullback(loss: nn.Module, loss_params: Mapping[str, Tensor], outputs: Tensor,
                              targets: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], TensorDict]]:
     """M_φ, m = ∂M_φ/∂f (both detached) and ``pullback(u) = {name: ∂/∂φ Σ u ⊙ m}``.
@@ -208,20 +200,11 @@ def _value_gradient_pullback(loss: nn.Module, loss_params: Mapping[str, Tensor],
     f = outputs.detach()
     if getattr(loss, "provides_output_gradient", False):
         return functional_call(loss, dict(loss_params), (f, targets), {"output_gradient": "pullback"})
-    names = _trainable(loss_params)
     with torch.enable_grad():
         f = f.requires_grad_(True)
         value = functional_call(loss, dict(loss_params), (f, targets))
         (m,) = torch.autograd.grad(value, f, create_graph=True)
-
-    def pullback(u: Tensor) -> TensorDict:
-        grads = []
-        if names and m.requires_grad:
-            with torch.enable_grad():
-                grads = torch.autograd.grad((u.detach() * m).sum(), [loss_params[k] for k in names], allow_unused=True)
-        return _complete(loss_params, dict(zip(names, grads)))
-
-    return value.detach(), m.detach(), pullback
+    return value.detach(), m.detach(), autograd_pullback(m, loss_params)
 
 
 def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -334,14 +317,14 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
         grads = torch.autograd.grad(train_loss, list(theta_leaf.values()), create_graph=True)
         new_params, new_momentum = sgd_update(theta, dict(zip(theta_leaf, grads)), mom, rule)
         meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
-        names = _trainable(loss_params)
+        names = [k for k, p in loss_params.items() if p.requires_grad]
         meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
         ratio = None
         if diagnostics:
             out_leaf = outputs.detach().requires_grad_(True)
             m = torch.autograd.grad(functional_call(loss, dict(loss_params), (out_leaf, y)), out_leaf)[0]
             ratio = _grad_ratio(m, outputs, y, task)
-    meta_grads = _complete(loss_params, dict(zip(names, meta)))
+    meta_grads = fill_missing_gradients(loss_params, dict(zip(names, meta)))
     return Lookahead(params={k: p.detach() for k, p in new_params.items()},
                      momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),

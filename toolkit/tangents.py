@@ -157,9 +157,6 @@ class Recording:
     def __len__(self) -> int:
         return len(self.links)
 
-    def __iter__(self) -> Iterator[Link]:
-        return iter(self.links)
-
     def _hook(self, module: nn.Module, args: tuple, output, name: str) -> None:
         inputs = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
         if inputs is None or not isinstance(output, Tensor) or (self.links and inputs is not self.last):
