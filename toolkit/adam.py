@@ -56,22 +56,29 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state
         (new params, new state); inputs are not modified.
     """
     beta1, beta2 = betas
+    names = list(params)
     step = state.step + 1
     bias1 = 1 - beta1 ** step
     bias2_sqrt = (1 - beta2 ** step).sqrt()
-    new_params, exp_avg, exp_avg_sq = {}, {}, {}
-    for name, p in params.items():
-        g = grads[name]
-        m = state.exp_avg[name].lerp(g, 1 - beta1)
-        v = state.exp_avg_sq[name] * beta2 + (1 - beta2) * g * g
-        new_params[name] = p - lr / bias1 * m / (v.sqrt() / bias2_sqrt + eps)
-        exp_avg[name], exp_avg_sq[name] = m, v
+    # One fused (foreach) kernel per operation over all tensors: the loss has few, small parameters,
+    # so per-tensor kernels would cost more in launches than in arithmetic.
+    g = [grads[k] for k in names]
+    old_m = [state.exp_avg[k] for k in names]
+    old_v = [state.exp_avg_sq[k] for k in names]
+    m = torch._foreach_lerp(old_m, g, 1 - beta1)
+    v = torch._foreach_mul(old_v, beta2)
+    torch._foreach_addcmul_(v, g, g, value=1 - beta2)
+    denominator = torch._foreach_sqrt(v)
+    torch._foreach_div_(denominator, bias2_sqrt)
+    torch._foreach_add_(denominator, eps)
+    update = torch._foreach_div(m, denominator)
+    torch._foreach_mul_(update, lr / bias1)
+    new_p = torch._foreach_sub([params[k] for k in names], update)
     if apply is not None:
-        keep = lambda new, old: torch.where(apply, new, old)  # noqa: E731
-        new_params = {k: keep(v, params[k]) for k, v in new_params.items()}
-        exp_avg = {k: keep(v, state.exp_avg[k]) for k, v in exp_avg.items()}
-        exp_avg_sq = {k: keep(v, state.exp_avg_sq[k]) for k, v in exp_avg_sq.items()}
-        step = keep(step, state.step)
+        keep = lambda new, old: [torch.where(apply, a, b) for a, b in zip(new, old)]  # noqa: E731
+        new_p, m, v = keep(new_p, [params[k] for k in names]), keep(m, old_m), keep(v, old_v)
+        step = torch.where(apply, step, state.step)
+    new_params, exp_avg, exp_avg_sq = dict(zip(names, new_p)), dict(zip(names, m)), dict(zip(names, v))
     return new_params, AdamState(step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
 
 
@@ -84,8 +91,7 @@ def apply_meta_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
     """
     new_params, state = adam_update(params, clip_by_global_norm(grads, clip), state, lr=lr, apply=apply)
     with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(new_params[name])
+        torch._foreach_copy_(list(params.values()), [new_params[k] for k in params])
     return state
 
 
@@ -101,7 +107,10 @@ def clip_by_global_norm(grads: Mapping[str, Tensor], max_norm: float | None) -> 
 def all_finite(tensors) -> Tensor:
     """A boolean scalar tensor: every element of every tensor is finite (no host sync).
 
-    One fused (foreach) norm over all tensors: a NaN or inf anywhere makes it non-finite.
+    One fused (foreach) norm per tensor: a NaN or inf anywhere makes that norm non-finite. (The
+    norms are not summed: a sum of large finite norms could overflow to inf.)
     """
-    from torch.nn.utils import get_total_norm
-    return torch.isfinite(get_total_norm(list(tensors), foreach=True))
+    tensors = list(tensors)
+    if not tensors:
+        return torch.tensor(True)
+    return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()

@@ -148,7 +148,7 @@ class OnlineLossLearner:
     def _commit_base(self, params, new_params, new_momentum, ok: Tensor) -> None:
         with torch.no_grad():
             for k, p in params.items():
-                p.copy_(torch.where(ok, new_params[k], p))
+                torch.where(ok, new_params[k], p, out=p)
             if new_momentum is not None:
                 old = self.momentum
                 self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
