@@ -131,6 +131,10 @@ convolution's output alive as well costs about 0.15 of a LeNet-5 training step o
 allocations alone."""
 
 
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+"""The supported module types with parameters (``weight`` and an optional ``bias``)."""
+
+
 def _supported(module: nn.Module) -> bool:
     if type(module) not in RULES:
         return False
@@ -199,12 +203,16 @@ def as_chain(recording: Recording | None, outputs: Tensor, param_names: set[str]
         return None
     covered: set[str] = set()
     for link in recording.links:
-        if not _supported(link.module):
+        module = link.module
+        if not _supported(module):
             return None
-        if isinstance(link.module, nn.Dropout) and link.module.training and link.module.p > 0:
+        if isinstance(module, nn.Dropout) and module.training and module.p > 0:
             return None
-        covered.update(f"{link.prefix}.{k}" if link.prefix else k
-                       for k, p in link.module.named_parameters(recurse=False))
+        if isinstance(module, _AFFINE):  # the only supported types with parameters
+            key = (link.prefix + ".") if link.prefix else ""
+            covered.add(key + "weight")
+            if module.bias is not None:
+                covered.add(key + "bias")
     if not param_names or not param_names <= covered:
         return None
     return recording.links
@@ -217,25 +225,22 @@ def chain_jvp(chain: list[Link], params: Mapping[str, Tensor], tangents: Mapping
         chain: from :func:`as_chain`; params: θ by name; tangents: v by name (same keys).
     """
     t: Tensor | None = None
+    # Under no_grad the recorded activations are read as they are: no graph is built on them.
     with torch.no_grad():
         for link in chain:
             module = link.module
             rule = RULES[type(module)]
-            if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if isinstance(module, _AFFINE):
                 key = (link.prefix + ".") if link.prefix else ""
                 # A parameter missing from θ is frozen: its module value is used, with no tangent.
                 w, tw = params.get(key + "weight", module.weight), tangents.get(key + "weight")
                 b, tb = params.get(key + "bias", module.bias), tangents.get(key + "bias")
-                t = rule(module, t, _detached(link.inputs), _detached(link.output), w, b, tw, tb)
+                t = rule(module, t, link.inputs, link.output, w, b, tw, tb)
             else:
-                t = rule(module, t, _detached(link.inputs), _detached(link.output))
+                t = rule(module, t, link.inputs, link.output)
     if t is None:  # no trainable parameter anywhere on the path
         raise ValueError("the chain has no trainable parameters: there is no tangent to take")
     return t
-
-
-def _detached(tensor: Tensor | None) -> Tensor | None:
-    return None if tensor is None else tensor.detach()
 
 
 __all__ = ["Link", "KEEPS", "RULES", "Recording", "record_chain", "as_chain", "chain_jvp"]
