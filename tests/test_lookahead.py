@@ -7,7 +7,7 @@ from torch.func import functional_call
 
 import losses
 from helpers import batch, tiny_bn_dropout, tiny_conv, tiny_mlp
-from toolkit.lookahead import SGDRule, meta_gradient_fast, meta_gradient_naive, sgd_update, task_loss
+from toolkit.lookahead import SGDRule, _is_own_state, meta_gradient_fast, meta_gradient_naive, sgd_update, task_loss
 
 RULES = {
     "plain": SGDRule(lr=0.1),
@@ -229,3 +229,41 @@ def test_frozen_loss_parameters_get_zero_meta_gradients_on_both_routes(loss_name
         if k != frozen:
             err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
             assert err < 1e-8, (k, float(err))
+
+
+@pytest.mark.parametrize("model_name", ["conv", "bn-dropout", "frozen-lenet"])
+def test_module_own_state_gives_the_functional_result(model_name):
+    """Passing the module's own parameters and buffers runs the module directly (no functional_call):
+    the lookahead, the buffer updates and the module's parameters must be exactly as with copies."""
+    import copy
+    from toolkit.models import build_model
+    if model_name == "frozen-lenet":
+        torch.manual_seed(0)
+        model, shape = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=3).double(), (1, 12, 12)
+        model.features[0].requires_grad_(False)
+    else:
+        factory, shape = MODELS[model_name]
+        model = factory()
+    twin = copy.deepcopy(model)
+    loss = _scaled_loss((6, 6))
+    train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
+    rule = RULES["nesterov-wd"]
+    own = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    copies = {k: p.detach().clone() for k, p in twin.named_parameters() if p.requires_grad}
+    results = []
+    for net, params in ((model, own), (twin, copies)):
+        buffers = dict(net.named_buffers())  # updated in place by the training forward, in both cases
+        assert _is_own_state(net, params, buffers) == (params is own)  # the two routes are taken
+        torch.manual_seed(7)  # the same dropout masks
+        results.append(meta_gradient_fast(net, params, buffers, loss, dict(loss.named_parameters()), train, valid,
+                                          rule, diagnostics=True))
+    direct, functional = results
+    for field in ("params", "meta_grads"):
+        for k, value in getattr(direct, field).items():
+            torch.testing.assert_close(value, getattr(functional, field)[k], rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(direct.train_loss, functional.train_loss, rtol=1e-14, atol=0)
+    for (k, b), (_, b_twin) in zip(model.named_buffers(), twin.named_buffers()):
+        torch.testing.assert_close(b, b_twin, rtol=0, atol=0)
+    for (k, p), (_, p_twin) in zip(model.named_parameters(), twin.named_parameters()):
+        assert p.grad is None
+        torch.testing.assert_close(p, p_twin, rtol=0, atol=0)  # a pure function: neither is changed

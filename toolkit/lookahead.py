@@ -115,18 +115,20 @@ def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
     Returns:
         (θ', b'), b' being None when ``rule.momentum == 0``.
     """
-    new_params: TensorDict = {}
-    new_momentum: TensorDict | None = {} if rule.momentum > 0 else None
-    for name, p in params.items():
-        g = grads[name]
-        if rule.weight_decay:
-            g = g + rule.weight_decay * p
-        if rule.momentum > 0:
-            b = g if momentum is None else rule.momentum * momentum[name] + g
-            new_momentum[name] = b
-            g = g + rule.momentum * b if rule.nesterov else b
-        new_params[name] = p - rule.lr * g
-    return new_params, new_momentum
+    names = list(params)
+    if not names:
+        return {}, ({} if rule.momentum > 0 else None)
+    # One fused (foreach) kernel per operation over all tensors, differentiable for the naive route.
+    p = [params[k] for k in names]
+    g = [grads[k] for k in names]
+    if rule.weight_decay:
+        g = torch._foreach_add(g, p, alpha=rule.weight_decay)
+    new_momentum: TensorDict | None = None
+    if rule.momentum > 0:
+        b = g if momentum is None else torch._foreach_add(g, [momentum[k] for k in names], alpha=rule.momentum)
+        new_momentum = dict(zip(names, b))
+        g = torch._foreach_add(g, b, alpha=rule.momentum) if rule.nesterov else b
+    return dict(zip(names, torch._foreach_add(p, g, alpha=-rule.lr))), new_momentum
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,16 @@ def _replayed_rng(state: tuple, device: torch.device):
 def _cloned(buffers: Mapping[str, Tensor]) -> TensorDict:
     """Copies of the buffers, so a functional forward's running-stat updates are discarded."""
     return {k: b.clone() for k, b in buffers.items()}
+
+
+def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor]) -> bool:
+    """Whether ``params`` are leaf parameters of ``model`` that require grad, under their own names, and
+    ``buffers`` are all of the model's buffers: then calling the module equals the functional call."""
+    own = dict(model.named_parameters())
+    if not all(own.get(k) is p and p.requires_grad for k, p in params.items()):
+        return False
+    own_buffers = dict(model.named_buffers())
+    return len(own_buffers) == len(buffers) and all(own_buffers.get(k) is b for k, b in buffers.items())
 
 
 def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
@@ -263,9 +275,13 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
     theta = {k: p.detach() for k, p in params.items()}
     rng = _rng_state(device)
     with torch.enable_grad():
-        theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
+        own = update_buffers and _is_own_state(model, params, buffers)
+        theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         with _phase("train_forward"), record_chain(model) if jvp == "auto" else contextlib.nullcontext() as recording:
-            outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+            if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
+                outputs = model(x)
+            else:
+                outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         chain = as_chain(recording, outputs, set(theta_leaf))
         with _phase("loss_gradient"):
             train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
