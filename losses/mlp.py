@@ -32,21 +32,26 @@ def _softplus_sympy(z: sympy.Expr, beta: float) -> sympy.Expr:
 @dataclass(frozen=True)
 class Activation:
     """One activation in four forms: ``torch_fn(x, beta, gamma)``, ``sympy_fn(z, beta, gamma)``, its
-    derivative ``torch_derivative(x, y, beta, gamma)`` at x, given y = ``torch_fn(x)`` too, and its second
-    derivative as ``torch_second(x, y, slope, beta, gamma) -> (t, c)`` meaning c·t (the constant
-    folds into a later fused multiply-add), given the slope = ``torch_derivative(x, …)``; None where
-    the second derivative is zero (piecewise-linear activations)."""
+    derivative ``torch_derivative(x, y, beta, gamma) -> (slope, aux)`` at x, given y = ``torch_fn(x)``
+    too (``aux`` is an intermediate the second derivative reuses, or None), and its second derivative
+    as ``torch_second(x, y, slope, aux, beta, gamma) -> (t, c)`` meaning c·t (the constant folds into a
+    later fused multiply-add); None where the second derivative is zero (piecewise-linear activations)."""
 
     torch_fn: Callable[[Tensor, float, float], Tensor]
     sympy_fn: Callable[[sympy.Expr, float, float], sympy.Expr]
-    torch_derivative: Callable[[Tensor, Tensor, float, float], Tensor]
-    torch_second: Callable[[Tensor, Tensor, Tensor, float, float], tuple[Tensor, float] | None]
+    torch_derivative: Callable[[Tensor, Tensor, float, float], tuple[Tensor, Tensor | None]]
+    torch_second: Callable[[Tensor, Tensor, Tensor, Tensor | None, float, float], tuple[Tensor, float] | None]
 
 
 def _softplus_derivative(x: Tensor, beta: float) -> Tensor:
     # σ(βx); past the threshold softplus is x itself, and σ(βx) there (βx > 40) is 1 to the last
     # bit in float32 and float64, so this equals autograd's softplus backward on both branches.
-    return torch.sigmoid(beta * x) if beta != 1 else torch.sigmoid(x)
+    return torch.mul(x, beta).sigmoid_() if beta != 1 else torch.sigmoid(x)
+
+
+def _slope_and_sigmoid(sig: Tensor, gamma: float) -> tuple[Tensor, Tensor]:
+    """(γ + (1−γ)σ, σ): the smooth leaky ReLU's slope, and σ for its second derivative."""
+    return sig.mul(1 - gamma).add_(gamma), sig
 
 
 def _sigmoid_slope(sig: Tensor) -> Tensor:
@@ -56,23 +61,25 @@ def _sigmoid_slope(sig: Tensor) -> Tensor:
 
 ACTIVATIONS: dict[str, Activation] = {
     # φ(x) = γx + (1−γ)·softplus_β(x), softplus_β(x) = log(1 + exp(βx))/β; φ'(x) = γ + (1−γ)·σ(βx);
-    # φ''(x) = (1−γ)β·σ(βx)(1 − σ(βx)). The value is one lerp: x + (1−γ)(softplus − x).
+    # φ''(x) = (1−γ)β·σ(βx)(1 − σ(βx)). The value is one lerp: x + (1−γ)(softplus − x). The derivative
+    # keeps σ(βx) as its aux, so the second derivative costs one fused op.
     "smooth_leaky_relu": Activation(
         lambda x, b, g: torch.lerp(x, _softplus_torch(x, b), 1 - g),
         lambda z, b, g: sympy_float(g) * z + sympy_float(1 - g) * _softplus_sympy(z, b),
-        lambda x, y, b, g: _softplus_derivative(x, b).mul(1 - g).add_(g),
-        lambda x, y, s, b, g: (_sigmoid_slope(_softplus_derivative(x, b)), (1 - g) * b),
+        lambda x, y, b, g: _slope_and_sigmoid(_softplus_derivative(x, b), g),
+        lambda x, y, s, sig, b, g: (_sigmoid_slope(sig), (1 - g) * b),
     ),
     "relu": Activation(lambda x, b, g: torch.relu(x), lambda z, b, g: sympy.Max(z, 0, evaluate=False),
-                       lambda x, y, b, g: (x > 0).to(x.dtype),  # 0 at x = 0, as autograd
-                       lambda x, y, s, b, g: None),
+                       lambda x, y, b, g: ((x > 0).to(x.dtype), None),  # 0 at x = 0, as autograd
+                       lambda x, y, s, aux, b, g: None),
     "softplus": Activation(lambda x, b, g: _softplus_torch(x, 1.0), lambda z, b, g: _softplus_sympy(z, 1),
-                           lambda x, y, b, g: _softplus_derivative(x, 1.0),
-                           lambda x, y, s, b, g: (_sigmoid_slope(s), 1.0)),  # the slope is σ(x) itself
+                           lambda x, y, b, g: (_softplus_derivative(x, 1.0), None),
+                           lambda x, y, s, aux, b, g: (_sigmoid_slope(s), 1.0)),  # the slope is σ(x) itself
     "tanh": Activation(lambda x, b, g: torch.tanh(x), lambda z, b, g: sympy.tanh(z, evaluate=False),
-                       lambda x, y, b, g: 1 - y * y, lambda x, y, s, b, g: (y * s, -2.0)),  # −2y(1 − y²)
-    "identity": Activation(lambda x, b, g: x, lambda z, b, g: z, lambda x, y, b, g: torch.ones_like(x),
-                           lambda x, y, s, b, g: None),
+                       lambda x, y, b, g: (1 - y * y, None),
+                       lambda x, y, s, aux, b, g: (y * s, -2.0)),  # −2y(1 − y²)
+    "identity": Activation(lambda x, b, g: x, lambda z, b, g: z, lambda x, y, b, g: (torch.ones_like(x), None),
+                           lambda x, y, s, aux, b, g: None),
 }
 HIDDEN_ACTIVATIONS = ("smooth_leaky_relu", "relu", "softplus", "tanh")
 OUTPUT_ACTIVATIONS = ("softplus", "smooth_leaky_relu", "identity")
@@ -170,14 +177,16 @@ class MLPLoss(LearnedLoss):
         """
         shape = y_pred.shape
         x = torch.stack((y_pred.reshape(-1), y_true.reshape(-1)), dim=1)  # one row per element
-        inputs, pre, post, slopes = [], [], [], []
+        inputs, pre, post, slopes, auxes = [], [], [], [], []
         for layer, act in zip(self.layers, self._activations()):
             inputs.append(x)
             z = layer(x)
             x = act.torch_fn(z, self.beta, self.gamma)
             pre.append(z)
             post.append(x)
-            slopes.append(act.torch_derivative(z, x, self.beta, self.gamma))
+            slope, aux = act.torch_derivative(z, x, self.beta, self.gamma)
+            slopes.append(slope)
+            auxes.append(aux)
         deltas, backs = [slopes[-1]], []  # δ_L (N, 1); then δ_{L-1}, …, δ_1
         for i in range(len(self.layers) - 1, 0, -1):
             back = deltas[-1] @ self.layers[i].weight
@@ -185,7 +194,8 @@ class MLPLoss(LearnedLoss):
             deltas.append(back * slopes[i - 1])
         deltas.reverse()
         backs.reverse()  # backs[l] = e_l, the input to δ_l = e_l ⊙ φ_l'(z_l), for l < L
-        record = {"inputs": inputs, "pre": pre, "post": post, "slopes": slopes, "deltas": deltas, "backs": backs}
+        record = {"inputs": inputs, "pre": pre, "post": post, "slopes": slopes, "aux": auxes, "deltas": deltas,
+                  "backs": backs}
         return x.reshape(shape), (deltas[0] @ self.layers[0].weight[:, 0]).reshape(shape), record
 
     def _elementwise_and_gradient(self, y_pred: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
@@ -233,7 +243,7 @@ class MLPLoss(LearnedLoss):
                 post_bar = None
                 for i in range(len(weights) - 1, -1, -1):
                     second = activations[i].torch_second(record["pre"][i], record["post"][i], slopes[i],
-                                                         self.beta, self.gamma)
+                                                         record["aux"][i], self.beta, self.gamma)
                     if post_bar is None:
                         pre_bar = torch.zeros_like(slopes[i]) if second is None else slope_bar[i] * second[0]
                         if second is not None and second[1] != 1:
