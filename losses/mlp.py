@@ -235,7 +235,7 @@ class MLPLoss(LearnedLoss):
                 slope_bar = []
                 for i in range(len(weights) - 1):
                     back_bar = delta_bar * slopes[i]
-                    slope_bar.append(delta_bar * backs[i])
+                    slope_bar.append(delta_bar.mul_(backs[i]))  # delta_bar is this call's own temporary
                     weight_bar[i + 1] = deltas[i + 1].T @ back_bar
                     delta_bar = back_bar @ weights[i + 1].T
                 slope_bar.append(delta_bar)  # δ_L = s_L
@@ -249,9 +249,9 @@ class MLPLoss(LearnedLoss):
                         if second is not None and second[1] != 1:
                             pre_bar = pre_bar * second[1]
                     else:
-                        pre_bar = post_bar * slopes[i]
+                        pre_bar = post_bar.mul_(slopes[i])  # post_bar is this call's own temporary
                         if second is not None:
-                            pre_bar = torch.addcmul(pre_bar, slope_bar[i], second[0], value=second[1])
+                            pre_bar.addcmul_(slope_bar[i], second[0], value=second[1])
                     weight_bar[i] = (pre_bar.T @ inputs[i] if weight_bar[i] is None
                                      else torch.addmm(weight_bar[i], pre_bar.T, inputs[i]))
                     if has_bias[i]:
