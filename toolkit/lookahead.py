@@ -272,11 +272,10 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         raise ValueError(f"jvp must be 'auto' or 'forward', got {jvp!r}")
     x, y = train
     device = x.device
-    theta = {k: p.detach() for k, p in params.items()}
     rng = _rng_state(device)
     with torch.enable_grad():
         own = update_buffers and _is_own_state(model, params, buffers)
-        theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in theta.items()}
+        theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}
         with _phase("train_forward"), record_chain(model) if jvp == "auto" else contextlib.nullcontext() as recording:
             if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
                 outputs = model(x)
@@ -287,8 +286,8 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
             train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
         with _phase("train_backward"):
             grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m)
-    with _phase("sgd_update"):
-        new_params, new_momentum = sgd_update(theta, dict(zip(theta_leaf, grads)), momentum, rule)
+    with _phase("sgd_update"), torch.no_grad():  # no_grad: θ' and b' carry no graph, whatever θ is
+        new_params, new_momentum = sgd_update(params, dict(zip(theta_leaf, grads)), momentum, rule)
 
     x_v, y_v = valid
     with torch.enable_grad(), _phase("valid_pass"):
@@ -298,17 +297,17 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
 
     with _phase("tangent"):
         if chain is not None:  # the training forward's activations give u without a second forward
-            u = chain_jvp(chain, theta, v)
+            u = chain_jvp(chain, params, v)
         else:
+            theta = {k: p.detach() for k, p in params.items()}
             with _replayed_rng(rng, device):
                 u = jacobian_vector_product(model, theta, _cloned(buffers), x, v)
 
     with _phase("meta_backward"):
-        meta = pullback(u)
-        meta_grads = {k: -rule.alpha * meta[k] for k in loss_params}
-    return Lookahead(params={k: p.detach() for k, p in new_params.items()},
-                     momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
-                     meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
+        # The pullback is linear in u: −α goes onto the (B, C) tangent, not onto every meta-gradient.
+        meta = pullback(u * -rule.alpha)
+        meta_grads = {k: meta[k] for k in loss_params}
+    return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
                      grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None)
 
 
