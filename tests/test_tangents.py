@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from helpers import tiny_bn_dropout, tiny_conv, tiny_mlp
+from helpers import CHAINS, FROZEN, tiny_bn_dropout, tiny_conv, tiny_mlp
 from toolkit.lookahead import jacobian_vector_product
 from toolkit.models import build_model
 from toolkit.tangents import as_chain, chain_jvp, record_chain
@@ -23,15 +23,6 @@ class Doubling(nn.Module):
         return self.b(2 * self.a(x))
 
 
-class Shared(nn.Module):
-    """The same layer used twice: still a chain; its tangent sums both uses."""
-
-    def __init__(self):
-        super().__init__()
-        self.layer, self.act, self.out = nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.out(self.act(self.layer(self.act(self.layer(x)))))
 
 
 def _chain_and_reference(model, x):
@@ -47,25 +38,6 @@ def _chain_and_reference(model, x):
     return chain, (None if chain is None else chain_jvp(chain, params, v)), reference
 
 
-CHAINS = {
-    "lenet5": (lambda: build_model("lenet5", input_shape=(1, 28, 28), num_outputs=10), (6, 1, 28, 28)),
-    "mlp-relu": (lambda: build_model("mlp", input_shape=(12,), num_outputs=4, hidden=(9, 7)), (8, 12)),
-    "logreg": (lambda: build_model("logreg", input_shape=(3, 4, 4), num_outputs=5), (5, 3, 4, 4)),
-    "tiny-mlp": (tiny_mlp, (6, 5)),
-    "tiny-conv": (tiny_conv, (6, 1, 8, 8)),
-    "sigmoid-leaky-conv1d": (lambda: nn.Sequential(
-        nn.Conv1d(2, 3, 3, padding=1, stride=2, bias=False), nn.Sigmoid(), nn.AvgPool1d(2), nn.Flatten(),
-        nn.Linear(6, 4), nn.LeakyReLU(0.1), nn.Dropout(0.0), nn.Linear(4, 2)), (5, 2, 8)),
-    "shared-weights": (Shared, (6, 4)),
-    "odd-pools": (lambda: nn.Sequential(
-        nn.Conv2d(1, 2, 2), nn.AvgPool2d(2), nn.Tanh(), nn.AvgPool2d(3, ceil_mode=True), nn.ReLU(),
-        nn.AvgPool2d((2, 1)), nn.AvgPool2d(2, stride=1, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(2, 3)), (4, 1, 20, 20)),
-    # A grouped convolution after a tangent-carrying layer cannot stack its channels: two convolutions.
-    "grouped-conv": (lambda: nn.Sequential(
-        nn.Conv2d(2, 4, 3), nn.Tanh(), nn.Conv2d(4, 6, 3, groups=2, stride=2), nn.Flatten(), nn.Linear(54, 3)),
-        (3, 2, 9, 9)),
-}
 
 
 @pytest.mark.parametrize("name", CHAINS)
@@ -104,13 +76,6 @@ def test_hooks_are_removed_after_recording():
     assert all(not m._forward_hooks for m in model.modules())
 
 
-FROZEN = {
-    "first-conv": lambda m: m.features[0].requires_grad_(False),
-    "a-weight-only": lambda m: m.classifier[3].weight.requires_grad_(False),
-    "a-bias-only": lambda m: m.features[3].bias.requires_grad_(False),
-    "all-but-last-bias": lambda m: [p.requires_grad_(False) for k, p in m.named_parameters()
-                                    if k != "classifier.5.bias"],
-}
 
 
 @pytest.mark.parametrize("name", FROZEN)

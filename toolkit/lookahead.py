@@ -42,6 +42,7 @@ from losses import encode_targets
 from losses.base import autograd_pullback, fill_missing_gradients
 from losses.scaled import task_gradient
 
+from .chain_passes import chain_forward, chain_vjp, supports_passes
 from .tangents import as_chain, chain_jvp, record_chain
 
 TensorDict = dict[str, Tensor]
@@ -282,18 +283,31 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
             else:
                 outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         chain = as_chain(recording, outputs, set(theta_leaf))
+        # A chain whose layers all have written-out passes, and whose first layer takes the input
+        # itself (no transformation in forward before it), needs no autograd for either gradient.
+        passes = chain is not None and recording.first_input is x and supports_passes(chain)
         with _phase("loss_gradient"):
             train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
         with _phase("train_backward"):
-            grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m)
+            if passes:
+                outputs = outputs.detach()  # the forward's graph is not needed: drop it now
+                grads = chain_vjp(chain, theta_leaf, m)
+            else:
+                grads = dict(zip(theta_leaf, torch.autograd.grad(outputs, list(theta_leaf.values()), m)))
     with _phase("sgd_update"), torch.no_grad():  # no_grad: θ' and b' carry no graph, whatever θ is
-        new_params, new_momentum = sgd_update(params, dict(zip(theta_leaf, grads)), momentum, rule)
+        new_params, new_momentum = sgd_update(params, grads, momentum, rule)
 
     x_v, y_v = valid
-    with torch.enable_grad(), _phase("valid_pass"):
-        probe = {k: p.detach().requires_grad_(True) for k, p in new_params.items()}
-        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
-        v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
+    with _phase("valid_pass"):
+        if passes:
+            outputs_v, links = chain_forward(chain, new_params, x_v)
+            meta_loss = task_loss(outputs_v, y_v, task)
+            v = chain_vjp(links, new_params, task_gradient(outputs_v, encode_targets(y_v, outputs_v, task), task))
+        else:
+            with torch.enable_grad():
+                probe = {k: p.detach().requires_grad_(True) for k, p in new_params.items()}
+                meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
+                v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
 
     with _phase("tangent"):
         if chain is not None:  # the training forward's activations give u without a second forward
@@ -307,8 +321,8 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         # The pullback is linear in u: −α goes onto the (B, C) tangent, not onto every meta-gradient.
         meta = pullback(u * -rule.alpha)
         meta_grads = {k: meta[k] for k in loss_params}
-    return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
-                     grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None)
+    return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(),
+                     meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None)
 
 
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],

@@ -30,13 +30,14 @@ from torch import Tensor, nn
 
 @dataclass
 class Link:
-    """One hooked call: the module, its parameter-name prefix, and the activations its tangent rule
-    reads (:data:`KEEPS`): its input, its output, or neither (None)."""
+    """One hooked call: the module, its parameter-name prefix, the activations its rules read
+    (:data:`KEEPS`): its input, its output, or neither (None), and the shape of its input."""
 
     module: nn.Module
     prefix: str
     inputs: Tensor | None
     output: Tensor | None
+    shape: torch.Size | None = None
 
 
 def _affine_tangent(op, stack_dim: int, t_in, x, w, tw, tb, stackable: bool, **options) -> Tensor | None:
@@ -78,18 +79,28 @@ def _linear_map(module: nn.Module, t_in, *_):
     return None if t_in is None else module(t_in)
 
 
-def _avg_pool2d_tangent(module: nn.AvgPool2d, t_in, *_):
-    """Average pooling is linear. Non-overlapping k×k windows without padding are summed as k row
-    slices, then k column slices (about 5× faster than ``avg_pool2d`` on CPU); other settings use
-    the module itself."""
-    if t_in is None:
-        return None
+def pool_window(module: nn.AvgPool2d, shape) -> int | None:
+    """k when ``module`` pools non-overlapping k×k windows of a 4-D input of this shape without
+    padding (the case :func:`avg_pool2d` computes by slices), else None."""
     k, stride = module.kernel_size, module.stride
     k = k if isinstance(k, int) else (k[0] if k[0] == k[1] else None)
     stride = stride if isinstance(stride, int) else (stride[0] if stride[0] == stride[1] else None)
     if (k is None or stride != k or module.padding not in (0, (0, 0)) or module.divisor_override is not None
-            or t_in.dim() != 4 or (module.ceil_mode and (t_in.shape[2] % k or t_in.shape[3] % k))):
-        return module(t_in)
+            or len(shape) != 4 or (module.ceil_mode and (shape[2] % k or shape[3] % k))):
+        return None
+    return k
+
+
+def _avg_pool2d_tangent(module: nn.AvgPool2d, t_in, *_):
+    return None if t_in is None else avg_pool2d(module, t_in)
+
+
+def avg_pool2d(module: nn.AvgPool2d, t_in: Tensor) -> Tensor:
+    """``module(t_in)``. Non-overlapping k×k windows without padding are summed as k row slices, then
+    k column slices (about 5× faster than ``avg_pool2d`` on CPU); other settings use the module."""
+    k = pool_window(module, t_in.shape)
+    if k is None:
+        return module.forward(t_in)
     batch, channels, height, width = t_in.shape
     rows, cols = (height // k) * k, (width // k) * k
     grid = t_in[:, :, :rows, :cols].reshape(batch, channels, rows // k, k, cols)
@@ -136,6 +147,17 @@ convolution's output alive as well costs about 0.15 of a LeNet-5 training step o
 allocations alone."""
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    """Hooks can change what a module computes (weight norm's pre-hook, a hook rescaling outputs), so
+    a hooked module's rule would not be its computation."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as module_globals
+    return bool(module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks)
+
+
 _AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 """The supported module types with parameters (``weight`` and an optional ``bias``)."""
 
@@ -145,6 +167,8 @@ def _supported(module: nn.Module) -> bool:
         return False
     if isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.padding_mode != "zeros":
         return False
+    if isinstance(module, (nn.ReLU, nn.LeakyReLU)) and module.inplace:
+        return False  # it overwrites the previous layer's output, which that layer's rule may read
     return True
 
 
@@ -156,12 +180,15 @@ class Recording:
         last: the output of the latest call (the model's output, if the forward is a chain).
         chained: whether every call so far consumed exactly the tensor the previous one produced
             (its single positional argument) and returned one tensor.
+        first_input: the tensor the first call consumed (the model's input, unless its forward
+            transforms the input before the first layer).
     """
 
     def __init__(self) -> None:
         self.links: list[Link] = []
         self.last: Tensor | None = None
         self.chained = True
+        self.first_input: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.links)
@@ -170,9 +197,11 @@ class Recording:
         inputs = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
         if inputs is None or not isinstance(output, Tensor) or (self.links and inputs is not self.last):
             self.chained = False
+        if not self.links:
+            self.first_input = inputs
         keeps = KEEPS.get(type(module), frozenset())
         self.links.append(Link(module, name, inputs if "input" in keeps else None,
-                               output if "output" in keeps else None))
+                               output if "output" in keeps else None, None if inputs is None else inputs.shape))
         # The identity check needs only the latest output: holding earlier ones would keep
         # activations alive that the forward itself frees.
         self.last = output if isinstance(output, Tensor) else None
@@ -190,7 +219,7 @@ def record_chain(model: nn.Module) -> Iterator[Recording]:
     recording = Recording()
     handles = []
     leaves = [(name, module) for name, module in model.named_modules() if next(module.children(), None) is None]
-    if not all(_supported(module) for _, module in leaves):
+    if not all(_supported(module) and not _has_hooks(module) for _, module in leaves) or _global_hooks():
         leaves = []
     try:
         for name, module in leaves:
