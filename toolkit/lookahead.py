@@ -19,7 +19,10 @@ training forward's activations when the model is a chain of known layers, see
 :mod:`toolkit.tangents`; forward-mode AD otherwise), and second derivatives of the
 small loss network only: the loss's pullback u ↦ ∂/∂φ[u · m(φ)]
 (``losses.LearnedLoss.mean_gradient_pullback``), written out for ``MLPLoss`` and
-``GradientScaledLoss`` and autograd's double backward for other losses. ``meta_gradient_naive``
+``GradientScaledLoss`` and autograd's double backward for other losses. For a chain whose
+first layer takes the input itself, the two base gradients (the training one at θ and v at
+θ') come from :mod:`toolkit.chain_passes` (the recorded activations, and a forward of the
+chain at θ'), without autograd; other models use autograd for both. ``meta_gradient_naive``
 differentiates through the whole unrolled step (``create_graph=True``) and is the
 reference the tests compare against.
 

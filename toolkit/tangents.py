@@ -14,8 +14,10 @@ primal values the training forward already computed are enough:
 chain only when it is verifiably one: every hooked call consumes exactly the tensor
 the previous one produced, the last produces the model's output, and every trainable
 parameter belongs to a hooked module. Anything else (BatchNorm, max pooling,
-dropout in training mode, functional ops between layers) returns None, and the
+dropout in training mode, functional ops between layers, in-place activations, layers
+with hooks of their own, which may change what they compute) returns None, and the
 caller falls back to forward-mode AD. Tests check both routes agree in float64.
+:mod:`toolkit.chain_passes` uses the same recording for the base gradients.
 """
 from __future__ import annotations
 
