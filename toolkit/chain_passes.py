@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tangents import _AFFINE, KEEPS, Link, avg_pool2d, pool_window
+from .tangents import _AFFINE, RULES, Link, affine_parameters, avg_pool2d, convolution, pool_window
 
 _CONV = (nn.Conv1d, nn.Conv2d)
 _VIEWS = (nn.Flatten, nn.Identity, nn.Dropout)
@@ -37,21 +37,9 @@ def supports_passes(chain: list[Link]) -> bool:
                for link in chain)
 
 
-def _weights(link: Link, params: Mapping[str, Tensor]) -> tuple[str, Tensor, Tensor | None]:
-    """(name prefix, weight, bias): from ``params`` where given, else the module's own (frozen) ones."""
-    key = (link.prefix + ".") if link.prefix else ""
-    module = link.module
-    return key, params.get(key + "weight", module.weight), params.get(key + "bias", module.bias)
-
-
-def _conv_forward(module, x, w, b):
-    conv = F.conv2d if isinstance(module, nn.Conv2d) else F.conv1d
-    return conv(x, w, b, module.stride, module.padding, module.dilation, module.groups)
-
-
 _FORWARD: dict[type, Callable] = {
-    nn.Conv1d: _conv_forward,
-    nn.Conv2d: _conv_forward,
+    nn.Conv1d: lambda m, x, w, b: convolution(m)(x, w, b),
+    nn.Conv2d: lambda m, x, w, b: convolution(m)(x, w, b),
     nn.Linear: lambda m, x, w, b: F.linear(x, w, b),
     nn.Tanh: lambda m, x: torch.tanh(x),
     nn.Sigmoid: lambda m, x: torch.sigmoid(x),
@@ -80,13 +68,10 @@ def chain_forward(chain: list[Link], params: Mapping[str, Tensor], x: Tensor) ->
         for link in chain:
             module, inputs = link.module, x
             if isinstance(module, _AFFINE):
-                _, w, b = _weights(link, params)
-                x = _FORWARD[type(module)](module, x, w, b)
+                x = _FORWARD[type(module)](module, x, *affine_parameters(link, params))
             else:
                 x = _FORWARD[type(module)](module, x)
-            keeps = KEEPS.get(type(module), frozenset())
-            links.append(Link(module, link.prefix, inputs if "input" in keeps else None,
-                              x if "output" in keeps else None, inputs.shape))
+            links.append(Link.keeping(module, link.prefix, inputs, x))
     return x, links
 
 
@@ -121,33 +106,18 @@ def _transpose_by_autograd(module: nn.Module, delta: Tensor, shape) -> Tensor:
     return grad
 
 
-def _activation_vjp(op, operand: str) -> Callable:
-    """δ ↦ φ'·δ by the activation's own backward kernel, reading the kept input or output."""
-    def vjp(module, delta, link, owned):
-        value = link.output if operand == "output" else link.inputs
-        if owned:
-            return op.grad_input(delta, value, grad_input=delta)
-        return op(delta, value)
-    return vjp
-
-
-_TANH = _activation_vjp(torch.ops.aten.tanh_backward, "output")
-_SIGMOID = _activation_vjp(torch.ops.aten.sigmoid_backward, "output")
-
-
-def _relu_vjp(module, delta, link, owned):
-    return torch.ops.aten.threshold_backward(delta, link.output, 0)
-
-
-def _leaky_relu_vjp(module, delta, link, owned):
-    return torch.ops.aten.leaky_relu_backward(delta, link.inputs, module.negative_slope, False)
+def _pointwise_transpose(module, delta, link, owned):
+    """A pointwise activation's Jacobian is diagonal, hence its own transpose: the tangent rule
+    (:data:`toolkit.tangents.RULES`, the activation's backward kernel) applies. Those rules write
+    over their argument, so δ is copied first unless it is the passes' own memory."""
+    return RULES[type(module)](module, delta if owned else delta.clone(), link.inputs, link.output)
 
 
 _TRANSPOSE: dict[type, Callable] = {
-    nn.Tanh: _TANH,
-    nn.Sigmoid: _SIGMOID,
-    nn.ReLU: _relu_vjp,
-    nn.LeakyReLU: _leaky_relu_vjp,
+    nn.Tanh: _pointwise_transpose,
+    nn.Sigmoid: _pointwise_transpose,
+    nn.ReLU: _pointwise_transpose,
+    nn.LeakyReLU: _pointwise_transpose,
     nn.AvgPool1d: lambda m, d, link, owned: _transpose_by_autograd(m, d, link.shape),
     nn.AvgPool2d: lambda m, d, link, owned: _avg_pool2d_transpose(m, d, link.shape),
     nn.AdaptiveAvgPool2d: lambda m, d, link, owned: _transpose_by_autograd(m, d, link.shape),
@@ -171,9 +141,8 @@ def chain_vjp(chain: list[Link], params: Mapping[str, Tensor], cotangent: Tensor
         cotangent: δ, shaped like the outputs (not modified).
     """
     names = set(params)
-    trainable = [isinstance(link.module, _AFFINE) and any(
-        ((link.prefix + ".") if link.prefix else "") + p in names for p in ("weight", "bias"))
-        for link in chain]
+    trainable = [isinstance(link.module, _AFFINE) and any(link.key + p in names for p in ("weight", "bias"))
+                 for link in chain]
     first = trainable.index(True) if True in trainable else len(chain)
     grads: dict[str, Tensor] = {}
     delta, owned = cotangent, False
@@ -182,7 +151,7 @@ def chain_vjp(chain: list[Link], params: Mapping[str, Tensor], cotangent: Tensor
             link, module = chain[i], chain[i].module
             need_input = i > first
             if isinstance(module, _AFFINE):
-                key, w, b = _weights(link, params)
+                key, (w, b) = link.key, affine_parameters(link, params)
                 need_w, need_b = key + "weight" in names, b is not None and key + "bias" in names
                 if isinstance(module, _CONV):
                     dims = len(module.stride)
