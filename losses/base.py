@@ -107,15 +107,16 @@ def _check_label_range(targets: Tensor, num_classes: int) -> None:
     """Labels must lie in [0, num_classes); num_classes is 2 for one sigmoid output."""
     hint = "0 or 1 for a single sigmoid output" if num_classes == 2 else f"0..{num_classes - 1}"
     message = f"class labels must be integers in {hint}"
+    out_of_range = lambda: (targets < 0) | (targets >= num_classes)  # noqa: E731
     if targets.device.type == "cpu":
         if targets.numel() == 0:
             return
         low, high = torch.aminmax(targets)  # one pass; a CPU check costs no device sync
         if int(low) < 0 or int(high) >= num_classes:
-            value = int(targets[(targets < 0) | (targets >= num_classes)][0])
+            value = int(targets[out_of_range()][0])
             raise ValueError(f"{message}; got label {value}. Check the number of model outputs")
     else:  # Asynchronous device-side assert: no host sync.
-        torch._assert_async(~((targets < 0) | (targets >= num_classes)).any(), message)
+        torch._assert_async(~out_of_range().any(), message)
 
 
 def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:

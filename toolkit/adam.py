@@ -62,6 +62,7 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state
     bias2_sqrt = (1 - beta2 ** step).sqrt()
     # One fused (foreach) kernel per operation over all tensors: the loss has few, small parameters,
     # so per-tensor kernels would cost more in launches than in arithmetic.
+    p = [params[k] for k in names]
     g = [grads[k] for k in names]
     old_m = [state.exp_avg[k] for k in names]
     old_v = [state.exp_avg_sq[k] for k in names]
@@ -73,10 +74,10 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state
     torch._foreach_add_(denominator, eps)
     update = torch._foreach_div(m, denominator)
     torch._foreach_mul_(update, lr / bias1)
-    new_p = torch._foreach_sub([params[k] for k in names], update)
+    new_p = torch._foreach_sub(p, update)
     if apply is not None:
         keep = lambda new, old: [torch.where(apply, a, b) for a, b in zip(new, old)]  # noqa: E731
-        new_p, m, v = keep(new_p, [params[k] for k in names]), keep(m, old_m), keep(v, old_v)
+        new_p, m, v = keep(new_p, p), keep(m, old_m), keep(v, old_v)
         step = torch.where(apply, step, state.step)
     new_params, exp_avg, exp_avg_sq = dict(zip(names, new_p)), dict(zip(names, m)), dict(zip(names, v))
     return new_params, AdamState(step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
