@@ -51,6 +51,8 @@ CHAINS = {
         nn.Conv1d(2, 3, 3, padding=1, stride=2, bias=False), nn.Sigmoid(), nn.AvgPool1d(2), nn.Flatten(),
         nn.Linear(6, 4), nn.LeakyReLU(0.1), nn.Dropout(0.0), nn.Linear(4, 2)), (5, 2, 8)),
     "shared-weights": (Shared, (6, 4)),
+    # Ends in an activation: the reverse pass meets the caller's cotangent at a pointwise layer.
+    "ends-in-sigmoid": (lambda: nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3), nn.Sigmoid()), (6, 5)),
     "odd-pools": (lambda: nn.Sequential(
         nn.Conv2d(1, 2, 2), nn.AvgPool2d(2), nn.Tanh(), nn.AvgPool2d(3, ceil_mode=True), nn.ReLU(),
         nn.AvgPool2d((2, 1)), nn.AvgPool2d(2, stride=1, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
@@ -70,3 +72,13 @@ FROZEN = {
                                     if k != "classifier.5.bias"],
 }
 """Ways to freeze parts of LeNet-5 (fine-tuning): name -> function of the model."""
+
+
+def assert_meta_gradients_close(fast, naive, *, skip=(), rtol: float = 1e-8) -> None:
+    """Every meta-gradient of ``fast`` within ``rtol`` of ``naive``'s in relative L2 norm (names in
+    ``skip`` excepted)."""
+    for k in fast.meta_grads:
+        if k in skip:
+            continue
+        err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
+        assert err < rtol, (k, float(err))
