@@ -211,6 +211,36 @@ def train(**options) -> None:
 
 
 @cli.command()
+@click.argument("study_file", metavar="FILE")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Study directory: runs/, report.json, report.md, test_error.png/.svg.")
+@click.option("--jobs", default=1, show_default=True, type=int, help="Runs in parallel processes.")
+@click.option("--dry-run", is_flag=True, help="Check the file and list the groups and run counts; train nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def study(study_file: str, out: str, jobs: int, dry_run: bool, quiet: bool) -> None:
+    """A declared comparison: settings x methods, grids tuned on validation, paired tests over seeds."""
+    if dry_run:
+        from toolkit.study import count_runs
+        from toolkit.study_spec import load_study
+
+        spec = load_study(study_file)
+        for group in spec.groups:
+            grid = ", ".join(f"{k} in {v}" for k, v in group.grid.items()) or "no grid"
+            click.echo(f"{group.setting} / {group.method}: {grid}; {len(spec.seeds)} seeds")
+        click.echo(f"{count_runs(spec)} runs at most (runs shared by methods train once); "
+                   f"selection seed {spec.selection_seed}")
+        return
+    from toolkit.study_report import study_command
+
+    command = f"lfl study {study_file} --out {out}" + (f" --jobs {jobs}" if jobs != 1 else "")
+    report = study_command(study_file, out, jobs=jobs, progress=not quiet, command=command)
+    click.echo((Path(out) / "report.md").read_text(), nl=False)
+    failed = sum(len(r.get("failed", {})) for r in report["rows"])
+    click.echo(f"{len(report['rows'])} rows in {report['wall_time_s']:.0f} s"
+               + (f"; {failed} runs failed (see report.json)" if failed else "") + f"  -> {out}/report.json")
+
+
+@cli.command()
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def datasets(data_dir: str | None, as_json: bool) -> None:

@@ -175,10 +175,21 @@ def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
     return targets.to(outputs.dtype)
 
 
-def reduce_loss(per_element: Tensor, reduction: str) -> Tensor:
-    """Reduce a (B, C) per-element loss: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"``."""
+MEAN_OVER = ("elements", "batch")
+
+
+def reduce_loss(per_element: Tensor, reduction: str, *, mean_over: str = "elements") -> Tensor:
+    """Reduce a (B, C) per-element loss: ``"mean"``, ``"sum"``, or ``"none"``.
+
+    ``mean_over="elements"`` averages over batch and outputs (a learned loss, as in the
+    paper); ``"batch"`` sums over the outputs and averages over the batch
+    (``torch.nn.functional.cross_entropy``'s convention).
+    """
     check_choice("reduction", reduction, REDUCTIONS)
+    check_choice("mean_over", mean_over, MEAN_OVER)
     if reduction == "mean":
+        if mean_over == "batch":
+            return per_element.sum() / per_element.shape[0]
         return per_element.mean()
     if reduction == "sum":
         return per_element.sum()
@@ -201,6 +212,9 @@ class LearnedLoss(nn.Module, abc.ABC):
     """
 
     kind: ClassVar[str]
+    mean_over: ClassVar[str] = "elements"
+    """What ``reduction="mean"`` averages over: ``"elements"`` (batch and outputs: learned
+    losses, the paper's convention) or ``"batch"`` (sum over outputs: PyTorch's cross-entropy)."""
 
     def __init__(self, *, task: str) -> None:
         super().__init__()
@@ -301,11 +315,13 @@ class LearnedLoss(nn.Module, abc.ABC):
             closed = self._elementwise_and_gradient(y_pred, y_true)
         if closed is not None:
             per_element, g = closed
-            return per_element.mean(), self._through_prediction(y_pred, g / per_element.numel())
+            n = self._mean_count(per_element)
+            return (reduce_loss(per_element, "mean", mean_over=self.mean_over),
+                    self._through_prediction(y_pred, g / n))
         differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         f = f.requires_grad_(True)
         with torch.enable_grad():
-            mean = self._elementwise_from_outputs(f, y_true).mean()
+            mean = reduce_loss(self._elementwise_from_outputs(f, y_true), "mean", mean_over=self.mean_over)
             if not mean.requires_grad:  # a constant loss
                 return mean, torch.zeros_like(f)
             (gradient,) = torch.autograd.grad(mean, f, create_graph=differentiable)
@@ -332,9 +348,10 @@ class LearnedLoss(nn.Module, abc.ABC):
             closed = self._elementwise_gradient_pullback(y_pred, y_true)
         if closed is not None:
             per_element, g, inner = closed
-            n = per_element.numel()
+            n = self._mean_count(per_element)
             with torch.no_grad():
-                mean, m = per_element.mean(), self._through_prediction(y_pred, g / n)
+                mean = reduce_loss(per_element, "mean", mean_over=self.mean_over)
+                m = self._through_prediction(y_pred, g / n)
 
             def pullback(u: Tensor) -> dict[str, Tensor]:
                 with torch.no_grad():
@@ -357,7 +374,8 @@ class LearnedLoss(nn.Module, abc.ABC):
             outputs: Raw model outputs, shape (B, C).
             targets: Integer labels (B,) for classification; floats (B,) or (B, C)
                 for regression.
-            reduction: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"``.
+            reduction: ``"mean"`` (over batch and outputs, or over the batch after summing the
+                outputs where ``mean_over == "batch"``), ``"sum"``, or ``"none"``.
             output_gradient: with ``reduction="mean"``, return ``(value, m)``, m = ∂value/∂outputs,
                 the value detached and m differentiable with respect to the parameters
                 (see :meth:`mean_and_output_gradient`); ``"pullback"`` returns
@@ -377,7 +395,11 @@ class LearnedLoss(nn.Module, abc.ABC):
                 return self.mean_gradient_pullback(outputs, y_true)
             mean, gradient = self.mean_and_output_gradient(outputs, y_true)
             return mean.detach(), gradient
-        return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)
+        return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction, mean_over=self.mean_over)
+
+    def _mean_count(self, per_element: Tensor) -> int:
+        """The divisor of the ``"mean"`` reduction for a (B, C) per-element loss."""
+        return per_element.shape[0] if self.mean_over == "batch" else per_element.numel()
 
     @abc.abstractmethod
     def to_sympy(self) -> sympy.Expr:

@@ -11,8 +11,9 @@ times a learned scale ``s`` bounded to [1/max_scale, max_scale]:
 
     ∂M/∂f = s · ‖∂L_task/∂f‖ / ‖∂ℓ̄_φ/∂f‖ · ∂ℓ̄_φ/∂f,     s = max_scale ** tanh(ρ),
 
-with norms over the whole batch, ℓ̄_φ the mean inner loss and L_task cross-entropy
-(mean over the batch) or mean squared error, as in the meta-objective. The factor
+with norms over the whole batch, ℓ̄_φ the mean inner loss and L_task the task loss
+(``losses.standard.task_loss``: PyTorch's cross-entropy or mean squared error), as in
+the meta-objective, the baseline and evaluation. The factor
 k = s·‖∂L_task/∂f‖/‖∂ℓ̄_φ/∂f‖ is computed on detached outputs, so it is a constant
 of the base step (the gradient with respect to f is exactly k·∂ℓ̄_φ/∂f) while it
 still depends on φ and ρ, so meta-gradients see how the shape and the scale move
@@ -32,21 +33,7 @@ from torch import Tensor, nn
 
 from losses.base import (LearnedLoss, Pullback, REDUCTIONS, _check_output_gradient, check_choice, encode_targets,
                          reduce_loss)
-
-
-def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
-    """∂L_task/∂f in closed form: cross-entropy (softmax, or sigmoid for one output) or MSE.
-
-    Args:
-        outputs: raw model outputs (B, C); targets: already encoded, (B, C), same dtype.
-        task: "classification" or "regression".
-    """
-    batch = outputs.shape[0]
-    if task == "classification":
-        if outputs.shape[1] == 1:
-            return (torch.sigmoid(outputs) - targets) / batch
-        return (torch.softmax(outputs, dim=1) - targets) / batch
-    return 2.0 * (outputs - targets) / outputs.numel()
+from losses.standard import task_gradient
 
 
 class GradientScaledLoss(LearnedLoss):

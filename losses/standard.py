@@ -1,4 +1,13 @@
-"""The two task losses with closed forms: cross-entropy and squared error."""
+"""The two task losses with closed forms: cross-entropy and squared error.
+
+They are PyTorch's: ``CrossEntropyLoss()`` equals ``torch.nn.functional.cross_entropy``
+(sum over classes, mean over the batch; ``binary_cross_entropy_with_logits`` for one
+output) and ``SquaredErrorLoss()`` equals ``torch.nn.functional.mse_loss``, in value and
+gradient. :func:`task_loss_module`, :func:`task_loss` and :func:`task_gradient` are the one
+definition of the *task* loss that everything else reads: the fixed baseline, the
+meta-objective, the gradient normalisation of ``GradientScaledLoss``, evaluation and the
+logged losses.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +30,11 @@ def _log_clamped(p: Tensor) -> Tensor:
 class CrossEntropyLoss(LearnedLoss):
     """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``.
 
-    With the default ``reduction="mean"`` over batch *and* C outputs, ``forward``
-    is ``torch.nn.functional.cross_entropy`` divided by C.
+    ``forward`` with the default ``reduction="mean"`` sums over the C outputs and
+    averages over the batch: it *is* ``torch.nn.functional.cross_entropy(outputs,
+    labels)`` (``binary_cross_entropy_with_logits`` for ``binary``), so it is a drop-in
+    baseline at the learning rate a PyTorch user would choose. (A learned loss averages
+    over batch and outputs instead, as in the paper; see ``LearnedLoss.mean_over``.)
 
     ``elementwise`` clamps the probability at ``tiny = torch.finfo(dtype).tiny``
     (1.2e-38 in float32, 2.2e-308 in float64) so that it is finite on all of
@@ -41,6 +53,7 @@ class CrossEntropyLoss(LearnedLoss):
     """
 
     kind = "cross_entropy"
+    mean_over = "batch"
 
     def __init__(self, *, task: str = "classification", binary: bool = False) -> None:
         super().__init__(task=task)
@@ -115,3 +128,44 @@ class SquaredErrorLoss(LearnedLoss):
 
     def config(self) -> dict[str, Any]:
         return {"task": self.task}
+
+
+def task_loss_module(task: str, num_outputs: int) -> CrossEntropyLoss | SquaredErrorLoss:
+    """The task loss of a problem: cross-entropy (binary for one output) or squared error.
+
+    Args:
+        task: ``"classification"`` or ``"regression"``.
+        num_outputs: C, the number of model outputs (C == 1 classification is binary).
+    """
+    if task == "classification":
+        return CrossEntropyLoss(binary=num_outputs == 1)
+    if task == "regression":
+        return SquaredErrorLoss()
+    raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
+
+
+def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
+    """The task loss (mean reduction) of raw outputs (B, C) against labels or targets.
+
+    Equal to ``F.cross_entropy(outputs, labels)`` (``F.binary_cross_entropy_with_logits``
+    for C == 1) or ``F.mse_loss(outputs, targets)``; the meta-objective and evaluation.
+    """
+    return task_loss_module(task, outputs.shape[1])(outputs, targets)
+
+
+def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
+    """∂ task_loss / ∂outputs in closed form, for already encoded targets.
+
+    Cross-entropy: (softmax(f) − y)/B (sigmoid for one output); squared error:
+    2(f − y)/(B·C). Tests compare it with autograd through :func:`task_loss`.
+
+    Args:
+        outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype.
+        task: "classification" or "regression".
+    """
+    batch = outputs.shape[0]
+    if task == "classification":
+        if outputs.shape[1] == 1:
+            return (torch.sigmoid(outputs) - targets) / batch
+        return (torch.softmax(outputs, dim=1) - targets) / batch
+    return 2.0 * (outputs - targets) / outputs.numel()

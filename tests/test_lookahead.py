@@ -7,7 +7,8 @@ from torch.func import functional_call
 
 import losses
 from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
-from toolkit.lookahead import SGDRule, _is_own_state, meta_gradient_fast, meta_gradient_naive, sgd_update, task_loss
+from toolkit.lookahead import SGDRule, _is_own_state, meta_gradient_fast, meta_gradient_naive, sgd_update
+from losses import task_loss
 
 RULES = {
     "plain": SGDRule(lr=0.1),

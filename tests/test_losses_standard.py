@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from losses import CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform
+from losses import (CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform, task_gradient,
+                    task_loss, task_loss_module)
 
 F64 = torch.float64
 
@@ -18,10 +19,52 @@ def _batch(classes: int = 4, batch: int = 6, scale: float = 3.0) -> tuple[torch.
     return logits, labels
 
 
-def test_cross_entropy_forward_is_torch_cross_entropy_over_classes() -> None:
+def _value_and_gradient(fn, outputs: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    outputs = outputs.detach().requires_grad_(True)
+    value = fn(outputs, *args)
+    (gradient,) = torch.autograd.grad(value, outputs)
+    return value.detach(), gradient
+
+
+@pytest.mark.parametrize("classes", [2, 4, 10])
+def test_cross_entropy_is_torch_cross_entropy_in_value_and_gradient(classes: int) -> None:
+    """The baseline is PyTorch's own: mean over the batch, sum over the classes (not divided by C)."""
+    logits, labels = _batch(classes=classes, batch=7)
+    ours = _value_and_gradient(CrossEntropyLoss(), logits, labels)
+    torch_ = _value_and_gradient(F.cross_entropy, logits, labels)
+    torch.testing.assert_close(ours, torch_, rtol=1e-14, atol=1e-15)
+
+
+def test_squared_error_is_torch_mse_in_value_and_gradient() -> None:
+    outputs, targets = torch.randn(6, 3, dtype=F64), torch.randn(6, 3, dtype=F64)
+    torch.testing.assert_close(_value_and_gradient(SquaredErrorLoss(), outputs, targets),
+                               _value_and_gradient(F.mse_loss, outputs, targets), rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("task,classes", [("classification", 5), ("classification", 1), ("regression", 3)])
+def test_task_loss_is_torch_and_task_gradient_is_its_derivative(task: str, classes: int) -> None:
+    """One definition: task_loss equals torch.nn.functional, task_gradient equals autograd through it."""
+    logits, labels = _batch(classes=classes, batch=9)
+    targets = labels if task == "classification" else torch.randn(9, classes, dtype=F64)
+    reference = {(True, False): F.cross_entropy, (True, True): lambda f, y: F.binary_cross_entropy_with_logits(
+        f.squeeze(1), y.to(F64)), (False, False): F.mse_loss}[task == "classification", classes == 1]
+    value, gradient = _value_and_gradient(task_loss, logits, targets, task)
+    torch.testing.assert_close(value, reference(logits, targets), rtol=1e-14, atol=1e-15)
+    encoded = encode_targets(targets, logits, task)
+    torch.testing.assert_close(task_gradient(logits, encoded, task), gradient, rtol=1e-12, atol=1e-15)
+    assert task_loss_module(task, classes).mean_over == ("batch" if task == "classification" else "elements")
+
+
+def test_cross_entropy_output_gradient_route_matches_forward() -> None:
+    """forward(output_gradient=True) (the learned-loss interface) uses the same batch-mean reduction."""
+    logits, labels = _batch(classes=6)
+    value, m = CrossEntropyLoss()(logits, labels, output_gradient=True)
+    torch.testing.assert_close((value, m), _value_and_gradient(F.cross_entropy, logits, labels))
+
+
+def test_cross_entropy_reductions() -> None:
     logits, labels = _batch()
     loss = CrossEntropyLoss()
-    torch.testing.assert_close(loss(logits, labels), F.cross_entropy(logits, labels) / 4)
     torch.testing.assert_close(loss(logits, labels, reduction="sum"), F.cross_entropy(logits, labels, reduction="sum"))
     per_element = loss(logits, labels, reduction="none")
     assert per_element.shape == (6, 4)

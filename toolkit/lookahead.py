@@ -36,14 +36,13 @@ from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 import torch.autograd.forward_ad as fwAD
 from torch.func import functional_call
 
 from losses import encode_targets
 from losses.base import autograd_pullback, fill_missing_gradients
-from losses.scaled import task_gradient
+from losses.standard import task_gradient, task_loss
 
 from .chain_passes import chain_forward, chain_vjp, supports_passes
 from .tangents import as_chain, chain_jvp, record_chain
@@ -87,23 +86,6 @@ class SGDRule:
     def alpha(self) -> float:
         """The step's sensitivity to the loss gradient: θ' = … − α ∇θ M."""
         return self.lr * (1.0 + self.momentum) if self.nesterov else self.lr
-
-
-def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
-    """The meta-objective: cross-entropy (classification) or mean squared error.
-
-    Args:
-        outputs: raw model outputs (B, C).
-        targets: int64 labels (B,) for classification; floats (B, C) or (B,) otherwise.
-        task: "classification" or "regression".
-    """
-    if task == "classification":
-        if outputs.shape[-1] == 1:
-            return F.binary_cross_entropy_with_logits(outputs.squeeze(-1), targets.to(outputs.dtype))
-        return F.cross_entropy(outputs, targets)
-    if task == "regression":
-        return F.mse_loss(outputs, targets.reshape(outputs.shape).to(outputs.dtype))
-    raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
 
 
 def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],

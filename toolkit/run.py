@@ -115,14 +115,18 @@ def load_run_dataset(config: TrainConfig) -> Dataset:
                         valid_fraction=config.valid_fraction, target=config.target, task=config.task)
 
 
-def make_loss(config: TrainConfig, task: str) -> nn.Module:
-    """The loss module a config asks for, before any learning."""
+def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module:
+    """The loss module a config asks for, before any learning.
+
+    ``--loss ce`` is PyTorch's cross-entropy (binary with logits for one output), the same
+    definition as the meta-objective and evaluation (``losses.task_loss``).
+    """
     if config.loss_from is not None:
         return reused_loss(config.loss_from, task)
     if config.loss == "ce":
         if task != "classification":
             raise ConfigError("--loss ce needs a classification dataset: use --loss mse for regression")
-        return losses.CrossEntropyLoss(task=task)
+        return losses.task_loss_module(task, num_outputs)
     if config.loss == "mse":
         return losses.SquaredErrorLoss(task=task)
     if config.loss == "taylorglo":
@@ -198,7 +202,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     task = data.task
     model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
                         **config.model_options).to(device)
-    loss = (initial_loss if initial_loss is not None else make_loss(config, task)).to(device)
+    loss = (initial_loss if initial_loss is not None else make_loss(config, task, data.num_outputs)).to(device)
     prepare = initial_loss is None and (config.offline_phase or config.loss == "taylorglo")
     train_x, train_y = _to_device(data.train, device)
     valid_x, valid_y = _to_device(data.valid, device)

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .lookahead import SGDRule, task_loss
+from losses import task_loss
+
+from .lookahead import SGDRule
 
 LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
