@@ -68,7 +68,7 @@ def report_rows(study: Study, outcomes: list[GroupOutcome]) -> list[dict[str, An
                     f"{metric}_std": float(array.std(ddof=1)) if len(array) > 1 else (0.0 if len(array) else None),
                     f"{metric}_worst": float(array.max()) if len(array) else None,
                     f"{metric}_best": float(array.min()) if len(array) else None})
-        valid = [r.results.get(valid_metric) for r in outcome.runs.values() if r.results]
+        valid = [r.results.get(valid_metric) for _, r in sorted(outcome.runs.items()) if r.results]
         valid = [v for v in valid if _finite(v)]
         row[f"{valid_metric}_mean"] = float(np.mean(valid)) if valid else None
         if failed:
