@@ -35,6 +35,10 @@ INIT_STEPS ?= 2500
 RUN_OPTS   ?= --dataset fashion-mnist --model lenet5 --steps $(RUN_STEPS) --lr 0.01 --momentum 0.9 \
               --nesterov --batch-size 128 --seed 0 --checkpoint-every 1000
 run: setup data
+	@echo "== make run: PyTorch's cross-entropy (F.cross_entropy) against AdaLFL, LeNet-5 on Fashion-MNIST."
+	@echo "== Same data, seed, model, budget ($(RUN_STEPS) steps) and optimiser (SGD lr 0.01, momentum 0.9, Nesterov)"
+	@echo "== for both; AdaLFL also runs its $(INIT_STEPS)-step offline phase first. One seed and an untuned lr:"
+	@echo "== for learning rates chosen on validation over several seeds, run lfl study studies/fashion-mnist.toml."
 	$(LFL) train $(RUN_OPTS) --loss ce --out $(RUN_DIR)/ce
 	$(LFL) train $(RUN_OPTS) --loss adalfl --init-steps $(INIT_STEPS) --out $(RUN_DIR)/adalfl
 	$(LFL) compare $(RUN_DIR)/ce $(RUN_DIR)/adalfl

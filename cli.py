@@ -54,6 +54,9 @@ def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         name = str(key).replace("-", "_")
         if name not in params or name == "config":
             raise click.BadParameter(f"unknown option {key!r} in {path}", param_hint="--config")
+        if isinstance(val, dict):
+            raise click.BadParameter(f"option {key!r} in {path} must be a value, not a table", param_hint="--config")
+        _check_config_value(params[name], val, path)
         if params[name].multiple and not isinstance(val, list):
             val = [val]
         elif isinstance(val, list) and not params[name].multiple:
@@ -68,6 +71,21 @@ def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | N
         _add_preset(defaults, preset)
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
+
+
+def _check_config_value(param: click.Parameter, value: object, path: Path) -> None:
+    """A config value must have the option's type: 5.7 is no step count and 1 is no flag (no truncation)."""
+    from toolkit.train import ConfigError, coerce_option
+
+    declared = {click.INT: "int", click.FLOAT: "float", click.BOOL: "bool"}.get(param.type)
+    if getattr(param, "is_flag", False):
+        declared = "bool"
+    if declared is None or isinstance(value, list):
+        return
+    try:
+        coerce_option(param.name, value, declared)
+    except ConfigError as exc:
+        raise click.BadParameter(f"{exc} (in {path})", param_hint="--config") from None
 
 
 def _add_preset(defaults: dict, preset: str) -> dict:
@@ -85,13 +103,13 @@ def _apply_preset(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
-def _int_list(text: str | None) -> tuple[int, ...]:
+def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
     if not text:
         return ()
     try:
         return tuple(int(part) for part in str(text).split(",") if part.strip())
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated step numbers, got {text!r}") from None
+        raise click.BadParameter(f"expected comma-separated {what}, got {text!r}") from None
 
 
 def _model_options(items: tuple[str, ...]) -> dict:
@@ -181,6 +199,7 @@ def cli() -> None:
 @click.option("--snapshot-every", default=100, show_default=True, type=int, help="Learned-loss snapshot every N steps.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(**options) -> None:
     """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out."""
@@ -188,9 +207,15 @@ def train(**options) -> None:
     from toolkit.train import TrainConfig
 
     out, resume, quiet = options.pop("out"), options.pop("resume"), options.pop("quiet")
-    seeds, jobs = _int_list(options.pop("seeds")), options.pop("jobs")
+    overwrite = options.pop("overwrite")
+    seeds_text, jobs = options.pop("seeds"), options.pop("jobs")
+    seeds = _int_list(seeds_text, what="seeds")
+    if seeds_text is not None and not seeds:
+        raise click.BadParameter("--seeds needs at least one seed, e.g. --seeds 0,1,2", param_hint="--seeds")
     if resume and out is None:
         raise click.BadParameter("--resume needs --out DIR of the run to continue", param_hint="--resume")
+    if resume and overwrite:
+        raise click.BadParameter("choose one of --resume and --overwrite", param_hint="--overwrite")
     options["milestones"] = _int_list(options["milestones"])
     options["model_options"] = _model_options(options.pop("model_option"))
     config = TrainConfig(**options)
@@ -198,13 +223,14 @@ def train(**options) -> None:
         if out is None:
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
         from toolkit.sweep import run_seeds
-        summary = run_seeds(config, list(seeds), out_dir=out, jobs=jobs, resume=resume, progress=not quiet)
+        summary = run_seeds(config, list(seeds), out_dir=out, jobs=jobs, resume=resume, overwrite=overwrite,
+                            progress=not quiet)
         metric = "test_mse" if "test_mse" in summary else "test_error"
         stats = summary[metric]
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
                    f"{','.join(map(str, seeds))} (worst {stats['max']:.4f})  -> {out}/summary.json")
         return
-    results = run_training(config, out_dir=out, resume=resume, progress=not quiet)
+    results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet)
     metric = "test_error" if results["task"] == "classification" else "test_mse"
     click.echo(f"{results['loss']}: {metric} {results[metric]:.4f}  test_loss {results['test_loss']:.4f}  "
                f"({results['wall_time_s']:.1f} s)" + (f"  -> {out}" if out else ""))

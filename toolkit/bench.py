@@ -63,6 +63,11 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     """
     if breakdown and device.type != "cpu":
         raise ConfigError("the breakdown times CPU work only: run it with --device cpu")
+    for name, value in (("--batch-size", batch_size), ("--repeats", repeats), ("--classes", num_outputs)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not input_shape or any(d < 1 for d in input_shape):
+        raise ConfigError(f"--dataset-shape must be positive sizes such as 1,28,28; got {tuple(input_shape)}")
     torch.manual_seed(seed)
     base = build_model(model, input_shape=tuple(input_shape), num_outputs=num_outputs).to(device)
     n_batches = 8

@@ -23,9 +23,10 @@ import losses
 from .data import Dataset, load_dataset
 from .models import build_model
 from .offline import offline_initialise
-from .online import OnlineLossLearner, frozen_copy, has_trainable_parameters
-from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at, resolve_device,
-                    seed_everything, write_json)
+from .online import NonFiniteError, OnlineLossLearner, frozen_copy, has_trainable_parameters
+from .run_directory import RunDirectory
+from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
+                    resolve_device, seed_everything, write_json)
 
 CHECKPOINT_VERSION = 1
 
@@ -138,25 +139,35 @@ def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module
 
 
 class History:
-    """Appends JSON lines; on resume, drops what came after the checkpoint."""
+    """Appends strict JSON lines; on resume, drops what came after the checkpoint.
+
+    A line that does not parse (the torn last line of a killed run) is dropped on resume.
+    """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def truncate_after(self, step: int, phase: str) -> None:
+    def truncate_after(self, step: int, phases: str | tuple[str, ...]) -> None:
+        """Drop the records of ``phases`` after ``step`` (and any unparsable line)."""
         if self.path is None or not self.path.exists():
             return
+        phases = (phases,) if isinstance(phases, str) else phases
         kept = []
         for line in self.path.read_text().splitlines():
-            rec = json.loads(line)
-            if rec.get("phase", "train") != phase or rec.get("step", 0) <= step:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(rec, dict):
+                continue
+            if rec.get("phase", "train") not in phases or rec.get("step", 0) <= step:
                 kept.append(line)
         atomic_write(self.path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
 
     def append(self, record: dict) -> None:
         if self.path is not None:
             with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(dumps_strict(record) + "\n")
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -176,29 +187,91 @@ def _to_device(split, device: torch.device) -> tuple[Tensor, Tensor]:
     return split.x.to(device), split.y.to(device)
 
 
+MIN_EVALUATION_SAMPLES = 10
+"""A validation or test split smaller than this cannot measure an error rate: the run is refused."""
+
+
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
-          progress: bool = True, dataset: Dataset | None = None,
+          overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
           on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None) -> dict:
     """Run one training job and return its results (also written to ``out_dir``).
 
     Args:
         config: the run.
-        out_dir: where results, history and checkpoints go (None: nothing is written).
+        out_dir: where results, history and checkpoints go (None: nothing is written). The
+            directory is locked for the run (:class:`~toolkit.run_directory.RunDirectory`).
         resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        overwrite: replace a run already in ``out_dir`` (otherwise it is refused, unless ``resume``).
         progress: show a progress bar on stderr.
         dataset: an already loaded dataset (else loaded from the config).
         on_step: called after every step with the step count (tests use it to interrupt).
         initial_loss: a loss module to train with instead of the one the config names;
             no offline phase or search runs, and it adapts online only if ``config.online``.
+
+    Raises:
+        NonFiniteError: training diverged; results.json then holds ``"status": "diverged"``.
+        ConfigError, DataError, ...: bad options or data, before anything is written.
     """
-    started = time.perf_counter()
-    elapsed = lambda: time.perf_counter() - started + (checkpoint["wall_time_s"] if checkpoint else 0.0)  # noqa: E731
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    kwargs = dict(progress=progress, dataset=dataset, on_step=on_step, initial_loss=initial_loss)
+    if out_dir is None:
+        return _train(config, out=None, resume=False, **kwargs)
+    out = Path(out_dir)
+    created = not out.exists()
+    started: list[bool] = []
+    with RunDirectory(out, resume=resume, overwrite=overwrite):
+        try:
+            return _train(config, out=out, resume=resume, started=started, **kwargs)
+        except KeyboardInterrupt:
+            raise  # the checkpoint stays for --resume
+        except Exception as exc:
+            if started:
+                status = "diverged" if isinstance(exc, NonFiniteError) else "failed"
+                write_json(out / "results.json", {"status": status, "error": f"{type(exc).__name__}: {exc}",
+                                                  "seed": config.seed, "config": config.to_dict()})
+            raise
+        finally:
+            if created and not started:
+                _remove_if_empty(out)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Remove a directory this run created when nothing but its lock file is in it."""
+    try:
+        if {p.name for p in path.iterdir()} <= {".lock"}:
+            (path / ".lock").unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass
+
+
+def _check_splits(data: Dataset) -> None:
+    sizes = f"train {len(data.train.y)}, validation {len(data.valid.y)}, test {len(data.test.y)} samples"
+    if len(data.valid.y) < MIN_EVALUATION_SAMPLES:
+        raise ConfigError(f"the validation split is too small to measure anything ({sizes}): use --valid-fraction "
+                          f"> 0 so that it holds at least {MIN_EVALUATION_SAMPLES} samples, or more data")
+    if len(data.test.y) < MIN_EVALUATION_SAMPLES:
+        raise ConfigError(f"the test split is too small to measure anything ({sizes}): it needs at least "
+                          f"{MIN_EVALUATION_SAMPLES} samples; use a larger dataset")
+
+
+def _all_finite(model: nn.Module) -> bool:
+    """One host read: are all of the model's floating parameters finite?"""
+    params = [p.detach() for p in model.parameters() if p.is_floating_point()]
+    if not params:
+        return True
+    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+
+
+def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: bool, dataset: Dataset | None,
+           on_step: Callable[[int], None] | None, initial_loss: nn.Module | None,
+           started: list[bool] | None = None) -> dict:
+    """The run itself; ``started`` gets an entry once setup is done and files may be written."""
+    started_at = time.perf_counter()
+    elapsed = lambda: time.perf_counter() - started_at + (checkpoint["wall_time_s"] if checkpoint else 0.0)  # noqa: E731
     device = resolve_device(config.device)
     seed_everything(config.seed)
     data = dataset or load_run_dataset(config)
+    _check_splits(data)
     task = data.task
     model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
                         **config.model_options).to(device)
@@ -221,6 +294,8 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     elif out is not None:
         for name in ("history.jsonl", "loss_snapshots.jsonl"):
             (out / name).unlink(missing_ok=True)
+    if started is not None:
+        started.append(True)
 
     if prepare and (checkpoint is None or checkpoint["phase"] == "init"):
         if config.loss == "taylorglo":
@@ -254,7 +329,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         start_step = checkpoint["step"]
         loss_sum = checkpoint["loss_sum"].to(device)
         _set_rng_state(checkpoint["rng"], device)
-        history.truncate_after(start_step, "train")
+        history.truncate_after(start_step, ("train", "eval"))
         snapshots.truncate_after(start_step, "train")
     elif config.learned:
         snapshots.append({"phase": "train", "step": 0, "loss": losses.loss_to_dict(loss, formula=False)})
@@ -269,6 +344,9 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         loss_sum = loss_sum + info["train_loss"].double()
         done = step + 1
         if logging:
+            if not _all_finite(model):
+                raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
+                                     f"finite; lower --lr (now {config.lr:g})")
             window = config.log_every if done % config.log_every == 0 else done % config.log_every
             record = {"phase": "train", "step": done, "lr": lr_at(config, step),
                       "train_loss": float(loss_sum) / window}
@@ -294,6 +372,7 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
                              elapsed())
     if out is not None:
+        history.truncate_after(config.steps - 1, "eval")  # a resumed finished run: no second record
         history.append({"phase": "eval", "step": config.steps,
                         **{k: v for k, v in results.items() if k.startswith("valid_")}})
         losses.save_loss(loss, out / "loss.json")
@@ -353,6 +432,7 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
     valid = evaluate(model, valid_x, valid_y, task=task)
     test = evaluate(model, test_x, test_y, task=task)
     results = {
+        "status": "finished",
         "dataset": data.name, "model": config.model, "seed": config.seed,
         "loss": config.loss if config.loss_from is None else ("reused-adapt" if config.adapt else "reused"),
         "loss_from": config.loss_from,
@@ -389,7 +469,7 @@ def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, mod
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
         raise ConfigError(f"cannot read checkpoint {path}: {exc}; delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .train import PRESETS, ConfigError, TrainConfig
+from .train import PRESETS, ConfigError, TrainConfig, coerce_option
 
 STUDY_KEYS = ("seeds", "baseline", "selection_seed")
 NOT_IN_STUDY = ("seed", "search_jobs")  # the study sets the seed; parallelism is --jobs
@@ -212,37 +212,10 @@ def _group(options: dict, setting: str, method: str, path: Path) -> Group:
 
 def _coerce(key: str, value: Any, where: str) -> Any:
     """A TOML value as the type ``TrainConfig`` declares for ``key``; never truncates."""
-    declared = OPTION_TYPES[key]
-    base = declared.replace(" | None", "")
-
-    def bad(expected: str) -> StudyError:
-        return StudyError(f"{where}: {key} must be {expected}; got {value!r}")
-
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if base == "int":
-        if not _is_int(value):
-            raise bad("an integer")
-        return value
-    if base == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad("a number")
-        return float(value)
-    if base == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if base.startswith("tuple"):
-        if not isinstance(value, list) or not all(_is_int(v) for v in value):
-            raise bad("a list of integers")
-        return tuple(value)
-    if base == "dict":
-        if not isinstance(value, dict):
-            raise bad("a table")
-        return dict(value)
-    raise bad(declared)  # a field type this parser does not know: fail loudly, not silently
+    try:
+        return coerce_option(key, value, OPTION_TYPES[key])
+    except ConfigError as exc:
+        raise StudyError(f"{where}: {str(exc).replace('--' + key.replace('_', '-'), key, 1)}") from None
 
 
 __all__ = ["Study", "Group", "GridPoint", "StudyError", "load_study", "run_key", "selection_metric"]

@@ -19,12 +19,13 @@ from .train import ConfigError, TrainConfig, write_json
 SUMMARY_KEYS = ("test_error", "test_loss", "valid_error", "valid_loss", "test_mse", "valid_mse", "wall_time_s")
 
 
-def _run_one(config: TrainConfig, out_dir: str, resume: bool, progress: bool, threads: int | None) -> dict:
+def _run_one(config: TrainConfig, out_dir: str, resume: bool, overwrite: bool, progress: bool,
+             threads: int | None) -> dict:
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
     from .run import train
-    return train(config, out_dir=out_dir, resume=resume, progress=progress)
+    return train(config, out_dir=out_dir, resume=resume, overwrite=overwrite, progress=progress)
 
 
 def summarise(results: list[dict]) -> dict:
@@ -40,7 +41,7 @@ def summarise(results: list[dict]) -> dict:
 
 
 def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, jobs: int = 1,
-              resume: bool = False, progress: bool = True) -> dict:
+              resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
     """Train ``config`` once per seed; return (and write) the summary.
 
     Args:
@@ -49,6 +50,7 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
         out_dir: parent directory; each seed gets ``seed-N`` below it.
         jobs: parallel processes (1: in this process, one after another).
         resume: resume each seed's run from its checkpoint where one exists.
+        overwrite: replace runs already in the seed directories.
         progress: progress bars (only when running in this process).
     """
     if not seeds or len(set(seeds)) != len(seeds):
@@ -60,12 +62,12 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     dirs = [str(out / f"seed-{s}") for s in seeds]
     if jobs == 1:
-        results = [_run_one(c, d, resume, progress, None) for c, d in zip(configs, dirs)]
+        results = [_run_one(c, d, resume, overwrite, progress, None) for c, d in zip(configs, dirs)]
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(_run_one, c, d, resume, False, threads) for c, d in zip(configs, dirs)]
+            futures = [pool.submit(_run_one, c, d, resume, overwrite, False, threads) for c, d in zip(configs, dirs)]
             results = [f.result() for f in futures]
     summary = {"config": {**config.to_dict(), "seed": None}, "runs": dirs, **summarise(results)}
     write_json(out / "summary.json", summary)

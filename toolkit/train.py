@@ -48,6 +48,53 @@ class ConfigError(ValueError):
     """A user-supplied option is invalid; the message names the fix."""
 
 
+MAX_SEED = 2**31 - 1
+
+
+def coerce_option(name: str, value: Any, declared: str) -> Any:
+    """``value`` as the type an option declares (``"int"``, ``"float | None"``, ...); never truncates.
+
+    Integers are accepted for floats; a float is never accepted for an integer, nor a bool
+    for a number. Raises ConfigError naming the option.
+    """
+    base = declared.replace(" | None", "")
+    if value is None and declared.endswith("| None"):
+        return None
+    flag = "--" + name.replace("_", "-")
+
+    def bad(expected: str) -> ConfigError:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        return ConfigError(f"{flag} must be {expected}; got {shown}")
+
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if base == "int":
+        if not is_int:
+            raise bad("an integer")
+        return value
+    if base == "float":
+        if not (is_int or isinstance(value, float)):
+            raise bad("a number")
+        return float(value)
+    if base == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if base.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                           for v in value):
+            raise bad("a list of integers")
+        return tuple(value)
+    if base == "dict":
+        if not isinstance(value, dict):
+            raise bad("a table of key = value")
+        return dict(value)
+    raise bad(declared)  # a field type this function does not know: fail loudly
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (all of it is written to results.json)."""
@@ -95,7 +142,10 @@ class TrainConfig:
     invariant: bool = True
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, coerce_option(f.name, getattr(self, f.name), str(f.type)))
         checks = [
+            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
             (self.steps >= 0, f"--steps must be >= 0, got {self.steps}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
@@ -240,8 +290,27 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (tuples become lists)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:  # numpy scalars
+        return strict_json(value.item())
+    return value
+
+
+def dumps_strict(value: Any, **kwargs: Any) -> str:
+    """JSON text that any JSON reader accepts (no NaN or Infinity)."""
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2, default=_json_default) + "\n"))
+    """Strict JSON (non-finite numbers as null), written atomically."""
+    atomic_write(path, lambda p: p.write_text(dumps_strict(data, indent=2, default=_json_default) + "\n"))
 
 
 def _json_default(obj):
@@ -257,5 +326,5 @@ def finite_or_none(value: float) -> float | None:
 
 
 __all__ = ["TrainConfig", "ConfigError", "BatchStream", "evaluate", "lr_at", "resolve_device",
-           "seed_everything", "atomic_write", "write_json", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
+           "seed_everything", "coerce_option", "MAX_SEED", "atomic_write", "write_json", "strict_json", "dumps_strict", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
            "PRESETS"]
