@@ -112,3 +112,49 @@ def test_seeds_in_parallel_processes(tmp_path):
     assert summary["seeds"] == [0, 1] and "±" in result.stdout
     seeds = [json.loads((tmp_path / "sweep" / f"seed-{s}" / "results.json").read_text())["seed"] for s in (0, 1)]
     assert seeds == [0, 1]
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    """Run `lfl ARGV` in this process; (exit code, stdout, stderr)."""
+    from cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("files, args, fragments", [
+    ({"c.toml": "steps = 5.7\n"}, ["train", "--config", "c.toml"], ["--steps must be an integer", "5.7"]),
+    ({"c.toml": "steps = {a = 1}\n"}, ["train", "--config", "c.toml"], ["'steps'", "not a table"]),
+    ({"c.toml": "nesterov = 1\n"}, ["train", "--config", "c.toml"], ["--nesterov must be true or false"]),
+    ({}, ["train", "--seeds", "", "--out", "o"], ["--seeds needs at least one seed"]),
+    ({}, ["train", "--seed", "-1"], ["--seed must be in"]),
+    ({}, ["train", "--seed", "99999999999999999999"], ["--seed must be in"]),
+    ({}, ["train", "--resume", "--overwrite", "--out", "o"], ["choose one of --resume and --overwrite"]),
+    ({"f": "x"}, ["train", "--dataset", "digits", "--out", "f/run"], ["lies under a file"]),
+    ({}, ["train", "--dataset", "digits", "--valid-fraction", "0"], ["validation split is too small"]),
+    ({}, ["bench", "--batch-size", "-5"], ["--batch-size must be >= 1"]),
+    ({}, ["bench", "--batch-size", "0"], ["--batch-size must be >= 1"]),
+])
+def test_user_errors_in_process_are_one_line(tmp_path, monkeypatch, capsys, files, args, fragments):
+    monkeypatch.chdir(tmp_path)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    code, _, err = run_in_process(args, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_second_run_into_the_same_out_is_refused_and_overwrite_replaces_it(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert run_in_process([*TRAIN, "--steps", "5", "--out", out], capsys)[0] == 0
+    code, _, err = run_in_process([*TRAIN, "--steps", "5", "--out", out], capsys)
+    assert code == 2 and "already holds a run" in err and "--overwrite" in err
+    assert run_in_process([*TRAIN, "--steps", "6", "--out", out, "--overwrite"], capsys)[0] == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 6

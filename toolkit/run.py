@@ -344,9 +344,6 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         loss_sum = loss_sum + info["train_loss"].double()
         done = step + 1
         if logging:
-            if not _all_finite(model):
-                raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
-                                     f"finite; lower --lr (now {config.lr:g})")
             window = config.log_every if done % config.log_every == 0 else done % config.log_every
             record = {"phase": "train", "step": done, "lr": lr_at(config, step),
                       "train_loss": float(loss_sum) / window}
@@ -354,6 +351,9 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
                 record["meta_loss"] = float(info["meta_loss"])
             record.update(stepper.record())
             history.append(record)
+            if not _all_finite(model):
+                raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
+                                     f"finite; lower --lr (now {config.lr:g})")
             loss_sum = torch.zeros_like(loss_sum)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
