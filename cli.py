@@ -392,7 +392,11 @@ def compare(runs: tuple[str, ...], fmt: str, baseline: str, metric: str) -> None
     from toolkit.compare import compare_runs, format_comparison
     from toolkit.rundir import find_runs
 
-    rows = compare_runs(find_runs(list(runs)), baseline=baseline, metric=metric)
+    found = find_runs(list(runs))
+    rows = compare_runs(found, baseline=baseline, metric=metric)
+    if fmt == "text":
+        from toolkit.rundir import budget_note
+        click.echo(budget_note([r for r in found if r.results]))
     click.echo(format_comparison(rows, fmt, metric=metric), nl=False)
 
 

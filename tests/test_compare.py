@@ -87,3 +87,37 @@ def test_groups_baselines_and_errors(tmp_path, runs):
         compare_runs(runs, metric="valid_mse")
     with pytest.raises(AnalysisError, match="at least one"):
         compare_runs([])
+
+
+def _write_config(path, *, loss, seed, error, config, dataset="digits", task="classification"):
+    path.mkdir(parents=True)
+    results = {"dataset": dataset, "model": "mlp", "loss": loss, "seed": seed, "steps": 10, "task": task,
+               "test_error": error, "config": {"loss_param": "mlp", **config}}
+    (path / "results.json").write_text(json.dumps(results))
+
+
+def test_runs_of_one_method_with_different_settings_are_never_pooled(tmp_path):
+    from toolkit.rundir import budget_note
+
+    for seed in range(3):
+        _write_config(tmp_path / "a" / f"seed-{seed}", loss="ce", seed=seed, error=0.1 + seed / 100,
+                      config={"lr": 0.01, "steps": 10, "seed": seed, "device": "cpu"})
+        _write_config(tmp_path / "b" / f"seed-{seed}", loss="ce", seed=seed, error=0.2 + seed / 100,
+                      config={"lr": 0.1, "steps": 10, "seed": seed, "device": "cuda"})
+    runs = find_runs([tmp_path])
+    rows = {r.method: r for r in compare_runs(runs, baseline="ce [lr=0.01]")}
+    assert set(rows) == {"ce [lr=0.01]", "ce [lr=0.1]"}  # seed and device do not split a method
+    assert rows["ce [lr=0.1]"].n == 3 and rows["ce [lr=0.1]"].mean == pytest.approx(0.21)
+    with pytest.raises(AnalysisError, match="different settings.*--baseline"):
+        compare_runs(runs)
+    note = budget_note(runs)
+    assert note.startswith("same for every run: steps 10") and "differs: lr (" in note
+
+
+def test_plots_refuse_runs_of_different_datasets(tmp_path):
+    from toolkit.plots import plot_final_errors
+
+    _write(tmp_path / "a", loss="ce", seed=0, error=0.1)
+    _write(tmp_path / "b", loss="mse", seed=0, error=0.5, dataset="diabetes", task="regression")
+    with pytest.raises(AnalysisError, match=r"different datasets or tasks \(diabetes \(regression\), digits"):
+        plot_final_errors(find_runs([tmp_path]))

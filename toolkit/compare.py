@@ -1,7 +1,9 @@
 """Comparing methods across seeds: mean ± std of a final metric and paired significance tests.
 
 Runs are grouped by (dataset, model); within a group, by method (``Run.method``:
-``ce``, ``mse``, ``adalfl-mlp``, ``ml3-taylor`` …). Each method is compared with the
+``ce``, ``mse``, ``adalfl-mlp``, ``ml3-taylor`` …), and runs of one method that differ in
+settings are never pooled: they get labels such as ``ce [lr=0.1]``
+(:func:`toolkit.rundir.method_labels`). Each method is compared with the
 baseline method of its group on the seeds both have (runs of one method and seed
 are averaged first): the paired t-test (``scipy.stats.ttest_rel``, n ≥ 2) and the
 Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, n ≥ 6: with fewer pairs no
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .rundir import AnalysisError, Run
+from .rundir import AnalysisError, Run, method_labels
 
 FORMATS = ("text", "markdown", "csv")
 MIN_WILCOXON_PAIRS = 6
@@ -62,11 +64,15 @@ def compare_runs(runs: list[Run], *, baseline: str | None = "ce", metric: str = 
                             + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
                             + " (unfinished runs?)")
     groups: dict[tuple[str, str], dict[str, dict]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for run in runs:
+    for run, label in zip(runs, method_labels(runs)):
         key = (str(run.results.get("dataset", "?")), str(run.results.get("model", "?")))
-        groups[key][run.method][run.seed].append(float(run.results[metric]))
+        groups[key][label][run.seed].append(float(run.results[metric]))
     methods = {m for g in groups.values() for m in g}
     if baseline is not None and baseline not in methods:
+        split = sorted(m for m in methods if m.startswith(f"{baseline} ["))
+        if split:
+            raise AnalysisError(f"the baseline {baseline!r} has runs with different settings ({', '.join(split)}): "
+                                "pass one of them as --baseline, or compare runs of one setting")
         if baseline != "ce":
             raise AnalysisError(f"baseline {baseline!r} has no runs; methods: {', '.join(sorted(methods))}")
         if "mse" not in methods:

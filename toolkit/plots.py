@@ -24,7 +24,7 @@ import numpy as np
 import losses
 
 from .analysis import domain_grid, loss_values, prediction_gradient
-from .rundir import AnalysisError, Run, run_labels
+from .rundir import AnalysisError, Run, check_one_dataset, method_labels, run_labels
 
 FORMATS = ("png", "svg")
 PART_TITLES = {"y=1": "target class (y = 1)", "y=0": "other classes (y = 0)"}
@@ -134,14 +134,17 @@ def plot_learning_curves(runs: list[Run], *, title: str | None = None):
 
     if not runs:
         raise AnalysisError("give at least one run")
+    check_one_dataset(runs)
     metric = _metric_name(runs, "valid")
-    train = pd.DataFrame([{"method": r.method, "seed": r.seed, "step": rec["step"], "value": rec["train_loss"]}
-                          for r in runs for rec in r.records("train") if rec.get("train_loss") is not None])
-    valid = pd.DataFrame([{"method": r.method, "seed": r.seed, "step": rec["step"], "value": rec[metric]}
-                          for r in runs for rec in r.records("eval") if rec.get(metric) is not None])
+    labels = method_labels(runs)
+    train = pd.DataFrame([{"method": m, "seed": r.seed, "step": rec["step"], "value": rec["train_loss"]}
+                          for r, m in zip(runs, labels) for rec in r.records("train")
+                          if rec.get("train_loss") is not None])
+    valid = pd.DataFrame([{"method": m, "seed": r.seed, "step": rec["step"], "value": rec[metric]}
+                          for r, m in zip(runs, labels) for rec in r.records("eval") if rec.get(metric) is not None])
     if train.empty and valid.empty:
         raise AnalysisError("the runs have no history records (history.jsonl) to draw")
-    methods = sorted({r.method for r in runs})
+    methods = sorted(set(labels))
     colours = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     fig, (ax_train, ax_valid) = _figure(2)
     for ax, data in ((ax_train, train), (ax_valid, valid)):
@@ -150,9 +153,9 @@ def plot_learning_curves(runs: list[Run], *, title: str | None = None):
                          errorbar="sd", ax=ax)
     test_metric = _metric_name(runs, "test")
     for method in methods:
-        finals = [r.results.get(test_metric) for r in runs if r.method == method]
+        finals = [r.results.get(test_metric) for r, m in zip(runs, labels) if m == method]
         finals = [v for v in finals if v is not None]
-        last = max((r.results.get("steps", 0) for r in runs if r.method == method), default=0)
+        last = max((r.results.get("steps", 0) for r, m in zip(runs, labels) if m == method), default=0)
         if finals:
             ax_valid.errorbar([last], [np.mean(finals)], yerr=[np.std(finals)], fmt="D", color=colours[method],
                               capsize=4, markersize=6)
@@ -257,8 +260,9 @@ def plot_final_errors(runs: list[Run], *, title: str | None = None):
     import pandas as pd
     import seaborn as sns
 
+    check_one_dataset(runs)
     metric = _metric_name(runs, "test")
-    data = pd.DataFrame([{"method": r.method, "value": r.results[metric]} for r in runs
+    data = pd.DataFrame([{"method": m, "value": r.results[metric]} for r, m in zip(runs, method_labels(runs))
                          if r.results.get(metric) is not None])
     if data.empty:
         raise AnalysisError(f"no finished runs with {metric} in results.json")
@@ -278,6 +282,7 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, formats: Iterable[str] = 
     out = Path(out_dir)
     written: list[Path] = []
     formats = tuple(formats)
+    check_one_dataset(runs)
     unknown = [f for f in formats if f not in FORMATS] or ([] if formats else ["(none)"])
     if unknown:
         raise AnalysisError(f"unknown image format {unknown[0]!r}: choose from {', '.join(FORMATS)}")

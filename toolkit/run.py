@@ -81,33 +81,60 @@ class OnlineStepper:
         self.learner.load_state_dict(state)
 
 
-def reused_loss(source: str, task: str) -> nn.Module:
-    """A loss to reuse: a loss.json, a file holding a SymPy formula, or a formula string.
+FORMULA_FILE_LIMIT = 1_000_000
+"""Bytes read from a formula file at most (a formula, not a data set)."""
 
-    Formulas are per-element losses in ``y_pred`` and ``y`` (e.g. ``"-y*log(y_pred)"``);
-    their numeric constants become trainable parameters of a ``losses.SymbolicLoss``.
+
+def reused_loss(source: str, task: str) -> nn.Module:
+    """A loss to reuse: a loss.json, a run directory, a file holding a formula, or a formula string.
+
+    Formulas are per-element losses in ``y_pred`` and ``y`` (e.g. ``"-y*log(y_pred)"``), read
+    by ``losses.parse_formula``, which parses a whitelist grammar and never evaluates text;
+    their numeric constants become trainable parameters of a ``losses.SymbolicLoss``. Text
+    that is no formula but looks like a path is reported as a missing file.
     """
-    import sympy
+    from losses.symbolic import parse_formula
 
     path = Path(source)
-    if path.suffix == ".json" or (path.is_dir() and (path / "loss.json").exists()):
-        path = path / "loss.json" if path.is_dir() else path
-        if not path.exists():
+    if path.is_dir():
+        if not (path / "loss.json").is_file():
+            raise ConfigError(f"--loss-from {source}: the directory holds no loss.json (give a run directory)")
+        path = path / "loss.json"
+    if path.suffix == ".json":
+        if not path.is_file():
             raise ConfigError(f"--loss-from {source}: no such file")
         loss = losses.load_loss(path)
     else:
-        text = path.read_text() if path.is_file() else source
+        if path.is_file():
+            with path.open("rb") as f:
+                text = f.read(FORMULA_FILE_LIMIT + 1).decode("utf-8", errors="replace")
+            if len(text) > FORMULA_FILE_LIMIT:
+                raise ConfigError(f"--loss-from {source}: more than {FORMULA_FILE_LIMIT} bytes; a formula file holds "
+                                  "one formula in y_pred and y (lfl export --format sympy)")
+            where = f"--loss-from {source}"
+        else:
+            text, where = source, "--loss-from"
         try:
-            expr = sympy.sympify(text.strip(), locals={"y_pred": losses.Y_PRED, "y": losses.Y_TRUE})
-        except (sympy.SympifyError, SyntaxError, TypeError) as exc:
-            raise ConfigError(f"--loss-from {source!r} is neither a file nor a SymPy formula in y_pred and y "
-                              f"({type(exc).__name__})") from None
-        if not isinstance(expr, sympy.Expr) or not expr.free_symbols <= {losses.Y_PRED, losses.Y_TRUE}:
-            raise ConfigError(f"--loss-from formula may use only y_pred and y; got {expr}")
-        loss = losses.SymbolicLoss(expr, task=task)
+            expression = parse_formula(text.strip())
+        except (ValueError, TypeError) as exc:
+            if not path.is_file() and _looks_like_path(source):
+                raise ConfigError(f"--loss-from {source}: no such file") from None
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            loss = losses.SymbolicLoss(expression, task=task)
+        except (ValueError, TypeError) as exc:  # e.g. a function the SymPy-to-torch table lacks
+            raise ConfigError(f"{where}: {exc}") from None
     if loss.task != task:
         raise ConfigError(f"--loss-from {source}: a {loss.task} loss cannot train a {task} dataset")
     return loss
+
+
+def _looks_like_path(text: str) -> bool:
+    """Text a user meant as a file: a path separator or a file suffix, and no formula operator but '/'."""
+    name = text.strip()
+    has_operator = any(c in name for c in "*+()<>,") or " " in name
+    return not has_operator and ("/" in name or "\\" in name or Path(name).suffix.lower() in
+                                 (".json", ".txt", ".sympy", ".formula", ".tex", ".py", ".toml", ".yaml"))
 
 
 def load_run_dataset(config: TrainConfig) -> Dataset:
@@ -275,7 +302,9 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     task = data.task
     model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
                         **config.model_options).to(device)
-    loss = (initial_loss if initial_loss is not None else make_loss(config, task, data.num_outputs)).to(device)
+    loss = (initial_loss if initial_loss is not None else make_loss(config, task, data.num_outputs))
+    # A saved loss (float64 formula constants) trains a float32 model in the model's dtype.
+    loss = loss.to(device=device, dtype=next(model.parameters()).dtype)
     prepare = initial_loss is None and (config.offline_phase or config.loss == "taylorglo")
     train_x, train_y = _to_device(data.train, device)
     valid_x, valid_y = _to_device(data.valid, device)
@@ -353,7 +382,8 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
             history.append(record)
             if not _all_finite(model):
                 raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
-                                     f"finite; lower --lr (now {config.lr:g})")
+                                     f"finite (a step too large, or a loss that is not finite on this data); "
+                                     f"lower --lr (now {config.lr:g}) or check the loss")
             loss_sum = torch.zeros_like(loss_sum)
             bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:

@@ -156,6 +156,68 @@ def load_loss_source(source: str | Path, *, step: int | None = None) -> tuple[lo
     return loss, loss.task
 
 
+NOT_SETTINGS = frozenset({"seed", "device", "data_dir", "log_every", "checkpoint_every", "snapshot_every",
+                          "eval_every", "search_jobs"})
+"""Config keys that do not change what a run measures: runs differing only in these are the same method."""
+BUDGET_KEYS = ("steps", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma",
+               "valid_fraction")
+"""The settings a fair comparison holds equal (or tunes on validation), reported by ``lfl compare``."""
+
+
+def _value_text(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    return text if len(text) <= 30 else text[:27] + "..."
+
+
+def method_labels(runs: list[Run]) -> list[str]:
+    """Each run's method; where runs of one method differ in settings, the differing ones are added.
+
+    ``lfl compare`` and ``lfl plot`` group by these labels, so runs at lr 0.1 and 0.01 are
+    never pooled as one method: they become ``ce [lr=0.01]`` and ``ce [lr=0.1]``.
+    """
+    labels = [r.method for r in runs]
+    by_method: dict[str, list[int]] = {}
+    for index, run in enumerate(runs):
+        by_method.setdefault(run.method, []).append(index)
+    for method, indices in by_method.items():
+        configs = [{k: v for k, v in runs[i].config.items() if k not in NOT_SETTINGS} for i in indices]
+        keys = sorted({k for c in configs for k in c})
+        differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
+        if differing:
+            for i, config in zip(indices, configs):
+                labels[i] = f"{method} [" + ", ".join(f"{k}={_value_text(config.get(k))}" for k in differing) + "]"
+    return labels
+
+
+def check_one_dataset(runs: list[Run]) -> tuple[str, str]:
+    """The (dataset, task) all finished runs share; AnalysisError naming them if they differ."""
+    kinds = sorted({(str(r.results.get("dataset")), str(r.task)) for r in runs if r.results})
+    if len(kinds) > 1:
+        raise AnalysisError("the runs come from different datasets or tasks ("
+                            + ", ".join(f"{d} ({t})" for d, t in kinds) + "): give the runs of one dataset at a time")
+    return kinds[0] if kinds else ("?", "?")
+
+
+def budget_note(runs: list[Run]) -> str:
+    """One line: the budget settings every run shares, and those that differ between methods."""
+    labels = method_labels(runs)
+    same, differ = [], []
+    for key in BUDGET_KEYS:
+        values = {label: json.dumps(r.config.get(key)) for label, r in zip(labels, runs) if key in r.config}
+        if not values:
+            continue
+        if len(set(values.values())) == 1:
+            same.append(f"{key} {_value_text(runs[0].config.get(key))}")
+        else:
+            by_value = {}
+            for label, value in values.items():
+                by_value.setdefault(value, []).append(label)
+            differ.append(f"{key} (" + "; ".join(f"{', '.join(ls)}: {_value_text(json.loads(v))}"
+                                                for v, ls in by_value.items()) + ")")
+    note = "same for every run: " + (", ".join(same) or "-")
+    return note + ("; differs: " + ", ".join(differ) if differ else "")
+
+
 def run_labels(runs: list[Run]) -> list[str]:
     """Short unique names: the directory name, or the path below the common parent when names repeat."""
     names = [r.name for r in runs]
@@ -200,4 +262,5 @@ def _json(path: Path) -> dict[str, Any]:
         raise AnalysisError(f"{path} is not valid JSON ({exc})") from None
 
 
-__all__ = ["AnalysisError", "Run", "read_run", "find_runs", "load_loss_source", "run_labels", "RUN_FILES"]
+__all__ = ["AnalysisError", "Run", "read_run", "find_runs", "load_loss_source", "run_labels", "RUN_FILES",
+           "method_labels", "check_one_dataset", "budget_note", "BUDGET_KEYS", "NOT_SETTINGS"]
