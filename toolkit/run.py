@@ -26,7 +26,7 @@ from .offline import offline_initialise
 from .online import NonFiniteError, OnlineLossLearner, frozen_copy, has_trainable_parameters
 from .run_directory import RunDirectory
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
-                    resolve_device, seed_everything, write_json)
+                    progress_bar, resolve_device, seed_everything, write_json)
 
 CHECKPOINT_VERSION = 1
 
@@ -482,9 +482,7 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train"):
-    from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step",
-                dynamic_ncols=True, mininterval=0.5)
+    return progress_bar(total, initial=initial, enabled=enabled, desc=desc, unit="step")
 
 
 def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, model, loss, stepper,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .study_spec import Group, Study, run_key, selection_metric
-from .train import TrainConfig
+from .train import TrainConfig, progress_bar
 
 
 @dataclass
@@ -104,13 +104,11 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
         jobs: parallel processes (1: in this process); each gets cpu_count // jobs threads.
         progress: one progress bar over all the study's runs.
     """
-    from tqdm import tqdm
-
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     outcomes = {(g.setting, g.method): GroupOutcome(group=g, selection=[None] * len(g.points)) for g in study.groups}
     total = count_runs(study)
-    bar = tqdm(total=total, disable=not progress, desc="study", unit="run", dynamic_ncols=True, mininterval=0.5)
+    bar = progress_bar(total, enabled=progress, desc="study", unit="run")
     # Several groups may ask for the same run (same config and seed): it trains once.
     in_flight: dict[Path, Future] = {}
     waiting: dict[Future, list[Callable[[RunOutcome], None]]] = {}

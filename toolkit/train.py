@@ -227,6 +227,17 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def progress_bar(total: int, *, enabled: bool, desc: str, unit: str, initial: int = 0):
+    """A tqdm bar on stderr, only when stderr is a terminal: redirected logs get no carriage-return floods."""
+    import sys
+
+    from tqdm import tqdm  # the plain bar: tqdm.auto warns in notebooks without ipywidgets
+
+    on_terminal = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not (enabled and on_terminal), desc=desc, unit=unit,
+                dynamic_ncols=True, mininterval=0.5)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -326,5 +337,5 @@ def finite_or_none(value: float) -> float | None:
 
 
 __all__ = ["TrainConfig", "ConfigError", "BatchStream", "evaluate", "lr_at", "resolve_device",
-           "seed_everything", "coerce_option", "MAX_SEED", "atomic_write", "write_json", "strict_json", "dumps_strict", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
+           "seed_everything", "progress_bar", "coerce_option", "MAX_SEED", "atomic_write", "write_json", "strict_json", "dumps_strict", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
            "PRESETS"]
