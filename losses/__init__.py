@@ -1,6 +1,7 @@
 """Learned loss functions as torch modules with exact SymPy export."""
 
 from losses.base import LearnedLoss, encode_targets, prediction_transform
+from losses.formula import FormulaError, parse_formula
 from losses.io import LossFileError, load_loss, loss_from_dict, loss_to_dict, save_loss
 from losses.mlp import MLPLoss
 from losses.scaled import GradientScaledLoss
@@ -20,6 +21,8 @@ __all__ = [
     "task_loss_module",
     "task_gradient",
     "SymbolicLoss",
+    "parse_formula",
+    "FormulaError",
     "GradientScaledLoss",
     "Y_PRED",
     "Y_TRUE",

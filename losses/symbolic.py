@@ -7,30 +7,16 @@ from typing import Any
 
 import sympy
 import torch
-from sympy.core.parameters import distribute
 from torch import Tensor, nn
 
 from losses.base import LearnedLoss
+from losses.formula import FormulaError, parse_formula
 from losses.graph import expression_to_graph, graph_to_expression
 from losses.printing import formula_string
 from losses.python_source import python_source
-from losses.symbols import Y_PRED, Y_TRUE
 from losses.sympy_to_torch import SYMPY_TO_TORCH, UnsupportedFunctionError, compile_expression
 
-__all__ = ["SYMPY_TO_TORCH", "SymbolicLoss", "UnsupportedFunctionError", "parse_formula"]
-
-
-def parse_formula(text: str) -> sympy.Expr:
-    """Parse a formula string in ``y_pred`` and ``y`` (e.g. ``str(loss.to_sympy())``).
-
-    Products of a number and a sum are kept as written (SymPy would distribute
-    them), so the printed form of an unexpanded export keeps its shape. Uses
-    SymPy's parser, which evaluates Python: parse trusted text only.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"formula must be a string; got {type(text).__name__}")
-    with distribute(False):
-        return sympy.parse_expr(text, local_dict={Y_PRED.name: Y_PRED, Y_TRUE.name: Y_TRUE})
+__all__ = ["SYMPY_TO_TORCH", "FormulaError", "SymbolicLoss", "UnsupportedFunctionError", "parse_formula"]
 
 
 class SymbolicLoss(LearnedLoss):
@@ -46,7 +32,8 @@ class SymbolicLoss(LearnedLoss):
     compiles in well under a second.
 
     Args:
-        expression: SymPy expression, or a string parsed with ``parse_formula``.
+        expression: SymPy expression, or a formula string, parsed (never
+            evaluated) by ``parse_formula``; bad text raises ``FormulaError``.
         task: ``"classification"`` (default) or ``"regression"``.
         trainable: Make ``constants`` an ``nn.Parameter``; otherwise a buffer.
         dtype: dtype of ``constants`` (default: torch's default dtype). Pass

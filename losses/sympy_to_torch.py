@@ -206,14 +206,20 @@ def _stable_pattern(node: sympy.Basic) -> tuple[Callable[..., Any], sympy.Basic]
     return (softplus if isinstance(node, sympy.log) else sigmoid_of_negative), other.args[0]
 
 
-def compile_expression(expr: sympy.Expr | str) -> ExpressionProgram:
+def compile_expression(expr: sympy.Basic | str | int | float) -> ExpressionProgram:
     """Compile a SymPy expression in ``Y_PRED`` and ``Y_TRUE`` into an ``ExpressionProgram``.
 
+    A string is read by ``losses.formula.parse_formula``, which never evaluates
+    it (``sympy.sympify`` would run it as Python); a Python number becomes a
+    SymPy number.
+
     Raises:
+        TypeError: Neither a SymPy object, a number nor a string.
+        FormulaError: A string that is not a valid formula.
         UnsupportedFunctionError: A function missing from ``SYMPY_TO_TORCH``.
         ValueError: Other free symbols, or a non-real constant.
     """
-    expr = sympy.sympify(expr)
+    expr = _as_expression(expr)
     program = ExpressionProgram(expression=expr)
     constant_index: dict[float, int] = {}
     # While compiling, constant k is 2 + k and step j is -(j + 1); renumbered at the end.
@@ -265,6 +271,20 @@ def compile_expression(expr: sympy.Expr | str) -> ExpressionProgram:
     return program
 
 
+def _as_expression(expr: sympy.Basic | str | int | float) -> sympy.Basic:
+    if isinstance(expr, sympy.Basic):
+        return expr
+    if isinstance(expr, str):
+        from losses.formula import parse_formula  # Here, not at the top: losses.formula imports this module.
+
+        return parse_formula(expr)
+    if isinstance(expr, int) and not isinstance(expr, bool):
+        return sympy.Integer(expr)
+    if isinstance(expr, float):
+        return sympy_float(expr)
+    raise TypeError(f"expected a SymPy expression, a number or a formula string; got {type(expr).__name__}")
+
+
 def _fold(node: sympy.Basic) -> Literal:
     if node.is_Integer:
         return Literal(int(node))
@@ -273,4 +293,12 @@ def _fold(node: sympy.Basic) -> Literal:
     try:
         return Literal(float(node))
     except TypeError:
-        raise ValueError(f"constant {node} is not a real number") from None
+        raise ValueError(f"constant {_short(node)} is not a real number") from None
+    except OverflowError:  # E.g. exp(exp(exp(exp(10)))): too large even to round to a float.
+        raise ValueError(f"constant {_short(node)} is too large for float64") from None
+
+
+def _short(node: sympy.Basic) -> str:
+    """The node's text for a message, at most 60 characters."""
+    text = str(node) if sympy.count_ops(node) < 30 else f"{type(node).__name__}(...)"
+    return text if len(text) <= 60 else text[:57] + "..."
