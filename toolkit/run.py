@@ -115,7 +115,7 @@ def reused_loss(source: str, task: str) -> nn.Module:
         else:
             text, where = source, "--loss-from"
         try:
-            expression = parse_formula(text.strip())
+            expression = parse_formula(text.strip(), max_length=FORMULA_FILE_LIMIT)
         except (ValueError, TypeError) as exc:
             if not path.is_file() and _looks_like_path(source):
                 raise ConfigError(f"--loss-from {source}: no such file") from None
@@ -130,11 +130,20 @@ def reused_loss(source: str, task: str) -> nn.Module:
 
 
 def _looks_like_path(text: str) -> bool:
-    """Text a user meant as a file: a path separator or a file suffix, and no formula operator but '/'."""
+    """Text a user meant as a file: a path separator or a file suffix, no formula operator but '/',
+    and some word that no formula may use (``y_pred/2`` is a formula, ``runs/x/seed-0`` a path)."""
+    import re
+
+    from losses.formula import formula_functions
+
     name = text.strip()
-    has_operator = any(c in name for c in "*+()<>,") or " " in name
-    return not has_operator and ("/" in name or "\\" in name or Path(name).suffix.lower() in
-                                 (".json", ".txt", ".sympy", ".formula", ".tex", ".py", ".toml", ".yaml"))
+    if any(c in name for c in "*+()<>,") or " " in name:
+        return False
+    known = {"y_pred", "y", "pi", "E", *formula_functions()}
+    if all(word in known for word in re.findall(r"[A-Za-z_]\w*", name)):
+        return False
+    return "/" in name or "\\" in name or Path(name).suffix.lower() in (
+        ".json", ".txt", ".sympy", ".formula", ".tex", ".py", ".toml", ".yaml")
 
 
 def load_run_dataset(config: TrainConfig) -> Dataset:

@@ -84,9 +84,18 @@ class Run:
 
     def snapshots(self) -> Iterator[tuple[int, losses.LearnedLoss]]:
         """``(step, loss)`` for every training-phase snapshot, in file order."""
-        for record in _jsonl(self.snapshot_path):
-            if record.get("phase", "train") == "train":
-                yield int(record["step"]), losses.loss_from_dict(record["loss"])
+        for number, record in enumerate(_jsonl(self.snapshot_path), 1):
+            if not isinstance(record, dict):
+                raise AnalysisError(f"{self.snapshot_path} record {number} is not a loss snapshot")
+            if record.get("phase", "train") != "train":
+                continue
+            try:
+                step, loss = int(record["step"]), losses.loss_from_dict(record["loss"])
+            except losses.LossFileError as exc:
+                raise AnalysisError(f"{self.snapshot_path} record {number}: {exc}") from None
+            except (KeyError, TypeError, ValueError):
+                raise AnalysisError(f"{self.snapshot_path} record {number} is not a loss snapshot") from None
+            yield step, loss
 
     def snapshot_steps(self) -> list[int]:
         """Steps of the training-phase snapshots, read from the start of each line (fast for big files)."""
