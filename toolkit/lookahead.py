@@ -45,6 +45,7 @@ from losses.base import autograd_pullback, fill_missing_gradients
 from losses.standard import task_gradient, task_loss
 
 from .chain_passes import chain_forward, chain_vjp, supports_passes
+from .descent import descent_reflection, guarded_output_gradient
 from .tangents import as_chain, chain_jvp, record_chain
 
 TensorDict = dict[str, Tensor]
@@ -130,6 +131,8 @@ class Lookahead:
         grad_ratio: ‖∂M/∂f‖ / ‖∂L_task/∂f‖ on the training batch (detached scalar):
             how much larger a step the learned loss takes than the task loss would;
             None unless asked for with ``diagnostics=True``.
+        guarded: how many training samples the descent guard reflected (0-d device tensor;
+            None when the guard is off; :mod:`toolkit.descent`).
     """
 
     params: TensorDict
@@ -138,6 +141,7 @@ class Lookahead:
     train_loss: Tensor
     meta_loss: Tensor
     grad_ratio: Tensor | None
+    guarded: Tensor | None = None
 
 
 PHASES = ("train_forward", "loss_gradient", "train_backward", "sgd_update", "valid_pass", "tangent",
@@ -228,7 +232,7 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
                        loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                        rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
                        task: str = "classification", update_buffers: bool = True,
-                       diagnostics: bool = False, jvp: str = "auto") -> Lookahead:
+                       diagnostics: bool = False, jvp: str = "auto", descent_guard: bool = False) -> Lookahead:
     """The base update and the exact meta-gradient, through a JVP (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one
@@ -250,6 +254,8 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         jvp: "auto" reuses the training forward's activations when the model is a
             verifiable chain of known layers (:mod:`toolkit.tangents`), else forward-mode
             AD; "forward" always uses forward-mode AD.
+        descent_guard: reflect each sample's learned gradient that points uphill for the task
+            loss (:mod:`toolkit.descent`); the meta-gradient goes through the reflection.
 
     Returns:
         A :class:`Lookahead`.
@@ -273,6 +279,11 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         passes = chain is not None and recording.first_input is x and supports_passes(chain)
         with _phase("loss_gradient"):
             train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
+            guarded = None
+            if descent_guard:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
+                reflect = descent_reflection(m, outputs, y, task)
+                m, guarded, unguarded = reflect(m), reflect.count, pullback
+                pullback = lambda u: unguarded(reflect(u))  # noqa: E731
         with _phase("train_backward"):
             if passes:
                 outputs = outputs.detach()  # the forward's graph is not needed: drop it now
@@ -307,14 +318,15 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         meta = pullback(u * -rule.alpha)
         meta_grads = {k: meta[k] for k in loss_params}
     return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(),
-                     meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None)
+                     meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
+                     guarded=guarded)
 
 
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                         loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                         rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
                         task: str = "classification", update_buffers: bool = True,
-                       diagnostics: bool = False) -> Lookahead:
+                        diagnostics: bool = False, descent_guard: bool = False) -> Lookahead:
     """The reference route: autograd through the unrolled step (``create_graph=True``).
 
     Same arguments and result as :func:`meta_gradient_fast`; holds the whole
@@ -328,7 +340,13 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
-        grads = torch.autograd.grad(train_loss, list(theta_leaf.values()), create_graph=True)
+        guarded = None
+        if descent_guard:  # θ' = θ − α Jᵀ H m(φ), differentiated as written
+            m, reflect = guarded_output_gradient(train_loss, outputs, y, task, create_graph=True)
+            grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m, create_graph=True)
+            guarded = reflect.count
+        else:
+            grads = torch.autograd.grad(train_loss, list(theta_leaf.values()), create_graph=True)
         new_params, new_momentum = sgd_update(theta, dict(zip(theta_leaf, grads)), mom, rule)
         meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
@@ -342,7 +360,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     return Lookahead(params={k: p.detach() for k, p in new_params.items()},
                      momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
-                     grad_ratio=ratio)
+                     grad_ratio=ratio, guarded=guarded)
 
 
 def meta_gradient_fast_forward_ad(*args, **kwargs) -> Lookahead:
