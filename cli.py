@@ -167,6 +167,9 @@ def cli() -> None:
 @click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
               help="adalfl/ml3: 'normalised' takes the gradient's direction from the learned loss and its size from "
                    "the task loss times a learned scale in [1/--max-scale, --max-scale]; 'free' uses the loss as is.")
+@click.option("--descent-guard/--no-descent-guard", default=True, show_default=True,
+              help="Learned losses: reflect each sample's gradient that points uphill for the task loss, so no step "
+                   "trains a sample backwards (off in --preset paper).")
 @click.option("--max-scale", default=1.0, show_default=True, type=float,
               help="Bound on the learned scale of a normalised loss (1 fixes it at the task loss's).")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")

@@ -31,7 +31,8 @@ def test_step_equals_lookahead_plus_adam():
     learner.step(train, valid)
     params = {k: p.detach() for k, p in model0.named_parameters()}
     phi = dict(loss0.named_parameters())
-    ref = meta_gradient_naive(model0, params, {}, loss0, phi, train, valid, learner.rule, None)
+    ref = meta_gradient_naive(model0, params, {}, loss0, phi, train, valid, learner.rule, None,
+                              descent_guard=learner.descent_guard)
     new_phi, _ = adam_update({k: p.detach() for k, p in phi.items()}, ref.meta_grads, adam_init(phi), lr=0.01)
     for k, p in learner.model.named_parameters():
         torch.testing.assert_close(p.detach(), ref.params[k], rtol=1e-12, atol=1e-12)

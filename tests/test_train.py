@@ -184,7 +184,7 @@ def test_reuse_a_loss_json_and_a_formula(tmp_path, digits, adapt):
 
 
 @pytest.mark.parametrize("source, adapt, match", [
-    ("y_pred +* y", False, "neither a file nor"), ("z * y_pred", False, "only y_pred and y"),
+    ("y_pred +* y", False, "not a valid formula"), ("z * y_pred", False, "unknown name .z.: a formula may use y_pred, y"),
     ("missing.json", False, "no such file"), ("(y - y_pred)**2", True, "no trainable parameters"),
 ])
 def test_bad_loss_sources_name_the_problem(source, adapt, match, digits):

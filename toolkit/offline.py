@@ -43,7 +43,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
                        steps: int = 2500, rule: SGDRule, meta_lr: float = 1e-3, meta_clip: float | None = None,
                        meta_gradient: str = "fast", task: str = "classification", record_every: int = 50,
                        progress: Callable[[int, dict], None] | None = None,
-                       reset: Callable[[nn.Module], None] = reinitialise) -> list[dict]:
+                       reset: Callable[[nn.Module], None] = reinitialise, descent_guard: bool = True) -> list[dict]:
     """Meta-train ``loss`` in place from one-step lookaheads at random initialisations.
 
     Args:
@@ -58,6 +58,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         record_every: read the meta-objective on the host every N steps.
         progress: called as ``progress(s, record)`` after each recorded step.
         reset: draws a fresh initialisation of the (copied) model in place.
+        descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.descent`).
 
     Returns:
         Records {"step", "meta_loss", "skipped"} every ``record_every`` steps.
@@ -77,7 +78,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         train, valid = batches(s)
         params = {k: p for k, p in scratch.named_parameters() if p.requires_grad}
         result = meta_gradient_fn(scratch, params, dict(scratch.named_buffers()), loss, loss_params,
-                                  train, valid, rule, None, task=task)
+                                  train, valid, rule, None, task=task, descent_guard=descent_guard)
         ok = all_finite([result.meta_loss, *result.meta_grads.values()])
         adam = apply_meta_update(loss_params, result.meta_grads, adam, lr=meta_lr, clip=meta_clip, apply=ok)
         skipped = skipped + (~ok).long()

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .adam import AdamState, adam_init, all_finite, apply_meta_update
+from .descent import guarded_output_gradient
 from .lookahead import SGDRule, get_meta_gradient, sgd_update
 
 
@@ -61,11 +62,15 @@ class OnlineLossLearner:
         snapshot_every: copy the loss parameters into ``history`` every N steps.
         max_nonfinite: raise :class:`NonFiniteError` from :meth:`check` after this many
             consecutive skipped steps.
+        descent_guard: reflect each sample's learned gradient that points uphill for the task
+            loss, so no base step trains a sample backwards (:mod:`toolkit.descent`); the
+            meta-gradient goes through it. ``False`` is the paper's method.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, rule: SGDRule, meta_lr: float = 1e-3,
                  meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
-                 task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50) -> None:
+                 task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
+                 descent_guard: bool = True) -> None:
         if meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if meta_lr <= 0:
@@ -84,6 +89,9 @@ class OnlineLossLearner:
         self.skips = torch.zeros(3, dtype=torch.long, device=device)
         self.history = LossHistory()
         self.last: dict[str, Tensor] = {}
+        self.descent_guard = descent_guard
+        # [samples the guard reflected, samples seen] since the last record, on the device.
+        self.guard_counts = torch.zeros(2, dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ hot path
     def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
@@ -120,7 +128,9 @@ class OnlineLossLearner:
         loss_params = dict(self.loss.named_parameters())
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
                                      loss_params, train, valid, rule, self.momentum, task=self.task,
-                                     diagnostics=diagnostics)
+                                     diagnostics=diagnostics, descent_guard=self.descent_guard)
+        if result.guarded is not None:
+            self._count_guarded(result.guarded, len(train[1]))
         base_ok = all_finite([result.train_loss, *result.params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, result.params, result.momentum, base_ok)
@@ -136,8 +146,14 @@ class OnlineLossLearner:
         x, y = train
         params = self._params()
         with torch.enable_grad():
-            train_loss = self.loss(self.model(x), y)
-            grads = torch.autograd.grad(train_loss, list(params.values()))
+            outputs = self.model(x)
+            train_loss = self.loss(outputs, y)
+            if self.descent_guard:
+                m, reflect = guarded_output_gradient(train_loss, outputs, y, self.task)
+                grads = torch.autograd.grad(outputs, list(params.values()), m)
+                self._count_guarded(reflect.count, len(y))
+            else:
+                grads = torch.autograd.grad(train_loss, list(params.values()))
         new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
                                               dict(zip(params, grads)), self.momentum, rule)
         ok = all_finite([train_loss, *new_params.values()])
@@ -153,6 +169,9 @@ class OnlineLossLearner:
                 old = self.momentum
                 self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
                                  for k, b in new_momentum.items()}
+
+    def _count_guarded(self, reflected: Tensor, samples: int) -> None:
+        self.guard_counts = self.guard_counts + torch.stack([reflected.long(), torch.ones_like(reflected) * samples])
 
     def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
         bad = (~base_ok).long()
@@ -175,9 +194,17 @@ class OnlineLossLearner:
                 f"(step {self.steps}); lower --lr or --meta-lr, or set --meta-clip")
         return {"skipped_base": base, "skipped_meta": meta}
 
+    def guard_record(self) -> dict[str, float]:
+        """``{"guarded": share of samples the descent guard reflected since the last call}`` (a host sync)."""
+        if not self.descent_guard:
+            return {}
+        reflected, seen = (int(v) for v in self.guard_counts.tolist())
+        self.guard_counts = torch.zeros_like(self.guard_counts)
+        return {"guarded": reflected / seen if seen else 0.0}
+
     def record(self) -> dict:
         """A host record of the latest diagnostics (call every N steps)."""
-        rec = {"step": self.steps, **self.check()}
+        rec = {"step": self.steps, **self.check(), **self.guard_record()}
         rec.update({k: float(v) for k, v in self.last.items()})
         self.history.records.append(rec)
         return rec
@@ -185,7 +212,7 @@ class OnlineLossLearner:
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
         return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
-                "momentum": self.momentum, "skips": self.skips,
+                "momentum": self.momentum, "skips": self.skips, "guard_counts": self.guard_counts,
                 "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -194,6 +221,7 @@ class OnlineLossLearner:
         self.adam = AdamState.from_state_dict(state["adam"])
         self.momentum = state["momentum"]
         self.skips = state["skips"]
+        self.guard_counts = state.get("guard_counts", torch.zeros_like(self.guard_counts)).to(self.guard_counts.device)
         self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
                                    records=list(state["history"]["records"]))
 

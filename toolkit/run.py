@@ -21,6 +21,7 @@ from torch import Tensor, nn
 import losses
 
 from .data import Dataset, load_dataset
+from .descent import guarded_output_gradient
 from .models import build_model
 from .offline import offline_initialise
 from .online import NonFiniteError, OnlineLossLearner, frozen_copy, has_trainable_parameters
@@ -32,31 +33,50 @@ CHECKPOINT_VERSION = 1
 
 
 class FixedLossStepper:
-    """Plain SGD (``torch.optim.SGD``) on a fixed loss: cross-entropy, squared error, or a frozen learned loss."""
+    """Plain SGD (``torch.optim.SGD``) on a fixed loss: cross-entropy, squared error, or a frozen learned loss.
 
-    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig) -> None:
-        self.model, self.loss = model, loss
+    With ``guard_task`` (a frozen learned loss and ``config.descent_guard``), each sample's gradient
+    that points uphill for the task loss is reflected (:mod:`toolkit.descent`) before the backward.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *, guard_task: str | None = None) -> None:
+        self.model, self.loss, self.guard_task = model, loss, guard_task
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
+        device = next(model.parameters()).device
+        self.guard_counts = torch.zeros(2, dtype=torch.long, device=device)
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
         x, y = train
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        value = self.loss(self.model(x), y)
-        value.backward()
+        outputs = self.model(x)
+        value = self.loss(outputs, y)
+        if self.guard_task is not None:
+            m, reflect = guarded_output_gradient(value, outputs, y, self.guard_task)
+            outputs.backward(m)
+            self.guard_counts = self.guard_counts + torch.stack([reflect.count.long(),
+                                                                 torch.ones_like(reflect.count) * len(y)])
+        else:
+            value.backward()
         self.optimizer.step()
         return {"train_loss": value.detach()}
 
     def record(self) -> dict:
-        return {}
+        if self.guard_task is None:
+            return {}
+        reflected, seen = (int(v) for v in self.guard_counts.tolist())
+        self.guard_counts = torch.zeros_like(self.guard_counts)
+        return {"guarded": reflected / seen if seen else 0.0}
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict()}
+        return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if "guard_counts" in state:
+            self.guard_counts = state["guard_counts"].to(self.guard_counts.device)
 
 
 class OnlineStepper:
@@ -69,7 +89,7 @@ class OnlineStepper:
         return self.learner.step(train, valid, lr=lr, diagnostics=diagnostics)
 
     def record(self) -> dict:
-        rec = self.learner.check()
+        rec = {**self.learner.check(), **self.learner.guard_record()}
         if "grad_ratio" in self.learner.last:
             rec["grad_ratio"] = float(self.learner.last["grad_ratio"])
         return rec
@@ -350,12 +370,14 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     if config.online:
         learner = OnlineLossLearner(model, loss, rule=config.rule(), meta_lr=config.online_lr,
                                     meta_interval=config.meta_interval, meta_clip=config.meta_clip,
-                                    meta_gradient=config.meta_gradient, task=task,
+                                    meta_gradient=config.meta_gradient, task=task, descent_guard=config.descent_guard,
                                     snapshot_every=0)  # the run writes loss_snapshots.jsonl itself
         stepper = OnlineStepper(learner)
     else:
-        train_loss = frozen_copy(loss) if has_trainable_parameters(loss) else loss
-        stepper = FixedLossStepper(model, train_loss, config)
+        learned = has_trainable_parameters(loss)
+        train_loss = frozen_copy(loss) if learned else loss
+        stepper = FixedLossStepper(model, train_loss, config,
+                                   guard_task=task if learned and config.descent_guard else None)
 
     start_step = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -462,7 +484,7 @@ def _initialise(config, model, loss, train_batches, meta_batches, task, history,
     offline_initialise(model, loss, lambda s: (train_batches(s), meta_batches(s)), steps=config.init_steps,
                        rule=config.rule(), meta_lr=config.meta_lr, meta_clip=config.meta_clip,
                        meta_gradient=config.meta_gradient, task=task, progress=report,
-                       reset=fresh_initialisation)
+                       reset=fresh_initialisation, descent_guard=config.descent_guard)
     bar.close()
 
 

@@ -37,9 +37,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # online updates at Adam rate 1e-4 (--online-meta-lr), a tenth of the offline phase's.
     "default": {},
     # Algorithms 1-2 of the paper as published: the loss network's output is used as is,
-    # so the offline phase is free to learn any gradient scale (see losses.scaled), and
-    # Adam's rate is 1e-3 online too.
-    "paper": {"loss_scale": "free", "online_meta_lr": 1e-3},
+    # so the offline phase is free to learn any gradient scale (see losses.scaled), Adam's
+    # rate is 1e-3 online too, and no descent guard (toolkit.descent) corrects its steps.
+    "paper": {"loss_scale": "free", "online_meta_lr": 1e-3, "descent_guard": False},
 }
 """Named groups of option values: ``lfl train --preset paper``. Explicit options win."""
 
@@ -131,6 +131,7 @@ class TrainConfig:
     snapshot_every: int = 100
     loss_scale: str = "normalised"
     max_scale: float = 1.0
+    descent_guard: bool = True
     model_options: dict = field(default_factory=dict)
     # reuse of a learned loss, and the TaylorGLO search
     loss_from: str | None = None
