@@ -6,7 +6,7 @@ import torch
 
 import losses
 from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
-from losses import encode_targets, task_gradient
+from losses import encode_targets, task_gradient, task_loss
 from toolkit.descent import descent_reflection
 from toolkit.lookahead import SGDRule, meta_gradient_fast, meta_gradient_naive
 
@@ -120,3 +120,35 @@ def test_guarded_meta_gradient_matches_finite_differences() -> None:
             numeric = (losses_at[0] - losses_at[1]) / (2 * eps)
             assert float(result.meta_grads[name].reshape(-1)[index]) == pytest.approx(float(numeric), rel=1e-5,
                                                                                     abs=1e-9)
+
+
+@pytest.mark.parametrize("loss_seed,batch_seed", [(31, 4), (36, 2)])
+def test_a_step_reflected_in_parameter_space_is_exact_and_descends(loss_seed, batch_seed) -> None:
+    """Cases where the per-sample guard leaves the batch step uphill: the parameter-space reflection fires."""
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    train, valid = batch(16, (5,), 3, seed=batch_seed), batch(12, (5,), 3, seed=2)
+    torch.manual_seed(loss_seed)
+    loss = losses.MLPLoss(hidden=(6, 6)).double()
+    rule = SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    momentum = {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
+    fast = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum,
+                              descent_guard=True)
+    naive = meta_gradient_naive(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule,
+                                momentum, descent_guard=True)
+    assert bool(fast.guarded_step) and bool(naive.guarded_step)
+    assert_meta_gradients_close(fast, naive)
+    for k in params:
+        torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
+    # The guarded learned gradient is a descent direction of the batch task loss.
+    plain = SGDRule(lr=1e-6)
+    step = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, plain,
+                              descent_guard=True)
+    before = task_loss(torch.func.functional_call(model, params, (train[0],)), train[1], "classification")
+    after = task_loss(torch.func.functional_call(model, step.params, (train[0],)), train[1], "classification")
+    unguarded = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, plain)
+    after_unguarded = task_loss(torch.func.functional_call(model, unguarded.params, (train[0],)), train[1],
+                                "classification")
+    assert after_unguarded > before  # unguarded, this loss trains the batch backwards
+    assert after <= before

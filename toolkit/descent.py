@@ -1,4 +1,4 @@
-"""The descent guard: a learned loss's base step never raises the task loss of a sample.
+"""The descent guard: a learned loss's base step never goes uphill for the task loss.
 
 A fresh or drifting learned loss can be anti-aligned with the task: its gradient with
 respect to the model outputs, m_i = ∂M/∂f_i, points uphill for the task loss,
@@ -8,10 +8,15 @@ guard reflects every such row across the hyperplane orthogonal to r_i,
     m_i ← m_i − 2 ⟨m_i, r̂_i⟩ r̂_i   where ⟨m_i, r_i⟩ < 0,   r̂_i = r_i / ‖r_i‖,
 
 which keeps the row's length and turns its uphill component downhill, so that
-⟨m_i, r_i⟩ ≥ 0 for every sample: the step is a descent direction of each sample's task
-loss to first order in the model's outputs. The reflection H is linear and symmetric for
-a fixed set of reflected rows, so the meta-gradient through the guarded step stays exact:
-the loss's pullback takes H u instead of u. Which rows reflect is decided on detached
+⟨m_i, r_i⟩ ≥ 0 for every sample (descent for each sample's task loss, to first order in
+the model's outputs). Samples share parameters, so that alone does not make the step
+g = Jᵀm a descent direction of the batch: the same reflection is then applied once more
+in parameter space, against the task loss's own gradient g_L = Jᵀr on the batch, where
+⟨g, g_L⟩ < 0. The base step is then never an ascent direction of the batch's task loss.
+
+Each reflection H is linear and symmetric for a fixed choice of what reflects, so the
+meta-gradient through the guarded step stays exact: the loss's pullback takes H u instead
+of u, and the tangent direction is H v instead of v. What reflects is decided on detached
 values, with no host synchronisation.
 """
 from __future__ import annotations
@@ -32,10 +37,12 @@ class Reflection:
     Attributes:
         direction: (B, C) unit task-gradient rows where the learned gradient points uphill, else 0.
         count: the number of reflected rows (a 0-d device tensor).
+        task_gradient: r = ∂L_task/∂f on the batch (B, C), detached.
     """
 
     direction: Tensor
     count: Tensor
+    task_gradient: Tensor
 
     def __call__(self, t: Tensor) -> Tensor:
         return t - 2.0 * (t * self.direction).sum(dim=1, keepdim=True) * self.direction
@@ -56,15 +63,70 @@ def descent_reflection(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -
         norm = r.norm(dim=1, keepdim=True)
         uphill = (dot < 0) & (norm > 0)
         direction = torch.where(uphill, r / norm.clamp_min(torch.finfo(r.dtype).tiny), torch.zeros_like(r))
-        return Reflection(direction=direction, count=uphill.sum())
+        return Reflection(direction=direction, count=uphill.sum(), task_gradient=r)
 
 
-def guarded_output_gradient(value: Tensor, outputs: Tensor, targets: Tensor, task: str, *,
-                            create_graph: bool = False) -> tuple[Tensor, Reflection]:
-    """(H m, H) for m = ∂value/∂outputs by autograd: what a guarded step backpropagates into the model."""
+def guarded_gradients(value: Tensor, outputs: Tensor, params: dict[str, Tensor], targets: Tensor, task: str, *,
+                      create_graph: bool = False) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """The guarded base gradient by autograd: (H_θ Jᵀ H_f m, reflected samples, reflected step).
+
+    Args:
+        value: the learned loss M on the batch; outputs: f (B, C), part of value's graph.
+        params: θ by name (what ``outputs`` depends on).
+        create_graph: keep the graph (the unrolled meta-gradient differentiates through it).
+    """
     (m,) = torch.autograd.grad(value, outputs, create_graph=create_graph, retain_graph=True)
-    reflect = descent_reflection(m, outputs, targets, task)
-    return reflect(m), reflect
+    rows = descent_reflection(m, outputs, targets, task)
+    names = list(params)
+    grads = torch.autograd.grad(outputs, [params[k] for k in names], rows(m), create_graph=create_graph,
+                                retain_graph=True)
+    task_grads = torch.autograd.grad(outputs, [params[k] for k in names], rows.task_gradient,
+                                     retain_graph=create_graph)
+    step = parameter_reflection(dict(zip(names, grads)), dict(zip(names, task_grads)))
+    return step(dict(zip(names, grads))), rows.count, step.uphill
 
 
-__all__ = ["Reflection", "descent_reflection", "guarded_output_gradient"]
+
+
+@dataclass(frozen=True)
+class ParameterReflection:
+    """g ↦ H g = g − 2 (g · d) d over all parameters, d = ĝ_L when the batch step points uphill, else 0.
+
+    ``g`` and ``d`` are name → tensor dicts; H is linear and symmetric for a fixed ``uphill``.
+
+    Attributes:
+        direction: the unit task-loss gradient ĝ_L (name → tensor), scaled by 0 or 1.
+        uphill: whether the learned step pointed uphill for the batch task loss (0-d bool tensor).
+    """
+
+    direction: dict[str, Tensor]
+    uphill: Tensor
+
+    def __call__(self, g: dict[str, Tensor]) -> dict[str, Tensor]:
+        names = list(self.direction)
+        if not names:
+            return dict(g)
+        dot = torch.stack([(g[k] * self.direction[k]).sum() for k in names]).sum()
+        return {k: g[k] - 2.0 * dot * self.direction[k] for k in names}
+
+
+def parameter_reflection(grads: dict[str, Tensor], task_grads: dict[str, Tensor]) -> ParameterReflection:
+    """The reflection that makes the learned parameter gradient a descent direction of the batch task loss.
+
+    Args:
+        grads: ∇θ M (the learned loss's gradient, after the per-sample guard); only values are read.
+        task_grads: ∇θ L_task on the same batch and parameters.
+    """
+    with torch.no_grad():
+        names = list(grads)
+        if not names:
+            return ParameterReflection(direction={}, uphill=torch.zeros((), dtype=torch.bool))
+        dot = torch.stack([(grads[k].detach() * task_grads[k]).sum() for k in names]).sum()
+        norm = torch.stack([task_grads[k].pow(2).sum() for k in names]).sum().sqrt()
+        uphill = (dot < 0) & (norm > 0)
+        scale = torch.where(uphill, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+        return ParameterReflection(direction={k: task_grads[k] * scale for k in names}, uphill=uphill)
+
+
+__all__ = ["Reflection", "descent_reflection", "guarded_gradients", "ParameterReflection",
+           "parameter_reflection"]

@@ -45,7 +45,7 @@ from losses.base import autograd_pullback, fill_missing_gradients
 from losses.standard import task_gradient, task_loss
 
 from .chain_passes import chain_forward, chain_vjp, supports_passes
-from .descent import descent_reflection, guarded_output_gradient
+from .descent import descent_reflection, guarded_gradients, parameter_reflection
 from .tangents import as_chain, chain_jvp, record_chain
 
 TensorDict = dict[str, Tensor]
@@ -133,6 +133,7 @@ class Lookahead:
             None unless asked for with ``diagnostics=True``.
         guarded: how many training samples the descent guard reflected (0-d device tensor;
             None when the guard is off; :mod:`toolkit.descent`).
+        guarded_step: whether it reflected the batch step in parameter space (0-d bool tensor, or None).
     """
 
     params: TensorDict
@@ -142,6 +143,7 @@ class Lookahead:
     meta_loss: Tensor
     grad_ratio: Tensor | None
     guarded: Tensor | None = None
+    guarded_step: Tensor | None = None
 
 
 PHASES = ("train_forward", "loss_gradient", "train_backward", "sgd_update", "valid_pass", "tangent",
@@ -279,7 +281,7 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         passes = chain is not None and recording.first_input is x and supports_passes(chain)
         with _phase("loss_gradient"):
             train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
-            guarded = None
+            guarded = guarded_step = step_reflect = None
             if descent_guard:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
                 reflect = descent_reflection(m, outputs, y, task)
                 m, guarded, unguarded = reflect(m), reflect.count, pullback
@@ -288,8 +290,17 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
             if passes:
                 outputs = outputs.detach()  # the forward's graph is not needed: drop it now
                 grads = chain_vjp(chain, theta_leaf, m)
+                if descent_guard:
+                    task_grads = chain_vjp(chain, theta_leaf, reflect.task_gradient)
             else:
-                grads = dict(zip(theta_leaf, torch.autograd.grad(outputs, list(theta_leaf.values()), m)))
+                grads = dict(zip(theta_leaf, torch.autograd.grad(outputs, list(theta_leaf.values()), m,
+                                                                 retain_graph=descent_guard)))
+                if descent_guard:
+                    task_grads = dict(zip(theta_leaf, torch.autograd.grad(outputs, list(theta_leaf.values()),
+                                                                          reflect.task_gradient)))
+            if descent_guard:  # θ' = θ − α H_θ Jᵀ m': the tangent direction becomes H_θ v (H_θ = H_θᵀ)
+                step_reflect = parameter_reflection(grads, task_grads)
+                grads, guarded_step = step_reflect(grads), step_reflect.uphill
     with _phase("sgd_update"), torch.no_grad():  # no_grad: θ' and b' carry no graph, whatever θ is
         new_params, new_momentum = sgd_update(params, grads, momentum, rule)
 
@@ -306,6 +317,8 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
                 v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
 
     with _phase("tangent"):
+        if step_reflect is not None:
+            v = step_reflect(v)
         if chain is not None:  # the training forward's activations give u without a second forward
             u = chain_jvp(chain, params, v)
         else:
@@ -319,7 +332,7 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         meta_grads = {k: meta[k] for k in loss_params}
     return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(),
                      meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
-                     guarded=guarded)
+                     guarded=guarded, guarded_step=guarded_step)
 
 
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -340,14 +353,14 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
-        guarded = None
-        if descent_guard:  # θ' = θ − α Jᵀ H m(φ), differentiated as written
-            m, reflect = guarded_output_gradient(train_loss, outputs, y, task, create_graph=True)
-            grads = torch.autograd.grad(outputs, list(theta_leaf.values()), m, create_graph=True)
-            guarded = reflect.count
+        guarded = guarded_step = None
+        if descent_guard:  # θ' = θ − α H_θ Jᵀ H_f m(φ), differentiated as written
+            grads, guarded, guarded_step = guarded_gradients(train_loss, outputs, theta_leaf, y, task,
+                                                             create_graph=True)
         else:
-            grads = torch.autograd.grad(train_loss, list(theta_leaf.values()), create_graph=True)
-        new_params, new_momentum = sgd_update(theta, dict(zip(theta_leaf, grads)), mom, rule)
+            grads = dict(zip(theta_leaf, torch.autograd.grad(train_loss, list(theta_leaf.values()),
+                                                             create_graph=True)))
+        new_params, new_momentum = sgd_update(theta, grads, mom, rule)
         meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
         meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
@@ -360,7 +373,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     return Lookahead(params={k: p.detach() for k, p in new_params.items()},
                      momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
-                     grad_ratio=ratio, guarded=guarded)
+                     grad_ratio=ratio, guarded=guarded, guarded_step=guarded_step)
 
 
 def meta_gradient_fast_forward_ad(*args, **kwargs) -> Lookahead:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .adam import AdamState, adam_init, all_finite, apply_meta_update
-from .descent import guarded_output_gradient
+from .descent import guarded_gradients
 from .lookahead import SGDRule, get_meta_gradient, sgd_update
 
 
@@ -90,8 +90,8 @@ class OnlineLossLearner:
         self.history = LossHistory()
         self.last: dict[str, Tensor] = {}
         self.descent_guard = descent_guard
-        # [samples the guard reflected, samples seen] since the last record, on the device.
-        self.guard_counts = torch.zeros(2, dtype=torch.long, device=device)
+        # [samples reflected, samples seen, steps reflected, steps seen] since the last record, on the device.
+        self.guard_counts = torch.zeros(4, dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ hot path
     def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
@@ -130,7 +130,7 @@ class OnlineLossLearner:
                                      loss_params, train, valid, rule, self.momentum, task=self.task,
                                      diagnostics=diagnostics, descent_guard=self.descent_guard)
         if result.guarded is not None:
-            self._count_guarded(result.guarded, len(train[1]))
+            self._count_guarded(result.guarded, result.guarded_step, len(train[1]))
         base_ok = all_finite([result.train_loss, *result.params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, result.params, result.momentum, base_ok)
@@ -149,13 +149,12 @@ class OnlineLossLearner:
             outputs = self.model(x)
             train_loss = self.loss(outputs, y)
             if self.descent_guard:
-                m, reflect = guarded_output_gradient(train_loss, outputs, y, self.task)
-                grads = torch.autograd.grad(outputs, list(params.values()), m)
-                self._count_guarded(reflect.count, len(y))
+                grads, rows, uphill = guarded_gradients(train_loss, outputs, params, y, self.task)
+                self._count_guarded(rows, uphill, len(y))
             else:
-                grads = torch.autograd.grad(train_loss, list(params.values()))
+                grads = dict(zip(params, torch.autograd.grad(train_loss, list(params.values()))))
         new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
-                                              dict(zip(params, grads)), self.momentum, rule)
+                                              grads, self.momentum, rule)
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_momentum, ok)
         self._count(ok, torch.ones_like(ok))
@@ -170,8 +169,8 @@ class OnlineLossLearner:
                 self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
                                  for k, b in new_momentum.items()}
 
-    def _count_guarded(self, reflected: Tensor, samples: int) -> None:
-        self.guard_counts = self.guard_counts + torch.stack([reflected.long(), torch.ones_like(reflected) * samples])
+    def _count_guarded(self, rows: Tensor, step: Tensor, samples: int) -> None:
+        self.guard_counts = self.guard_counts + guard_increment(rows, step, samples)
 
     def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
         bad = (~base_ok).long()
@@ -195,12 +194,13 @@ class OnlineLossLearner:
         return {"skipped_base": base, "skipped_meta": meta}
 
     def guard_record(self) -> dict[str, float]:
-        """``{"guarded": share of samples the descent guard reflected since the last call}`` (a host sync)."""
+        """What the descent guard reflected since the last call (a host sync): ``guarded``, the share
+        of samples, and ``guarded_steps``, the share of base steps reflected in parameter space."""
         if not self.descent_guard:
             return {}
-        reflected, seen = (int(v) for v in self.guard_counts.tolist())
+        record = guard_shares(self.guard_counts)
         self.guard_counts = torch.zeros_like(self.guard_counts)
-        return {"guarded": reflected / seen if seen else 0.0}
+        return record
 
     def record(self) -> dict:
         """A host record of the latest diagnostics (call every N steps)."""
@@ -226,6 +226,18 @@ class OnlineLossLearner:
                                    records=list(state["history"]["records"]))
 
 
+def guard_increment(rows: Tensor, step: Tensor, samples: int) -> Tensor:
+    """The counter increment [samples reflected, samples, steps reflected, steps] of one guarded step."""
+    one = torch.ones((), dtype=torch.long, device=rows.device)
+    return torch.stack([rows.long(), one * samples, step.long(), one])
+
+
+def guard_shares(counts: Tensor) -> dict[str, float]:
+    """{"guarded": share of samples, "guarded_steps": share of steps} from the counters (one host read)."""
+    rows, samples, steps_reflected, steps = (int(v) for v in counts.tolist())
+    return {"guarded": rows / samples if samples else 0.0, "guarded_steps": steps_reflected / steps if steps else 0.0}
+
+
 def frozen_copy(loss: nn.Module) -> nn.Module:
     """A copy of a learned loss with its parameters frozen (for fixed-loss training)."""
     fixed = copy.deepcopy(loss)
@@ -234,4 +246,5 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
     return fixed
 
 
-__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters"]
+__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
+           "guard_increment", "guard_shares"]

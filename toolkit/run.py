@@ -21,10 +21,11 @@ from torch import Tensor, nn
 import losses
 
 from .data import Dataset, load_dataset
-from .descent import guarded_output_gradient
+from .descent import guarded_gradients
 from .models import build_model
 from .offline import offline_initialise
-from .online import NonFiniteError, OnlineLossLearner, frozen_copy, has_trainable_parameters
+from .online import (NonFiniteError, OnlineLossLearner, frozen_copy, guard_increment, guard_shares,
+                     has_trainable_parameters)
 from .run_directory import RunDirectory
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
                     progress_bar, resolve_device, seed_everything, write_json)
@@ -44,7 +45,7 @@ class FixedLossStepper:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         device = next(model.parameters()).device
-        self.guard_counts = torch.zeros(2, dtype=torch.long, device=device)
+        self.guard_counts = torch.zeros(4, dtype=torch.long, device=device)
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
         x, y = train
@@ -54,10 +55,11 @@ class FixedLossStepper:
         outputs = self.model(x)
         value = self.loss(outputs, y)
         if self.guard_task is not None:
-            m, reflect = guarded_output_gradient(value, outputs, y, self.guard_task)
-            outputs.backward(m)
-            self.guard_counts = self.guard_counts + torch.stack([reflect.count.long(),
-                                                                 torch.ones_like(reflect.count) * len(y)])
+            params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+            grads, rows, uphill = guarded_gradients(value, outputs, params, y, self.guard_task)
+            for k, p in params.items():
+                p.grad = grads[k]
+            self.guard_counts = self.guard_counts + guard_increment(rows, uphill, len(y))
         else:
             value.backward()
         self.optimizer.step()
@@ -66,9 +68,9 @@ class FixedLossStepper:
     def record(self) -> dict:
         if self.guard_task is None:
             return {}
-        reflected, seen = (int(v) for v in self.guard_counts.tolist())
+        record = guard_shares(self.guard_counts)
         self.guard_counts = torch.zeros_like(self.guard_counts)
-        return {"guarded": reflected / seen if seen else 0.0}
+        return record
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts}
