@@ -11,6 +11,7 @@ Output directory layout (the ``lfl train --out DIR`` contract):
 from __future__ import annotations
 
 import json
+import pickle
 import time
 from pathlib import Path
 from typing import Callable
@@ -531,8 +532,12 @@ def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, mod
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
+    except pickle.UnpicklingError:
+        raise ConfigError(f"refusing checkpoint {path}: it holds objects other than tensors and plain data, and "
+                          "loading those could run code; delete it to start afresh") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user-facing problem
-        raise ConfigError(f"cannot read checkpoint {path}: {exc}; delete it to start afresh") from None
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"cannot read checkpoint {path} ({reason}); delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
     saved = dict(state["config"])
