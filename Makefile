@@ -39,8 +39,8 @@ run: setup data
 	@echo "== Same data, seed, model, budget ($(RUN_STEPS) steps) and optimiser (SGD lr 0.01, momentum 0.9, Nesterov)"
 	@echo "== for both; AdaLFL also runs its $(INIT_STEPS)-step offline phase first. One seed and an untuned lr:"
 	@echo "== for learning rates chosen on validation over several seeds, run lfl study studies/fashion-mnist.toml."
-	$(LFL) train $(RUN_OPTS) --loss ce --out $(RUN_DIR)/ce
-	$(LFL) train $(RUN_OPTS) --loss adalfl --init-steps $(INIT_STEPS) --out $(RUN_DIR)/adalfl
+	$(LFL) train $(RUN_OPTS) --loss ce --overwrite --out $(RUN_DIR)/ce
+	$(LFL) train $(RUN_OPTS) --loss adalfl --init-steps $(INIT_STEPS) --overwrite --out $(RUN_DIR)/adalfl
 	$(LFL) compare $(RUN_DIR)/ce $(RUN_DIR)/adalfl
 	$(LFL) export $(RUN_DIR)/adalfl --approx
 

@@ -137,10 +137,15 @@ def plot_study(study: Study, rows: list[dict[str, Any]]):
     from matplotlib.figure import Figure
 
     metric = next((k[:-5] for r in rows for k in r if k.endswith("_mean") and k.startswith("test_")), "test_error")
+    columns = min(len(study.settings), 2)
+    rows_of_panels = -(-len(study.settings) // columns)
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(max(4.0, 1.1 * len(study.methods) + 1.5) * len(study.settings), 4.0),
+        fig = Figure(figsize=(max(4.0, 1.1 * len(study.methods) + 1.5) * columns, 4.0 * rows_of_panels),
                      layout="constrained")
-        axes = fig.subplots(1, len(study.settings), squeeze=False)[0]
+        grid = fig.subplots(rows_of_panels, columns, squeeze=False)
+        axes = [ax for row in grid for ax in row]
+        for ax in axes[len(study.settings):]:
+            ax.set_visible(False)
     colours = sns.color_palette("colorblind", len(study.seeds))
     for ax, setting in zip(axes, study.settings):
         setting_rows = [r for r in rows if r["setting"] == setting]
@@ -154,7 +159,7 @@ def plot_study(study: Study, rows: list[dict[str, Any]]):
         ax.set_xticks(range(len(setting_rows)), [r["method"] for r in setting_rows], rotation=30, ha="right")
         ax.set_title(setting)
         ax.set_ylabel(metric.replace("_", " "))
-    axes[-1].legend(fontsize="small", loc="best")
+    axes[len(study.settings) - 1].legend(fontsize="small", loc="best")
     fig.suptitle(f"{study.path.name}: {metric.replace('_', ' ')} per seed")
     return fig
 
