@@ -87,6 +87,33 @@ class _InProcess:
         return None
 
 
+class _StudyProgress:
+    """A bar over the study's runs on a terminal; elsewhere (a log file) one line per finished run."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        import sys
+        import time
+
+        self.total, self.done, self.enabled = total, 0, enabled
+        self.on_terminal = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        self.bar = progress_bar(total, enabled=enabled, desc="study", unit="run")
+        self.started = time.perf_counter()
+
+    def update(self, outcome: RunOutcome) -> None:
+        import sys
+        import time
+
+        self.done += 1
+        self.bar.update(1)
+        if self.enabled and not self.on_terminal:
+            state = "reused" if outcome.reused else ("failed: " + outcome.error if outcome.error else "done")
+            print(f"study: {self.done}/{self.total} after {time.perf_counter() - self.started:.0f} s: "
+                  f"{outcome.path} {state}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def count_runs(study: Study) -> int:
     """How many runs the study asks for: each tuned group's grid on the selection seed, every group's seeds.
 
@@ -108,7 +135,7 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
     (out / "runs").mkdir(parents=True, exist_ok=True)
     outcomes = {(g.setting, g.method): GroupOutcome(group=g, selection=[None] * len(g.points)) for g in study.groups}
     total = count_runs(study)
-    bar = progress_bar(total, enabled=progress, desc="study", unit="run")
+    bar = _StudyProgress(total, enabled=progress)
     # Several groups may ask for the same run (same config and seed): it trains once.
     in_flight: dict[Path, Future] = {}
     waiting: dict[Future, list[Callable[[RunOutcome], None]]] = {}
@@ -120,7 +147,7 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
     def request(config: TrainConfig, then: Callable[[RunOutcome], None]) -> None:
         run_dir = out / "runs" / run_key(config) / f"seed-{config.seed}"
         if run_dir in finished:
-            bar.update(1)
+            bar.update(finished[run_dir])
             then(finished[run_dir])
             return
         if run_dir in in_flight:
@@ -129,7 +156,7 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
         results = finished_results(run_dir, config)
         if results is not None:
             finished[run_dir] = RunOutcome(path=str(run_dir), seed=config.seed, results=results, reused=True)
-            bar.update(1)
+            bar.update(finished[run_dir])
             then(finished[run_dir])
             return
         future = executor.submit(_train_one, config, str(run_dir), threads)
@@ -168,7 +195,7 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
                 del in_flight[run_dir]
                 callbacks = waiting.pop(future)
                 for then in callbacks:
-                    bar.update(1)
+                    bar.update(result)
                     then(result)
     bar.close()
     return list(outcomes.values())
