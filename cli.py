@@ -311,7 +311,7 @@ def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{model}, batch {batch_size}, {result['device']}, median of {repeats}:")
-    for key in ("ce", "fast", "fast_forward_ad", "naive"):
+    for key in ("ce", "fast", "fast_unguarded", "fast_forward_ad", "naive"):
         ratio = 1.0 if key == "ce" else result[f"{key}_ratio"]
         click.echo(f"  {key:<15} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
                    f"peak {result[f'{key}_peak_mb']:.1f} MB")

@@ -55,7 +55,9 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     Returns a JSON-ready dict with ``ce_step_s``, ``fast_step_s``, ``naive_step_s``,
     ``fast_ratio``, ``naive_ratio`` and peak memory per method (MB); also
     ``fast_forward_ad_*``: the fast route with forward-mode AD for the JVP, which is
-    what it falls back to for models that are not chains of known layers.
+    what it falls back to for models that are not chains of known layers, and
+    ``fast_unguarded_*``: the fast route without the descent guard (``--no-descent-guard``).
+    Every AdaLFL route but that one runs with the guard, as ``lfl train`` does by default.
 
     ``breakdown`` (CPU only) adds ``breakdown``: the fast step's parts (:data:`toolkit.lookahead.PHASES`,
     plus ``other``: the meta update, the commit and the skip counters), in ms per step and as
@@ -86,6 +88,9 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     for name in ("fast", "naive", "fast-forward-ad"):
         steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
                                            meta_gradient=name, snapshot_every=0)
+    # The default step without the descent guard (toolkit.descent), as --no-descent-guard runs it.
+    steppers["fast-unguarded"] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
+                                                   meta_gradient="fast", snapshot_every=0, descent_guard=False)
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for i in range(warmup + repeats):
         for name, stepper in steppers.items():
@@ -102,7 +107,7 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
         key = name.replace("-", "_")
         result[f"{key}_step_s"] = statistics.median(times[name])
         result[f"{key}_peak_mb"] = _peak_memory_mb(device, lambda: stepper.step(train[0], valid[0], lr=0.01))
-    for key in ("fast", "naive", "fast_forward_ad"):
+    for key in ("fast", "naive", "fast_forward_ad", "fast_unguarded"):
         result[f"{key}_ratio"] = result[f"{key}_step_s"] / result["ce_step_s"]
     if breakdown:
         result["breakdown"] = _breakdown(steppers["ce"], steppers["fast"], train, valid, repeats)
