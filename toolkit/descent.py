@@ -14,6 +14,12 @@ g = Jᵀm a descent direction of the batch: the same reflection is then applied 
 in parameter space, against the task loss's own gradient g_L = Jᵀr on the batch, where
 ⟨g, g_L⟩ < 0. The base step is then never an ascent direction of the batch's task loss.
 
+Both hold to first order only: a finite step along a direction of high curvature can still
+raise the loss (seen on a BatchNorm CNN at lr 0.1). So :class:`toolkit.online.OnlineLossLearner`
+also checks the step it is about to take: when the training batch's task loss at θ' is above
+its value at θ (one extra forward), it takes the task loss's own SGD step instead, and still
+applies the meta-gradient of the rejected step, which teaches the loss not to take it again.
+
 Each reflection H is linear and symmetric for a fixed choice of what reflects, so the
 meta-gradient through the guarded step stays exact: the loss's pullback takes H u instead
 of u, and the tangent direction is H v instead of v. What reflects is decided on detached
@@ -67,8 +73,8 @@ def descent_reflection(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -
 
 
 def guarded_gradients(value: Tensor, outputs: Tensor, params: dict[str, Tensor], targets: Tensor, task: str, *,
-                      create_graph: bool = False) -> tuple[dict[str, Tensor], Tensor, Tensor]:
-    """The guarded base gradient by autograd: (H_θ Jᵀ H_f m, reflected samples, reflected step).
+                      create_graph: bool = False) -> tuple[dict[str, Tensor], Tensor, Tensor, dict[str, Tensor]]:
+    """The guarded base gradient by autograd: (H_θ Jᵀ H_f m, reflected samples, reflected step, ∇θ L_task).
 
     Args:
         value: the learned loss M on the batch; outputs: f (B, C), part of value's graph.
@@ -82,8 +88,9 @@ def guarded_gradients(value: Tensor, outputs: Tensor, params: dict[str, Tensor],
                                 retain_graph=True)
     task_grads = torch.autograd.grad(outputs, [params[k] for k in names], rows.task_gradient,
                                      retain_graph=create_graph)
-    step = parameter_reflection(dict(zip(names, grads)), dict(zip(names, task_grads)))
-    return step(dict(zip(names, grads))), rows.count, step.uphill
+    task_grads = dict(zip(names, task_grads))
+    step = parameter_reflection(dict(zip(names, grads)), task_grads)
+    return step(dict(zip(names, grads))), rows.count, step.uphill, task_grads
 
 
 

@@ -134,6 +134,8 @@ class Lookahead:
         guarded: how many training samples the descent guard reflected (0-d device tensor;
             None when the guard is off; :mod:`toolkit.descent`).
         guarded_step: whether it reflected the batch step in parameter space (0-d bool tensor, or None).
+        task_grads: ∇θ L_task on the training batch at θ (with the guard only; for a fallback step).
+        train_task_loss: L_task on the training batch at θ (detached; with the guard only).
     """
 
     params: TensorDict
@@ -144,6 +146,8 @@ class Lookahead:
     grad_ratio: Tensor | None
     guarded: Tensor | None = None
     guarded_step: Tensor | None = None
+    task_grads: TensorDict | None = None
+    train_task_loss: Tensor | None = None
 
 
 PHASES = ("train_forward", "loss_gradient", "train_backward", "sgd_update", "valid_pass", "tangent",
@@ -281,8 +285,9 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         passes = chain is not None and recording.first_input is x and supports_passes(chain)
         with _phase("loss_gradient"):
             train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
-            guarded = guarded_step = step_reflect = None
+            guarded = guarded_step = step_reflect = task_grads = train_task_loss = None
             if descent_guard:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
+                train_task_loss = task_loss(outputs.detach(), y, task)
                 reflect = descent_reflection(m, outputs, y, task)
                 m, guarded, unguarded = reflect(m), reflect.count, pullback
                 pullback = lambda u: unguarded(reflect(u))  # noqa: E731
@@ -332,7 +337,8 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         meta_grads = {k: meta[k] for k in loss_params}
     return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(),
                      meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
-                     guarded=guarded, guarded_step=guarded_step)
+                     guarded=guarded, guarded_step=guarded_step, task_grads=task_grads,
+                     train_task_loss=train_task_loss)
 
 
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -353,10 +359,11 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
-        guarded = guarded_step = None
+        guarded = guarded_step = task_grads = train_task_loss = None
         if descent_guard:  # θ' = θ − α H_θ Jᵀ H_f m(φ), differentiated as written
-            grads, guarded, guarded_step = guarded_gradients(train_loss, outputs, theta_leaf, y, task,
-                                                             create_graph=True)
+            grads, guarded, guarded_step, task_grads = guarded_gradients(train_loss, outputs, theta_leaf, y, task,
+                                                                         create_graph=True)
+            train_task_loss = task_loss(outputs.detach(), y, task)
         else:
             grads = dict(zip(theta_leaf, torch.autograd.grad(train_loss, list(theta_leaf.values()),
                                                              create_graph=True)))
@@ -373,7 +380,9 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     return Lookahead(params={k: p.detach() for k, p in new_params.items()},
                      momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
-                     grad_ratio=ratio, guarded=guarded, guarded_step=guarded_step)
+                     grad_ratio=ratio, guarded=guarded, guarded_step=guarded_step,
+                     task_grads=None if task_grads is None else {k: g.detach() for k, g in task_grads.items()},
+                     train_task_loss=train_task_loss)
 
 
 def meta_gradient_fast_forward_ad(*args, **kwargs) -> Lookahead:

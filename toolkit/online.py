@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+
+from losses import task_loss
 
 from .adam import AdamState, adam_init, all_finite, apply_meta_update
 from .descent import guarded_gradients
@@ -90,8 +93,9 @@ class OnlineLossLearner:
         self.history = LossHistory()
         self.last: dict[str, Tensor] = {}
         self.descent_guard = descent_guard
-        # [samples reflected, samples seen, steps reflected, steps seen] since the last record, on the device.
-        self.guard_counts = torch.zeros(4, dtype=torch.long, device=device)
+        # [samples reflected, samples seen, steps reflected, steps seen, steps rejected] since the last
+        # record, on the device.
+        self.guard_counts = torch.zeros(5, dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ hot path
     def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
@@ -129,11 +133,14 @@ class OnlineLossLearner:
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
                                      loss_params, train, valid, rule, self.momentum, task=self.task,
                                      diagnostics=diagnostics, descent_guard=self.descent_guard)
+        new_params, new_momentum = result.params, result.momentum
         if result.guarded is not None:
-            self._count_guarded(result.guarded, result.guarded_step, len(train[1]))
-        base_ok = all_finite([result.train_loss, *result.params.values()])
+            new_params, new_momentum, rejected = self._accept_or_fall_back(
+                train, params, result.params, result.momentum, result.task_grads, result.train_task_loss, rule)
+            self._count_guarded(result.guarded, result.guarded_step, rejected, len(train[1]))
+        base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
-        self._commit_base(params, result.params, result.momentum, base_ok)
+        self._commit_base(params, new_params, new_momentum, base_ok)
         self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.meta_lr,
                                       clip=self.meta_clip, apply=meta_ok)
         self._count(base_ok, meta_ok)
@@ -149,12 +156,16 @@ class OnlineLossLearner:
             outputs = self.model(x)
             train_loss = self.loss(outputs, y)
             if self.descent_guard:
-                grads, rows, uphill = guarded_gradients(train_loss, outputs, params, y, self.task)
-                self._count_guarded(rows, uphill, len(y))
+                grads, rows, uphill, task_grads = guarded_gradients(train_loss, outputs, params, y, self.task)
             else:
                 grads = dict(zip(params, torch.autograd.grad(train_loss, list(params.values()))))
         new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
                                               grads, self.momentum, rule)
+        if self.descent_guard:
+            before = task_loss(outputs.detach(), y, self.task)
+            new_params, new_momentum, rejected = self._accept_or_fall_back(
+                train, params, new_params, new_momentum, task_grads, before, rule)
+            self._count_guarded(rows, uphill, rejected, len(y))
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_momentum, ok)
         self._count(ok, torch.ones_like(ok))
@@ -169,8 +180,27 @@ class OnlineLossLearner:
                 self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
                                  for k, b in new_momentum.items()}
 
-    def _count_guarded(self, rows: Tensor, step: Tensor, samples: int) -> None:
-        self.guard_counts = self.guard_counts + guard_increment(rows, step, samples)
+    def _accept_or_fall_back(self, train, params, new_params, new_momentum, task_grads, before: Tensor,
+                             rule: SGDRule) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
+        """θ' if it does not raise the training batch's task loss, else the task loss's own SGD step.
+
+        One extra forward at θ' on the training batch (buffers copied, so running statistics
+        are untouched); the choice is a device-side ``where``, with no host sync.
+        """
+        x, y = train
+        with torch.no_grad():
+            buffers = {k: b.clone() for k, b in self.model.named_buffers()}
+            after = task_loss(functional_call(self.model, (new_params, buffers), (x,)), y, self.task)
+            rejected = ~(after <= before)  # a non-finite loss at θ' is rejected too
+            theta = {k: p.detach() for k, p in params.items()}
+            fallback, fallback_momentum = sgd_update(theta, task_grads, self.momentum, rule)
+            chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
+            momentum = None if new_momentum is None else {
+                k: torch.where(rejected, fallback_momentum[k], b) for k, b in new_momentum.items()}
+        return chosen, momentum, rejected
+
+    def _count_guarded(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
+        self.guard_counts = self.guard_counts + guard_increment(rows, step, rejected, samples)
 
     def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
         bad = (~base_ok).long()
@@ -221,21 +251,27 @@ class OnlineLossLearner:
         self.adam = AdamState.from_state_dict(state["adam"])
         self.momentum = state["momentum"]
         self.skips = state["skips"]
-        self.guard_counts = state.get("guard_counts", torch.zeros_like(self.guard_counts)).to(self.guard_counts.device)
+        counts = state.get("guard_counts")
+        if counts is not None and counts.shape == self.guard_counts.shape:
+            self.guard_counts = counts.to(self.guard_counts.device)
         self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
                                    records=list(state["history"]["records"]))
 
 
-def guard_increment(rows: Tensor, step: Tensor, samples: int) -> Tensor:
-    """The counter increment [samples reflected, samples, steps reflected, steps] of one guarded step."""
+def guard_increment(rows: Tensor, step: Tensor, rejected: Tensor | None, samples: int) -> Tensor:
+    """The counter increment [samples reflected, samples, steps reflected, steps, steps rejected] of one step."""
     one = torch.ones((), dtype=torch.long, device=rows.device)
-    return torch.stack([rows.long(), one * samples, step.long(), one])
+    rejected = torch.zeros_like(one) if rejected is None else rejected.long()
+    return torch.stack([rows.long(), one * samples, step.long(), one, rejected])
 
 
 def guard_shares(counts: Tensor) -> dict[str, float]:
-    """{"guarded": share of samples, "guarded_steps": share of steps} from the counters (one host read)."""
-    rows, samples, steps_reflected, steps = (int(v) for v in counts.tolist())
-    return {"guarded": rows / samples if samples else 0.0, "guarded_steps": steps_reflected / steps if steps else 0.0}
+    """Shares of samples reflected (``guarded``), of steps reflected in parameter space (``guarded_steps``)
+    and of steps replaced by the task loss's step (``rejected_steps``), from the counters (one host read)."""
+    rows, samples, steps_reflected, steps, rejected = (int(v) for v in counts.tolist())
+    return {"guarded": rows / samples if samples else 0.0,
+            "guarded_steps": steps_reflected / steps if steps else 0.0,
+            "rejected_steps": rejected / steps if steps else 0.0}
 
 
 def frozen_copy(loss: nn.Module) -> nn.Module:

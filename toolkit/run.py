@@ -46,7 +46,7 @@ class FixedLossStepper:
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         device = next(model.parameters()).device
-        self.guard_counts = torch.zeros(4, dtype=torch.long, device=device)
+        self.guard_counts = torch.zeros(5, dtype=torch.long, device=device)
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
         x, y = train
@@ -57,10 +57,10 @@ class FixedLossStepper:
         value = self.loss(outputs, y)
         if self.guard_task is not None:
             params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-            grads, rows, uphill = guarded_gradients(value, outputs, params, y, self.guard_task)
+            grads, rows, uphill, _ = guarded_gradients(value, outputs, params, y, self.guard_task)
             for k, p in params.items():
                 p.grad = grads[k]
-            self.guard_counts = self.guard_counts + guard_increment(rows, uphill, len(y))
+            self.guard_counts = self.guard_counts + guard_increment(rows, uphill, None, len(y))
         else:
             value.backward()
         self.optimizer.step()
@@ -78,7 +78,7 @@ class FixedLossStepper:
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        if "guard_counts" in state:
+        if "guard_counts" in state and state["guard_counts"].shape == self.guard_counts.shape:
             self.guard_counts = state["guard_counts"].to(self.guard_counts.device)
 
 
