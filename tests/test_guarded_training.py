@@ -102,3 +102,27 @@ def test_a_step_that_raises_the_batch_loss_is_replaced_by_the_task_losses_own_st
                                                                     task_grads, before.detach(), learner.rule)
     assert not bool(rejected)  # a step that lowers the batch loss is kept as it is
     assert all(torch.equal(chosen[k], task_step[k]) for k in theta)
+
+
+def test_guarded_fixed_loss_steps_equal_torch_optim_sgd_when_nothing_is_reflected() -> None:
+    """A frozen learned loss that points downhill everywhere: the guarded functional step is torch's SGD."""
+    import copy
+
+    from losses import SymbolicLoss
+    from toolkit.run import FixedLossStepper
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    reference = copy.deepcopy(model)
+    loss = SymbolicLoss("-2.0*y*log(y_pred)", dtype=torch.float64, trainable=False)  # cross-entropy's shape
+    config = TrainConfig(lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    guarded = FixedLossStepper(model, loss, config, guard_task="classification")
+    plain = FixedLossStepper(reference, loss, config)
+    for step in range(5):
+        generator = torch.Generator().manual_seed(step)
+        batch = (torch.randn(16, 5, generator=generator, dtype=torch.float64), torch.randint(0, 3, (16,), generator=generator))
+        guarded.step(batch, lr=0.05)
+        plain.step(batch, lr=0.05)
+    assert guarded.record() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)

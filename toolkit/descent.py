@@ -15,8 +15,9 @@ in parameter space, against the task loss's own gradient g_L = Jᵀr on the batc
 ⟨g, g_L⟩ < 0. The base step is then never an ascent direction of the batch's task loss.
 
 Both hold to first order only: a finite step along a direction of high curvature can still
-raise the loss (seen on a BatchNorm CNN at lr 0.1). So :class:`toolkit.online.OnlineLossLearner`
-also checks the step it is about to take: when the training batch's task loss at θ' is above
+raise the loss (seen on a BatchNorm CNN at lr 0.1). So the step about to be taken is checked
+too (:func:`toolkit.online.accept_or_fall_back`, used by the online learner and by a frozen
+learned loss's stepper): when the training batch's task loss at θ' is above
 its value at θ (one extra forward), it takes the task loss's own SGD step instead, and still
 applies the meta-gradient of the rejected step, which teaches the loss not to take it again.
 

@@ -182,22 +182,8 @@ class OnlineLossLearner:
 
     def _accept_or_fall_back(self, train, params, new_params, new_momentum, task_grads, before: Tensor,
                              rule: SGDRule) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
-        """θ' if it does not raise the training batch's task loss, else the task loss's own SGD step.
-
-        One extra forward at θ' on the training batch (buffers copied, so running statistics
-        are untouched); the choice is a device-side ``where``, with no host sync.
-        """
-        x, y = train
-        with torch.no_grad():
-            buffers = {k: b.clone() for k, b in self.model.named_buffers()}
-            after = task_loss(functional_call(self.model, (new_params, buffers), (x,)), y, self.task)
-            rejected = ~(after <= before)  # a non-finite loss at θ' is rejected too
-            theta = {k: p.detach() for k, p in params.items()}
-            fallback, fallback_momentum = sgd_update(theta, task_grads, self.momentum, rule)
-            chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
-            momentum = None if new_momentum is None else {
-                k: torch.where(rejected, fallback_momentum[k], b) for k, b in new_momentum.items()}
-        return chosen, momentum, rejected
+        return accept_or_fall_back(self.model, train, params, new_params, new_momentum, task_grads, before,
+                                   self.momentum, rule, self.task)
 
     def _count_guarded(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
         self.guard_counts = self.guard_counts + guard_increment(rows, step, rejected, samples)
@@ -258,6 +244,31 @@ class OnlineLossLearner:
                                    records=list(state["history"]["records"]))
 
 
+def accept_or_fall_back(model: nn.Module, train, params, new_params, new_momentum, task_grads, before: Tensor,
+                        momentum, rule: SGDRule, task: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
+    """θ' if it does not raise the training batch's task loss, else the task loss's own SGD step.
+
+    The descent guard's step check (:mod:`toolkit.descent`): one extra forward at θ' on the
+    training batch (buffers copied, so running statistics are untouched); the choice is a
+    device-side ``where``, with no host sync. Returns (θ, momentum buffers, rejected).
+
+    Args:
+        params: θ; new_params, new_momentum: the candidate step; task_grads: ∇θ L_task at θ;
+        before: L_task on the batch at θ; momentum: the buffers of the current step (or None).
+    """
+    x, y = train
+    with torch.no_grad():
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        after = task_loss(functional_call(model, (new_params, buffers), (x,)), y, task)
+        rejected = ~(after <= before)  # a non-finite loss at θ' is rejected too
+        theta = {k: p.detach() for k, p in params.items()}
+        fallback, fallback_momentum = sgd_update(theta, task_grads, momentum, rule)
+        chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
+        chosen_momentum = None if new_momentum is None else {
+            k: torch.where(rejected, fallback_momentum[k], b) for k, b in new_momentum.items()}
+    return chosen, chosen_momentum, rejected
+
+
 def guard_increment(rows: Tensor, step: Tensor, rejected: Tensor | None, samples: int) -> Tensor:
     """The counter increment [samples reflected, samples, steps reflected, steps, steps rejected] of one step."""
     one = torch.ones((), dtype=torch.long, device=rows.device)
@@ -283,4 +294,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "guard_increment", "guard_shares"]
+           "guard_increment", "guard_shares", "accept_or_fall_back"]

@@ -25,8 +25,9 @@ from .data import Dataset, load_dataset
 from .descent import guarded_gradients
 from .models import build_model
 from .offline import offline_initialise
-from .online import (NonFiniteError, OnlineLossLearner, frozen_copy, guard_increment, guard_shares,
-                     has_trainable_parameters)
+from .lookahead import sgd_update
+from .online import (NonFiniteError, OnlineLossLearner, accept_or_fall_back, frozen_copy, guard_increment,
+                     guard_shares, has_trainable_parameters)
 from .run_directory import RunDirectory
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
                     progress_bar, resolve_device, seed_everything, write_json)
@@ -35,35 +36,54 @@ CHECKPOINT_VERSION = 1
 
 
 class FixedLossStepper:
-    """Plain SGD (``torch.optim.SGD``) on a fixed loss: cross-entropy, squared error, or a frozen learned loss.
+    """SGD on a fixed loss: cross-entropy, squared error, or a frozen learned loss.
 
-    With ``guard_task`` (a frozen learned loss and ``config.descent_guard``), each sample's gradient
-    that points uphill for the task loss is reflected (:mod:`toolkit.descent`) before the backward.
+    Unguarded, the step is ``torch.optim.SGD``'s. With ``guard_task`` (a frozen learned loss and
+    ``config.descent_guard``) it is the same rule written functionally (``sgd_update``, equal
+    to ``torch.optim.SGD``) around the descent guard (:mod:`toolkit.descent`): the two
+    reflections, then the step check that falls back to the task loss's own step.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *, guard_task: str | None = None) -> None:
         self.model, self.loss, self.guard_task = model, loss, guard_task
+        self.rule = config.rule()
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
         device = next(model.parameters()).device
         self.guard_counts = torch.zeros(5, dtype=torch.long, device=device)
+        self.momentum: dict[str, Tensor] | None = None
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        if self.guard_task is not None:
+            return self._guarded_step(train, lr)
         x, y = train
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        outputs = self.model(x)
-        value = self.loss(outputs, y)
-        if self.guard_task is not None:
-            params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-            grads, rows, uphill, _ = guarded_gradients(value, outputs, params, y, self.guard_task)
-            for k, p in params.items():
-                p.grad = grads[k]
-            self.guard_counts = self.guard_counts + guard_increment(rows, uphill, None, len(y))
-        else:
-            value.backward()
+        value = self.loss(self.model(x), y)
+        value.backward()
         self.optimizer.step()
+        return {"train_loss": value.detach()}
+
+    def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
+        x, y = train
+        rule = self.rule.with_lr(lr)
+        params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        with torch.enable_grad():
+            outputs = self.model(x)
+            value = self.loss(outputs, y)
+            grads, rows, uphill, task_grads = guarded_gradients(value, outputs, params, y, self.guard_task)
+        theta = {k: p.detach() for k, p in params.items()}
+        new_params, new_momentum = sgd_update(theta, grads, self.momentum, rule)
+        before = losses.task_loss(outputs.detach(), y, self.guard_task)
+        new_params, new_momentum, rejected = accept_or_fall_back(self.model, train, params, new_params, new_momentum,
+                                                                 task_grads, before, self.momentum, rule,
+                                                                 self.guard_task)
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(new_params[k])
+        self.momentum = new_momentum
+        self.guard_counts = self.guard_counts + guard_increment(rows, uphill, rejected, len(y))
         return {"train_loss": value.detach()}
 
     def record(self) -> dict:
@@ -74,12 +94,14 @@ class FixedLossStepper:
         return record
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts}
+        return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts,
+                "momentum": self.momentum}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         if "guard_counts" in state and state["guard_counts"].shape == self.guard_counts.shape:
             self.guard_counts = state["guard_counts"].to(self.guard_counts.device)
+        self.momentum = state.get("momentum")
 
 
 class OnlineStepper:
