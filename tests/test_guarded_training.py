@@ -10,7 +10,7 @@ from torch import nn
 from losses import GradientScaledLoss, MLPLoss, task_loss
 from toolkit.data import load_dataset
 from toolkit.lookahead import SGDRule
-from toolkit.online import OnlineLossLearner
+from toolkit.online import OnlineLossLearner, accept_or_fall_back
 from toolkit.run import train
 from toolkit.train import BatchStream, TrainConfig, evaluate
 
@@ -92,14 +92,15 @@ def test_a_step_that_raises_the_batch_loss_is_replaced_by_the_task_losses_own_st
     task_step, task_momentum = sgd_update(theta, task_grads, None, learner.rule)
     worse = {k: v + 3.0 * torch.randn_like(v) for k, v in theta.items()}  # raises the batch loss
     momentum = {k: torch.ones_like(v) for k, v in theta.items()}
-    chosen, chosen_momentum, rejected = learner._accept_or_fall_back((x, y), params, worse, momentum, task_grads,
-                                                                    before.detach(), learner.rule)
+    chosen, chosen_momentum, rejected = accept_or_fall_back(model, (x, y), params, worse, momentum, task_grads,
+                                                            before.detach(), None, learner.rule, "classification")
     assert bool(rejected)
     for k in theta:
         torch.testing.assert_close(chosen[k], task_step[k], rtol=0, atol=0)
         torch.testing.assert_close(chosen_momentum[k], task_momentum[k], rtol=0, atol=0)
-    chosen, chosen_momentum, rejected = learner._accept_or_fall_back((x, y), params, task_step, task_momentum,
-                                                                    task_grads, before.detach(), learner.rule)
+    chosen, chosen_momentum, rejected = accept_or_fall_back(model, (x, y), params, task_step, task_momentum,
+                                                            task_grads, before.detach(), None, learner.rule,
+                                                            "classification")
     assert not bool(rejected)  # a step that lowers the batch loss is kept as it is
     assert all(torch.equal(chosen[k], task_step[k]) for k in theta)
 
@@ -120,7 +121,8 @@ def test_guarded_fixed_loss_steps_equal_torch_optim_sgd_when_nothing_is_reflecte
     plain = FixedLossStepper(reference, loss, config)
     for step in range(5):
         generator = torch.Generator().manual_seed(step)
-        batch = (torch.randn(16, 5, generator=generator, dtype=torch.float64), torch.randint(0, 3, (16,), generator=generator))
+        batch = (torch.randn(16, 5, generator=generator, dtype=torch.float64),
+                 torch.randint(0, 3, (16,), generator=generator))
         guarded.step(batch, lr=0.05)
         plain.step(batch, lr=0.05)
     assert guarded.record() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}

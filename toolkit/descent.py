@@ -94,8 +94,6 @@ def guarded_gradients(value: Tensor, outputs: Tensor, params: dict[str, Tensor],
     return step(dict(zip(names, grads))), rows.count, step.uphill, task_grads
 
 
-
-
 @dataclass(frozen=True)
 class ParameterReflection:
     """g ↦ H g = g − 2 (g · d) d over all parameters, d = ĝ_L when the batch step points uphill, else 0.

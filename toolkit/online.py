@@ -93,9 +93,7 @@ class OnlineLossLearner:
         self.history = LossHistory()
         self.last: dict[str, Tensor] = {}
         self.descent_guard = descent_guard
-        # [samples reflected, samples seen, steps reflected, steps seen, steps rejected] since the last
-        # record, on the device.
-        self.guard_counts = torch.zeros(5, dtype=torch.long, device=device)
+        self.guard_counts = GuardCounts(device)
 
     # ------------------------------------------------------------------ hot path
     def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
@@ -135,9 +133,10 @@ class OnlineLossLearner:
                                      diagnostics=diagnostics, descent_guard=self.descent_guard)
         new_params, new_momentum = result.params, result.momentum
         if result.guarded is not None:
-            new_params, new_momentum, rejected = self._accept_or_fall_back(
-                train, params, result.params, result.momentum, result.task_grads, result.train_task_loss, rule)
-            self._count_guarded(result.guarded, result.guarded_step, rejected, len(train[1]))
+            new_params, new_momentum, rejected = accept_or_fall_back(
+                self.model, train, params, result.params, result.momentum, result.task_grads,
+                result.train_task_loss, self.momentum, rule, self.task)
+            self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, new_params, new_momentum, base_ok)
@@ -152,20 +151,16 @@ class OnlineLossLearner:
     def _plain_step(self, train, rule: SGDRule) -> dict[str, Tensor]:
         x, y = train
         params = self._params()
-        with torch.enable_grad():
-            outputs = self.model(x)
-            train_loss = self.loss(outputs, y)
-            if self.descent_guard:
-                grads, rows, uphill, task_grads = guarded_gradients(train_loss, outputs, params, y, self.task)
-            else:
-                grads = dict(zip(params, torch.autograd.grad(train_loss, list(params.values()))))
-        new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
-                                              grads, self.momentum, rule)
         if self.descent_guard:
-            before = task_loss(outputs.detach(), y, self.task)
-            new_params, new_momentum, rejected = self._accept_or_fall_back(
-                train, params, new_params, new_momentum, task_grads, before, rule)
-            self._count_guarded(rows, uphill, rejected, len(y))
+            train_loss, new_params, new_momentum, guard = guarded_sgd_step(self.model, self.loss, train, params,
+                                                                           self.momentum, rule, self.task)
+            self.guard_counts.add(*guard, len(y))
+        else:
+            with torch.enable_grad():
+                train_loss = self.loss(self.model(x), y)
+                grads = torch.autograd.grad(train_loss, list(params.values()))
+            new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
+                                                  dict(zip(params, grads)), self.momentum, rule)
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_momentum, ok)
         self._count(ok, torch.ones_like(ok))
@@ -179,14 +174,6 @@ class OnlineLossLearner:
                 old = self.momentum
                 self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
                                  for k, b in new_momentum.items()}
-
-    def _accept_or_fall_back(self, train, params, new_params, new_momentum, task_grads, before: Tensor,
-                             rule: SGDRule) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
-        return accept_or_fall_back(self.model, train, params, new_params, new_momentum, task_grads, before,
-                                   self.momentum, rule, self.task)
-
-    def _count_guarded(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
-        self.guard_counts = self.guard_counts + guard_increment(rows, step, rejected, samples)
 
     def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
         bad = (~base_ok).long()
@@ -212,11 +199,7 @@ class OnlineLossLearner:
     def guard_record(self) -> dict[str, float]:
         """What the descent guard reflected since the last call (a host sync): ``guarded``, the share
         of samples, and ``guarded_steps``, the share of base steps reflected in parameter space."""
-        if not self.descent_guard:
-            return {}
-        record = guard_shares(self.guard_counts)
-        self.guard_counts = torch.zeros_like(self.guard_counts)
-        return record
+        return self.guard_counts.read() if self.descent_guard else {}
 
     def record(self) -> dict:
         """A host record of the latest diagnostics (call every N steps)."""
@@ -228,7 +211,7 @@ class OnlineLossLearner:
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
         return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
-                "momentum": self.momentum, "skips": self.skips, "guard_counts": self.guard_counts,
+                "momentum": self.momentum, "skips": self.skips, "guard_counts": self.guard_counts.counts,
                 "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -237,15 +220,14 @@ class OnlineLossLearner:
         self.adam = AdamState.from_state_dict(state["adam"])
         self.momentum = state["momentum"]
         self.skips = state["skips"]
-        counts = state.get("guard_counts")
-        if counts is not None and counts.shape == self.guard_counts.shape:
-            self.guard_counts = counts.to(self.guard_counts.device)
+        self.guard_counts.load(state.get("guard_counts"))
         self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
                                    records=list(state["history"]["records"]))
 
 
 def accept_or_fall_back(model: nn.Module, train, params, new_params, new_momentum, task_grads, before: Tensor,
-                        momentum, rule: SGDRule, task: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
+                        momentum, rule: SGDRule,
+                        task: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
     """θ' if it does not raise the training batch's task loss, else the task loss's own SGD step.
 
     The descent guard's step check (:mod:`toolkit.descent`): one extra forward at θ' on the
@@ -269,20 +251,54 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_momentu
     return chosen, chosen_momentum, rejected
 
 
-def guard_increment(rows: Tensor, step: Tensor, rejected: Tensor | None, samples: int) -> Tensor:
-    """The counter increment [samples reflected, samples, steps reflected, steps, steps rejected] of one step."""
-    one = torch.ones((), dtype=torch.long, device=rows.device)
-    rejected = torch.zeros_like(one) if rejected is None else rejected.long()
-    return torch.stack([rows.long(), one * samples, step.long(), one, rejected])
+def guarded_sgd_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor],
+                     momentum: dict[str, Tensor] | None, rule: SGDRule, task: str):
+    """One guarded SGD step on a fixed loss, out of place: (M on the batch, θ', b', guard counts).
+
+    The two reflections of :mod:`toolkit.descent`, ``sgd_update`` (``torch.optim.SGD``'s rule),
+    then :func:`accept_or_fall_back`. The guard counts ``(rows, step, rejected)`` go to
+    :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
+    """
+    x, y = train
+    with torch.enable_grad():
+        outputs = model(x)
+        value = loss(outputs, y)
+        grads, rows, uphill, task_grads = guarded_gradients(value, outputs, params, y, task)
+    theta = {k: p.detach() for k, p in params.items()}
+    new_params, new_momentum = sgd_update(theta, grads, momentum, rule)
+    before = task_loss(outputs.detach(), y, task)
+    new_params, new_momentum, rejected = accept_or_fall_back(model, train, params, new_params, new_momentum,
+                                                             task_grads, before, momentum, rule, task)
+    return value.detach(), new_params, new_momentum, (rows, uphill, rejected)
 
 
-def guard_shares(counts: Tensor) -> dict[str, float]:
-    """Shares of samples reflected (``guarded``), of steps reflected in parameter space (``guarded_steps``)
-    and of steps replaced by the task loss's step (``rejected_steps``), from the counters (one host read)."""
-    rows, samples, steps_reflected, steps, rejected = (int(v) for v in counts.tolist())
-    return {"guarded": rows / samples if samples else 0.0,
-            "guarded_steps": steps_reflected / steps if steps else 0.0,
-            "rejected_steps": rejected / steps if steps else 0.0}
+class GuardCounts:
+    """What the descent guard did since the last read, counted on the device (no host sync per step).
+
+    ``counts`` is [samples reflected, samples seen, steps reflected in parameter space, steps,
+    steps rejected by the step check]; :meth:`read` turns it into shares and starts afresh.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.counts = torch.zeros(5, dtype=torch.long, device=device)
+
+    def add(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
+        one = torch.ones((), dtype=torch.long, device=rows.device)
+        self.counts = self.counts + torch.stack([rows.long(), one * samples, step.long(), one, rejected.long()])
+
+    def read(self) -> dict[str, float]:
+        """Shares of samples reflected (``guarded``), of steps reflected in parameter space
+        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read."""
+        rows, samples, steps_reflected, steps, rejected = (int(v) for v in self.counts.tolist())
+        self.counts = torch.zeros_like(self.counts)
+        return {"guarded": rows / samples if samples else 0.0,
+                "guarded_steps": steps_reflected / steps if steps else 0.0,
+                "rejected_steps": rejected / steps if steps else 0.0}
+
+    def load(self, counts: Tensor | None) -> None:
+        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout)."""
+        if counts is not None and counts.shape == self.counts.shape:
+            self.counts = counts.to(self.counts.device)
 
 
 def frozen_copy(loss: nn.Module) -> nn.Module:
@@ -294,4 +310,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "guard_increment", "guard_shares", "accept_or_fall_back"]
+           "GuardCounts", "accept_or_fall_back", "guarded_sgd_step"]

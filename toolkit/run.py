@@ -22,12 +22,11 @@ from torch import Tensor, nn
 import losses
 
 from .data import Dataset, load_dataset
-from .descent import guarded_gradients
 from .models import build_model
 from .offline import offline_initialise
-from .lookahead import sgd_update
-from .online import (NonFiniteError, OnlineLossLearner, accept_or_fall_back, frozen_copy, guard_increment,
-                     guard_shares, has_trainable_parameters)
+from .adam import all_finite
+from .online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_sgd_step,
+                     has_trainable_parameters)
 from .run_directory import RunDirectory
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
                     progress_bar, resolve_device, seed_everything, write_json)
@@ -44,13 +43,13 @@ class FixedLossStepper:
     reflections, then the step check that falls back to the task loss's own step.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *, guard_task: str | None = None) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *,
+                 guard_task: str | None = None) -> None:
         self.model, self.loss, self.guard_task = model, loss, guard_task
         self.rule = config.rule()
         self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                          nesterov=config.nesterov, weight_decay=config.weight_decay)
-        device = next(model.parameters()).device
-        self.guard_counts = torch.zeros(5, dtype=torch.long, device=device)
+        self.guard_counts = GuardCounts(next(model.parameters()).device)
         self.momentum: dict[str, Tensor] | None = None
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
@@ -66,41 +65,26 @@ class FixedLossStepper:
         return {"train_loss": value.detach()}
 
     def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
-        x, y = train
-        rule = self.rule.with_lr(lr)
         params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-        with torch.enable_grad():
-            outputs = self.model(x)
-            value = self.loss(outputs, y)
-            grads, rows, uphill, task_grads = guarded_gradients(value, outputs, params, y, self.guard_task)
-        theta = {k: p.detach() for k, p in params.items()}
-        new_params, new_momentum = sgd_update(theta, grads, self.momentum, rule)
-        before = losses.task_loss(outputs.detach(), y, self.guard_task)
-        new_params, new_momentum, rejected = accept_or_fall_back(self.model, train, params, new_params, new_momentum,
-                                                                 task_grads, before, self.momentum, rule,
-                                                                 self.guard_task)
+        value, new_params, new_momentum, guard = guarded_sgd_step(self.model, self.loss, train, params, self.momentum,
+                                                                  self.rule.with_lr(lr), self.guard_task)
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(new_params[k])
         self.momentum = new_momentum
-        self.guard_counts = self.guard_counts + guard_increment(rows, uphill, rejected, len(y))
-        return {"train_loss": value.detach()}
+        self.guard_counts.add(*guard, len(train[1]))
+        return {"train_loss": value}
 
     def record(self) -> dict:
-        if self.guard_task is None:
-            return {}
-        record = guard_shares(self.guard_counts)
-        self.guard_counts = torch.zeros_like(self.guard_counts)
-        return record
+        return {} if self.guard_task is None else self.guard_counts.read()
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts,
+        return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts.counts,
                 "momentum": self.momentum}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        if "guard_counts" in state and state["guard_counts"].shape == self.guard_counts.shape:
-            self.guard_counts = state["guard_counts"].to(self.guard_counts.device)
+        self.guard_counts.load(state.get("guard_counts"))
         self.momentum = state.get("momentum")
 
 
@@ -335,20 +319,13 @@ def _check_splits(data: Dataset) -> None:
                           f"{MIN_EVALUATION_SAMPLES} samples; use a larger dataset")
 
 
-def _all_finite(model: nn.Module) -> bool:
-    """One host read: are all of the model's floating parameters finite?"""
-    params = [p.detach() for p in model.parameters() if p.is_floating_point()]
-    if not params:
-        return True
-    return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
-
-
 def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: bool, dataset: Dataset | None,
            on_step: Callable[[int], None] | None, initial_loss: nn.Module | None,
            started: list[bool] | None = None) -> dict:
     """The run itself; ``started`` gets an entry once setup is done and files may be written."""
     started_at = time.perf_counter()
-    elapsed = lambda: time.perf_counter() - started_at + (checkpoint["wall_time_s"] if checkpoint else 0.0)  # noqa: E731
+    elapsed = lambda: (time.perf_counter() - started_at  # noqa: E731
+                       + (checkpoint["wall_time_s"] if checkpoint else 0.0))
     device = resolve_device(config.device)
     seed_everything(config.seed)
     data = dataset or load_run_dataset(config)
@@ -436,7 +413,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
                 record["meta_loss"] = float(info["meta_loss"])
             record.update(stepper.record())
             history.append(record)
-            if not _all_finite(model):
+            if not bool(all_finite(p.detach() for p in model.parameters() if p.is_floating_point())):
                 raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
                                      f"finite (a step too large, or a loss that is not finite on this data); "
                                      f"lower --lr (now {config.lr:g}) or check the loss")

@@ -17,7 +17,8 @@ from typing import Any
 
 from .train import ConfigError
 
-RUN_FILES = ("results.json", "loss.json", "history.jsonl", "loss_snapshots.jsonl", "checkpoint.pt")
+# What a run writes: an existing one is refused, and --overwrite removes these (and nothing else).
+RUN_OUTPUTS = ("results.json", "loss.json", "history.jsonl", "loss_snapshots.jsonl", "checkpoint.pt")
 LOCK_NAME = ".lock"
 
 
@@ -43,7 +44,7 @@ class RunDirectory:
         self._create()
         self._lock()
         try:
-            existing = [name for name in RUN_FILES if (self.path / name).exists()]
+            existing = [name for name in RUN_OUTPUTS if (self.path / name).exists()]
             if existing and not (self.resume or self.overwrite):
                 raise ConfigError(f"{self.path} already holds a run ({', '.join(existing)}): add --resume to "
                                   "continue it, --overwrite to replace it, or choose another --out")
@@ -105,4 +106,4 @@ class RunDirectory:
             self._fd = None
 
 
-__all__ = ["RunDirectory", "RUN_FILES"]
+__all__ = ["RunDirectory", "RUN_OUTPUTS"]

@@ -303,7 +303,7 @@ def atomic_write(path: Path, write) -> None:
 
 
 def strict_json(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (tuples become lists)."""
+    """``value`` with every non-finite float replaced by None, tuples as lists and numpy scalars as numbers."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -322,21 +322,10 @@ def dumps_strict(value: Any, **kwargs: Any) -> str:
 
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON (non-finite numbers as null), written atomically."""
-    atomic_write(path, lambda p: p.write_text(dumps_strict(data, indent=2, default=_json_default) + "\n"))
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
+    atomic_write(path, lambda p: p.write_text(dumps_strict(data, indent=2) + "\n"))
 
 
 __all__ = ["TrainConfig", "ConfigError", "BatchStream", "evaluate", "lr_at", "resolve_device",
-           "seed_everything", "progress_bar", "coerce_option", "MAX_SEED", "atomic_write", "write_json", "strict_json", "dumps_strict", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
+           "seed_everything", "progress_bar", "coerce_option", "MAX_SEED", "atomic_write", "write_json",
+           "strict_json", "dumps_strict", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
            "PRESETS"]
