@@ -1,6 +1,6 @@
 """Training with the descent guard on real data: learned losses on regression stay finite and near
-squared error for any offline phase (unguarded, the default AdaLFL reached test MSE 1.9e9 on
-diabetes), and the README's own-loop recipe trains a BatchNorm/residual CNN from a fresh loss."""
+squared error for any offline phase (with --no-descent-guard the default AdaLFL reached test MSE
+4.4e10 on diabetes in 1,000 steps), and the README's own-loop recipe trains a BatchNorm/residual CNN from a fresh loss."""
 from __future__ import annotations
 
 import pytest

@@ -14,14 +14,13 @@ Writes ``DIR/report.json``, ``DIR/report.md`` and ``DIR/test_error.png/.svg``
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .study_spec import Group, Study, run_key, selection_metric
+from .sweep import process_pool, run_one, threads_per_job
 from .train import TrainConfig, progress_bar
 
 
@@ -61,13 +60,8 @@ def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | Non
 
 def _train_one(config: TrainConfig, out_dir: str, threads: int | None) -> dict[str, Any]:
     """Worker: train (resuming a killed run); a failure comes back as a message, not an exception."""
-    if threads is not None:
-        import torch
-        torch.set_num_threads(threads)
-    from .run import train
-
     try:
-        return {"results": train(config, out_dir=out_dir, resume=True, progress=False)}
+        return {"results": run_one(config, out_dir, True, False, False, threads)}
     except Exception as exc:  # noqa: BLE001 - one run's failure is reported, the study goes on
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -139,9 +133,8 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
     # Several groups may ask for the same run (same config and seed): it trains once.
     in_flight: dict[Path, Future] = {}
     waiting: dict[Future, list[Callable[[RunOutcome], None]]] = {}
-    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
-    executor = (ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-                if jobs > 1 else _InProcess())
+    threads = threads_per_job(jobs) if jobs > 1 else None
+    executor = process_pool(jobs) if jobs > 1 else _InProcess()
     finished: dict[Path, RunOutcome] = {}
 
     def request(config: TrainConfig, then: Callable[[RunOutcome], None]) -> None:

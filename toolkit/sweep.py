@@ -19,8 +19,19 @@ from .train import ConfigError, TrainConfig, write_json
 SUMMARY_KEYS = ("test_error", "test_loss", "valid_error", "valid_loss", "test_mse", "valid_mse", "wall_time_s")
 
 
-def _run_one(config: TrainConfig, out_dir: str, resume: bool, overwrite: bool, progress: bool,
-             threads: int | None) -> dict:
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` parallel runs: an equal share of the cores, at least one."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def process_pool(jobs: int) -> ProcessPoolExecutor:
+    """A pool of ``jobs`` fresh interpreters (spawn: no state forked from the parent, CUDA-safe)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_one(config: TrainConfig, out_dir: str, resume: bool, overwrite: bool, progress: bool,
+            threads: int | None) -> dict:
+    """Worker (picklable): train one run with ``threads`` CPU threads (None: leave torch's setting)."""
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
@@ -62,12 +73,11 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     dirs = [str(out / f"seed-{s}") for s in seeds]
     if jobs == 1:
-        results = [_run_one(c, d, resume, overwrite, progress, None) for c, d in zip(configs, dirs)]
+        results = [run_one(c, d, resume, overwrite, progress, None) for c, d in zip(configs, dirs)]
     else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(_run_one, c, d, resume, overwrite, False, threads) for c, d in zip(configs, dirs)]
+        threads = threads_per_job(jobs)
+        with process_pool(jobs) as pool:
+            futures = [pool.submit(run_one, c, d, resume, overwrite, False, threads) for c, d in zip(configs, dirs)]
             results = [f.result() for f in futures]
     summary = {"config": {**config.to_dict(), "seed": None}, "runs": dirs, **summarise(results)}
     write_json(out / "summary.json", summary)
