@@ -174,8 +174,11 @@ def cli() -> None:
               help="Bound on the learned scale of a normalised loss (1 fixes it at the task loss's).")
 @click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")
 @click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--lr", default=0.01, show_default=True, type=float, help="Base SGD learning rate.")
-@click.option("--momentum", default=0.0, show_default=True, type=float)
+@click.option("--lr", default=0.01, show_default=True, type=float, help="Base learning rate.")
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam", "adamw"]),
+              help="Base optimiser, as torch.optim's SGD, Adam or AdamW (betas 0.9, 0.999); learned losses "
+                   "differentiate through it.")
+@click.option("--momentum", default=0.0, show_default=True, type=float, help="SGD momentum.")
 @click.option("--nesterov/--no-nesterov", default=False, show_default=True)
 @click.option("--weight-decay", default=0.0, show_default=True, type=float)
 @click.option("--milestones", default="", help="Comma-separated steps where the lr is multiplied by --gamma.")
@@ -287,38 +290,56 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--model", default="lenet5", show_default=True)
+@click.option("--all", "all_models", is_flag=True,
+              help="Every zoo model at its benchmark input (MNIST shapes, batch 128; CIFAR shapes, batch 32).")
 @click.option("--dataset-shape", default="1,28,28", show_default=True, help="Input shape of the synthetic batches.")
 @click.option("--classes", default=10, show_default=True, type=int)
 @click.option("--batch-size", default=128, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--repeats", default=30, show_default=True, type=int, help="Timed steps per method (median).")
+@click.option("--repeats", default=None, type=int, help="Timed steps per method (median); default 30, 10 with --all.")
 @click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]))
 @click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
               help="As in lfl train: 'free' times the loss network alone (the paper's AdaLFL).")
-@click.option("--breakdown", is_flag=True, help="Also time the fast step's parts under the profiler (CPU only).")
+@click.option("--breakdown", is_flag=True, help="Also time the default step's parts under the profiler (CPU only).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model: str, dataset_shape: str, classes: int, batch_size: int, device: str, repeats: int,
-          loss_param: str, loss_scale: str, breakdown: bool, as_json: bool) -> None:
-    """Time a cross-entropy step against AdaLFL steps (fast and naive meta-gradient)."""
-    from toolkit.bench import benchmark_steps
+def bench(model: str, all_models: bool, dataset_shape: str, classes: int, batch_size: int, device: str,
+          repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, as_json: bool) -> None:
+    """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
+    from toolkit.bench import benchmark_all, benchmark_steps
     from toolkit.train import resolve_device
 
+    options = {"device": resolve_device(device), "loss_param": loss_param, "loss_scale": loss_scale,
+               "breakdown": breakdown}
+    if all_models:
+        progress = None if as_json else (lambda name: click.echo(f"  timing {name} ...", err=True))
+        rows = benchmark_all(repeats=repeats or 10, progress=progress, **options)
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        click.echo(f"{'model':<11} {'input':<9} {'batch':>5} {'CE ms':>8} {'default':>8} {'unguarded':>9} "
+                   f"{'naive':>6} {'CE MB':>7} {'mem default':>11} {'mem naive':>9}")
+        for row in rows:
+            click.echo(f"{row['model']:<11} {'x'.join(map(str, row['input_shape'])):<9} {row['batch_size']:>5} "
+                       f"{row['ce_step_s'] * 1e3:8.2f} {row['fast_ratio']:7.2f}x {row['fast_unguarded_ratio']:8.2f}x "
+                       f"{row['naive_ratio']:5.2f}x {row['ce_peak_mb']:7.1f} {row['fast_memory_ratio']:10.2f}x "
+                       f"{row['naive_memory_ratio']:8.2f}x")
+        return
+    repeats = repeats or 30
     shape = _int_list(dataset_shape)
     result = benchmark_steps(model=model, input_shape=shape, num_outputs=classes, batch_size=batch_size,
-                             device=resolve_device(device), repeats=repeats, loss_param=loss_param,
-                             loss_scale=loss_scale, breakdown=breakdown)
+                             repeats=repeats, **options)
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"{model}, batch {batch_size}, {result['device']}, median of {repeats}:")
-    for key in ("ce", "fast", "fast_unguarded", "fast_forward_ad", "naive"):
+    for key in ("ce", "fast", "fast_unguarded", "naive"):
         ratio = 1.0 if key == "ce" else result[f"{key}_ratio"]
         click.echo(f"  {key:<15} {result[f'{key}_step_s'] * 1e3:8.2f} ms  {ratio:5.2f}x  "
                    f"peak {result[f'{key}_peak_mb']:.1f} MB")
     if breakdown:
         parts = result["breakdown"]
-        click.echo(f"fast step by part, under the profiler (CE step {parts['ce_step_ms']:.2f} ms, "
-                   f"fast step {parts['fast_step_ms']:.2f} ms):")
+        click.echo(f"default step by part, under the profiler (CE step {parts['ce_step_ms']:.2f} ms, "
+                   f"default step {parts['fast_step_ms']:.2f} ms):")
         for name, ms in parts["phases_ms"].items():
             click.echo(f"  {name:<15} {ms:8.2f} ms  {parts['phases_ratio'][name]:5.2f}x")
 

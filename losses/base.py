@@ -26,7 +26,8 @@ from losses.sympy_to_torch import compile_expression
 
 TASKS = ("classification", "regression")
 Pullback = Callable[[Tensor], dict[str, Tensor]]
-"""``pullback(u) -> {parameter name: ∂/∂param Σ u ⊙ m}`` for a loss gradient m (see ``mean_gradient_pullback``)."""
+"""``pullback(u) -> {parameter name: ∂/∂param Σ u ⊙ m}`` for a loss gradient m
+(see :func:`losses.derivatives.value_gradient_pullback`)."""
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -39,32 +40,6 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
 def fill_missing_gradients(params: Mapping[str, Tensor], grads: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
     """A gradient for every parameter: zeros where none reached it (unused, or not requiring grad)."""
     return {k: g if (g := grads.get(k)) is not None else torch.zeros_like(p) for k, p in params.items()}
-
-
-def autograd_pullback(m: Tensor, params: Mapping[str, Tensor]) -> Pullback:
-    """``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` by autograd through m's graph to ``params``.
-
-    Callable more than once (the graph is retained while the pullback lives); zeros for
-    parameters that do not require grad or that m does not depend on.
-    """
-    trainable = [k for k, p in params.items() if p.requires_grad]
-
-    def pullback(u: Tensor) -> dict[str, Tensor]:
-        grads: tuple = ()
-        if trainable and m.requires_grad:
-            with torch.enable_grad():
-                grads = torch.autograd.grad((u.detach() * m).sum(), [params[k] for k in trainable],
-                                            allow_unused=True, retain_graph=True)
-        return fill_missing_gradients(params, dict(zip(trainable, grads)))
-
-    return pullback
-
-
-def _check_output_gradient(output_gradient: object, reduction: str) -> None:
-    if output_gradient is not True and output_gradient != "pullback":
-        raise ValueError(f"output_gradient must be False, True or 'pullback'; got {output_gradient!r}")
-    if reduction != "mean":
-        raise ValueError(f"output_gradient={output_gradient!r} needs reduction='mean'")
 
 
 def _check_outputs(outputs: object) -> Tensor:
@@ -264,110 +239,23 @@ class LearnedLoss(nn.Module, abc.ABC):
         """Per-element loss from raw outputs; subclasses may override for stability."""
         return self._elementwise(prediction_transform(outputs, self.task), y_true)
 
-    def _elementwise_and_gradient(self, y_pred: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor] | None:
-        """``(ℓ, ∂ℓ/∂y_pred)`` per element in closed form, or None to let autograd differentiate.
-
-        A subclass that can write its derivative out (``MLPLoss``) overrides this: the
-        derivative is then a first-order graph in the parameters, so meta-gradients
-        through it need no double backward. Tests compare it with autograd.
-        """
-        return None
-
-    def _elementwise_gradient_pullback(self, y_pred: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Pullback] | None:
-        """``(ℓ, g = ∂ℓ/∂y_pred, pullback)`` per element without any autograd graph, or None.
-
-        ``pullback(c)`` returns ``{name: ∂/∂param Σ c ⊙ g}`` for every named parameter (the
-        second derivatives a meta-gradient needs), c shaped like ``y_pred``. A subclass that can
-        write them out (``MLPLoss``) overrides this; tests compare it with autograd.
-        """
-        return None
-
-    def _has_closed_form(self) -> bool:
-        return type(self)._elementwise_from_outputs is LearnedLoss._elementwise_from_outputs
-
-    def _through_prediction(self, y_pred: Tensor, g: Tensor) -> Tensor:
-        """J·g, J = ∂y_pred/∂outputs: softmax's Jacobian diag(p) − ppᵀ, sigmoid's p(1 − p), or I.
-
-        J is symmetric, so this is also the pullback of a cotangent on the outputs to y_pred.
-        """
-        if self.task != "classification":
-            return g
-        if y_pred.shape[1] == 1:
-            return g * y_pred * (1 - y_pred)  # through the sigmoid
-        return y_pred * (g - (y_pred * g).sum(dim=1, keepdim=True))  # through the softmax
-
     def mean_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
-        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss, as functions of the parameters only.
+        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss, with ``outputs`` taken as constants.
 
-        ``outputs`` are treated as constants (detached). The gradient keeps its graph to
-        the parameters when grad mode is on and some parameter requires grad, so it can
-        be differentiated again with respect to them (the meta-gradient); otherwise no
-        graph is built. Uses the closed form of :meth:`_elementwise_and_gradient` when
-        the subclass gives one, and autograd otherwise.
+        Derived with ``torch.func.grad`` from the forward (no derivative is written out), so
+        both stay differentiable with respect to the parameters under autograd and under
+        outer ``torch.func`` transforms alike.
 
         Args:
             outputs: raw outputs (B, C); y_true: encoded targets (B, C), same dtype.
         """
-        f = outputs.detach()
-        closed = None
-        if self._has_closed_form():
-            y_pred = prediction_transform(f, self.task)
-            closed = self._elementwise_and_gradient(y_pred, y_true)
-        if closed is not None:
-            per_element, g = closed
-            n = self._mean_count(per_element)
-            return (reduce_loss(per_element, "mean", mean_over=self.mean_over),
-                    self._through_prediction(y_pred, g / n))
-        differentiable = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        f = f.requires_grad_(True)
-        with torch.enable_grad():
-            mean = reduce_loss(self._elementwise_from_outputs(f, y_true), "mean", mean_over=self.mean_over)
-            if not mean.requires_grad:  # a constant loss
-                return mean, torch.zeros_like(f)
-            (gradient,) = torch.autograd.grad(mean, f, create_graph=differentiable)
-        return (mean if differentiable else mean.detach()), gradient
+        def mean(f: Tensor) -> Tensor:
+            return reduce_loss(self._elementwise_from_outputs(f, y_true), "mean", mean_over=self.mean_over)
 
-    def mean_gradient_pullback(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Pullback]:
-        """``(ℓ̄, m = ∂ℓ̄/∂outputs, pullback)``: the value and gradient without graphs, and
-        ``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` for every named parameter.
+        gradient, value = torch.func.grad_and_value(mean)(outputs.detach())
+        return value, gradient
 
-        This is what the fast meta-gradient needs from the loss (``u`` is the base model's
-        Jacobian-vector product). Closed form where the subclass gives
-        :meth:`_elementwise_gradient_pullback` (``MLPLoss``): no autograd graph at all.
-        Otherwise autograd's double backward through :meth:`mean_and_output_gradient`.
-        A parameter that does not require grad gets zeros.
-
-        Args:
-            outputs: raw outputs (B, C), treated as constants; y_true: encoded targets (B, C).
-        """
-        f = outputs.detach()
-        closed = None
-        if self._has_closed_form():
-            with torch.no_grad():
-                y_pred = prediction_transform(f, self.task)
-            closed = self._elementwise_gradient_pullback(y_pred, y_true)
-        if closed is not None:
-            per_element, g, inner = closed
-            n = self._mean_count(per_element)
-            with torch.no_grad():
-                mean = reduce_loss(per_element, "mean", mean_over=self.mean_over)
-                m = self._through_prediction(y_pred, g / n)
-
-            def pullback(u: Tensor) -> dict[str, Tensor]:
-                with torch.no_grad():
-                    return inner(self._through_prediction(y_pred, u.detach()) / n)
-
-            return mean, m, pullback
-        with torch.enable_grad():
-            mean, m = self.mean_and_output_gradient(f, y_true)
-        return mean.detach(), m.detach(), autograd_pullback(m, dict(self.named_parameters()))
-
-    provides_output_gradient: ClassVar[bool] = True
-    """``forward(..., output_gradient=True)`` returns ``(value, ∂value/∂outputs)`` and
-    ``output_gradient="pullback"`` returns ``(value, ∂value/∂outputs, pullback)`` (mean reduction)."""
-
-    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
-                output_gradient: bool | str = False) -> Tensor | tuple:
+    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
         """Loss of raw model outputs against labels or regression targets.
 
         Args:
@@ -376,12 +264,6 @@ class LearnedLoss(nn.Module, abc.ABC):
                 for regression.
             reduction: ``"mean"`` (over batch and outputs, or over the batch after summing the
                 outputs where ``mean_over == "batch"``), ``"sum"``, or ``"none"``.
-            output_gradient: with ``reduction="mean"``, return ``(value, m)``, m = ∂value/∂outputs,
-                the value detached and m differentiable with respect to the parameters
-                (see :meth:`mean_and_output_gradient`); ``"pullback"`` returns
-                ``(value, m, pullback)`` instead, nothing differentiable and
-                ``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` (see :meth:`mean_gradient_pullback`;
-                call it through ``torch.func.functional_call`` to use other parameter values).
 
         Returns:
             A scalar, or the (B, C) per-element loss for ``reduction="none"``.
@@ -389,17 +271,7 @@ class LearnedLoss(nn.Module, abc.ABC):
         check_choice("reduction", reduction, REDUCTIONS)
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
-        if output_gradient:
-            _check_output_gradient(output_gradient, reduction)
-            if output_gradient == "pullback":
-                return self.mean_gradient_pullback(outputs, y_true)
-            mean, gradient = self.mean_and_output_gradient(outputs, y_true)
-            return mean.detach(), gradient
         return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction, mean_over=self.mean_over)
-
-    def _mean_count(self, per_element: Tensor) -> int:
-        """The divisor of the ``"mean"`` reduction for a (B, C) per-element loss."""
-        return per_element.shape[0] if self.mean_over == "batch" else per_element.numel()
 
     @abc.abstractmethod
     def to_sympy(self) -> sympy.Expr:

@@ -31,8 +31,7 @@ import sympy
 import torch
 from torch import Tensor, nn
 
-from losses.base import (LearnedLoss, Pullback, REDUCTIONS, _check_output_gradient, check_choice, encode_targets,
-                         reduce_loss)
+from losses.base import LearnedLoss, REDUCTIONS, check_choice, encode_targets, reduce_loss
 from losses.standard import task_gradient
 
 
@@ -102,11 +101,7 @@ class GradientScaledLoss(LearnedLoss):
         return self._normalised(outputs, y_true)[0]
 
     def _normalised(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(k, ℓ̄_φ, ∂ℓ̄_φ/∂f) on detached outputs; k and the gradient carry graphs to φ and ρ if grad is on.
-
-        A frozen loss (no parameter requires grad, e.g. ``--loss ml3`` after its offline phase)
-        builds no second-order graph.
-        """
+        """(k, ℓ̄_φ, ∂ℓ̄_φ/∂f) on detached outputs; k and the gradient stay differentiable in φ and ρ."""
         f = outputs.detach()
         inner, direction = self.shape.mean_and_output_gradient(f, y_true)
         return self._factor_of(f, y_true, direction)[0], inner, direction
@@ -117,57 +112,12 @@ class GradientScaledLoss(LearnedLoss):
         norm = direction.norm()
         return self.scale * task_gradient(f, y_true, self.task).norm() / norm.clamp_min(tiny), norm, tiny
 
-    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean",
-                output_gradient: bool | str = False) -> Tensor | tuple:
-        """k · ℓ_φ on a batch; ∂/∂outputs has the task loss's norm times ``scale`` (``reduction="mean"``).
-
-        With ``output_gradient=True`` (mean reduction only) returns ``(value, m)``, m = ∂value/∂outputs
-        = k·∂ℓ̄_φ/∂outputs, differentiable with respect to the loss parameters when grad is
-        enabled: the same numbers as autograd through ``forward``, for half the loss-network work.
-        """
+    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
+        """k · ℓ_φ on a batch; ∂/∂outputs has the task loss's norm times ``scale`` (``reduction="mean"``)."""
         check_choice("reduction", reduction, REDUCTIONS)
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
-        if output_gradient:
-            _check_output_gradient(output_gradient, reduction)
-            if output_gradient == "pullback":
-                return self.mean_gradient_pullback(outputs, y_true)
-            return self._value_and_output_gradient(outputs, y_true)
         return self.factor(outputs, y_true) * reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)
-
-    def _value_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
-        k, inner, direction = self._normalised(outputs, y_true)
-        return (k * inner).detach(), k * direction
-
-    def mean_gradient_pullback(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor, Pullback]:
-        """``(k·ℓ̄_φ, m = k·d, pullback)`` with d = ∂ℓ̄_φ/∂f, nothing differentiable, and
-        ``pullback(u) = {name: ∂/∂param Σ u ⊙ m}`` over φ (``shape.*``) and ρ (``scale_logit``).
-
-        With a = u·d and k = s‖r‖/‖d‖ (r the task loss's gradient, a constant):
-        ∂(k a)/∂φ = ∂(d·w)/∂φ with w = k·u − (k a/‖d‖²)·d, which the inner loss's pullback takes;
-        ∂(k a)/∂ρ = k a · log(max_scale) · (1 − tanh²ρ). Parameters that do not require grad get
-        zeros. Tests compare it with autograd.
-        """
-        f = outputs.detach()
-        inner, direction, inner_pullback = self.shape.mean_gradient_pullback(f, y_true)
-        with torch.no_grad():
-            k, norm, tiny = self._factor_of(f, y_true, direction)
-            slope = torch.tanh(self.scale_logit)
-            # ‖d‖ below the clamp is a constant of k (clamp_min passes no gradient there).
-            norm_sq_inv = torch.where(norm >= tiny, norm.clamp_min(tiny) ** -2, torch.zeros_like(norm))
-        names = [name for name, _ in self.named_parameters()]
-        scale_trainable = float(self.scale_logit.requires_grad)  # a frozen ρ gets a zero, as in autograd
-
-        def pullback(u: Tensor) -> dict[str, Tensor]:
-            with torch.no_grad():
-                u = u.detach()
-                ka = k * (u * direction).sum()
-                grads = {f"shape.{name}": g
-                         for name, g in inner_pullback(k * u - (ka * norm_sq_inv) * direction).items()}
-                grads["scale_logit"] = ka * math.log(self.max_scale) * (1 - slope * slope) * scale_trainable
-                return {name: grads[name] for name in names}
-
-        return (k * inner).detach(), k * direction, pullback
 
     def to_sympy(self) -> sympy.Expr:
         """The inner loss's per-element shape (the scale is set per batch; see the class docstring)."""

@@ -26,7 +26,7 @@ def batch(n: int, shape: tuple[int, ...], classes: int, *, seed: int) -> tuple[t
 
 
 class Shared(nn.Module):
-    """The same layer used twice: still a chain; its tangent sums both uses."""
+    """The same layer used twice (its tangent sums both uses)."""
 
     def __init__(self):
         super().__init__()
@@ -62,7 +62,52 @@ CHAINS = {
         nn.Conv2d(2, 4, 3), nn.Tanh(), nn.Conv2d(4, 6, 3, groups=2, stride=2), nn.Flatten(), nn.Linear(54, 3)),
         (3, 2, 9, 9)),
 }
-"""Models whose forward is a verifiable chain of known layers: name -> (factory, input shape)."""
+"""Varied layer stacks (pools, grouped convolutions, shared weights, ends in an activation):
+name -> (factory, input shape)."""
+
+
+class InPlace(nn.Module):
+    """An in-place operation between layers (once silently mistaken for a plain chain)."""
+
+    def __init__(self, inputs: int = 5, classes: int = 3):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(inputs, 6), nn.Tanh(), nn.Linear(6, classes)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        h.mul_(3.0)
+        return self.fc2(self.act(h))
+
+
+def with_hooks(inputs: int = 5, classes: int = 3) -> nn.Module:
+    """A forward hook that rescales a layer's output and a pre-hook that shifts an input."""
+    model = nn.Sequential(nn.Linear(inputs, 6), nn.Tanh(), nn.Linear(6, classes)).double()
+    model[0].register_forward_hook(lambda module, args, out: out * 2.0)
+    model[2].register_forward_pre_hook(lambda module, args: (args[0] + 0.5,))
+    return model
+
+
+class Residual(nn.Module):
+    """BatchNorm, max pooling and a residual block: a small CNN a user would write."""
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2))
+        self.block = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.SiLU(),
+                                   nn.Conv2d(4, 4, 3, padding=1))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(4, classes))
+
+    def forward(self, x):
+        h = self.stem(x)
+        return self.head(torch.relu(h + self.block(h)))
+
+
+STRUCTURES = {
+    "in-place": (lambda: InPlace().double(), (6, 5)),
+    "hooks": (with_hooks, (6, 5)),
+    "residual-bn-maxpool-dropout": (lambda: Residual().double(), (6, 1, 8, 8)),
+}
+"""Models whose structure a hand-written route would have to recognise: name -> (factory, input shape)."""
 
 FROZEN = {
     "first-conv": lambda m: m.features[0].requires_grad_(False),

@@ -139,6 +139,9 @@ def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
     ({}, ["train", "--dataset", "digits", "--valid-fraction", "0"], ["validation split is too small"]),
     ({}, ["bench", "--batch-size", "-5"], ["--batch-size must be >= 1"]),
     ({}, ["bench", "--batch-size", "0"], ["--batch-size must be >= 1"]),
+    ({}, ["train", "--optimizer", "adam", "--momentum", "0.9"], ["--momentum and --nesterov belong to --optimizer sgd"]),
+    ({}, ["train", "--optimizer", "lion"], ["--optimizer", "lion"]),
+    ({"c.toml": 'optimizer = "rmsprop"\n'}, ["train", "--config", "c.toml"], ["--optimizer", "rmsprop"]),
 ])
 def test_user_errors_in_process_are_one_line(tmp_path, monkeypatch, capsys, files, args, fragments):
     monkeypatch.chdir(tmp_path)
@@ -158,3 +161,15 @@ def test_a_second_run_into_the_same_out_is_refused_and_overwrite_replaces_it(tmp
     assert code == 2 and "already holds a run" in err and "--overwrite" in err
     assert run_in_process([*TRAIN, "--steps", "6", "--out", out, "--overwrite"], capsys)[0] == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 6
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_base_optimisers_train_every_kind_of_loss(tmp_path, capsys, optimizer):
+    """--optimizer reaches the CE baseline (torch.optim's own), AdaLFL's lookahead and the record."""
+    for loss in ("ce", "adalfl"):
+        out = tmp_path / f"{loss}"
+        code, _, err = run_in_process([*TRAIN, "--loss", loss, "--init-steps", "2", "--steps", "6", "--lr", "0.003",
+                                       "--optimizer", optimizer, "--weight-decay", "0.01", "--out", str(out)], capsys)
+        assert code == 0, err
+        results = json.loads((out / "results.json").read_text())
+        assert results["config"]["optimizer"] == optimizer and results["status"] == "finished"

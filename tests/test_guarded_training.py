@@ -91,16 +91,17 @@ def test_a_step_that_raises_the_batch_loss_is_replaced_by_the_task_losses_own_st
     task_grads = dict(zip(leaf, torch.autograd.grad(before, list(leaf.values()))))
     task_step, task_momentum = sgd_update(theta, task_grads, None, learner.rule)
     worse = {k: v + 3.0 * torch.randn_like(v) for k, v in theta.items()}  # raises the batch loss
-    momentum = {k: torch.ones_like(v) for k, v in theta.items()}
-    chosen, chosen_momentum, rejected = accept_or_fall_back(model, (x, y), params, worse, momentum, task_grads,
-                                                            before.detach(), None, learner.rule, "classification")
+    momentum = {"momentum": {k: torch.ones_like(v) for k, v in theta.items()}}
+    fresh = learner.rule.init(theta)
+    chosen, chosen_state, rejected = accept_or_fall_back(model, (x, y), params, worse, momentum, task_grads,
+                                                         before.detach(), fresh, learner.rule, "classification")
     assert bool(rejected)
     for k in theta:
         torch.testing.assert_close(chosen[k], task_step[k], rtol=0, atol=0)
-        torch.testing.assert_close(chosen_momentum[k], task_momentum[k], rtol=0, atol=0)
-    chosen, chosen_momentum, rejected = accept_or_fall_back(model, (x, y), params, task_step, task_momentum,
-                                                            task_grads, before.detach(), None, learner.rule,
-                                                            "classification")
+        torch.testing.assert_close(chosen_state["momentum"][k], task_momentum[k], rtol=0, atol=0)
+    chosen, chosen_state, rejected = accept_or_fall_back(model, (x, y), params, task_step,
+                                                         {"momentum": task_momentum}, task_grads, before.detach(),
+                                                         fresh, learner.rule, "classification")
     assert not bool(rejected)  # a step that lowers the batch loss is kept as it is
     assert all(torch.equal(chosen[k], task_step[k]) for k in theta)
 

@@ -6,14 +6,20 @@ import torch
 from torch.func import functional_call
 
 import losses
-from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
-from toolkit.lookahead import SGDRule, _is_own_state, meta_gradient_fast, meta_gradient_naive, sgd_update
+from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv,
+                     tiny_mlp)
+from toolkit.lookahead import _is_own_state, meta_gradient, meta_gradient_naive, sgd_update
+from toolkit.rules import AdamRule, SGDRule, torch_optimizer
 from losses import task_loss
+
+meta_gradient_fast = meta_gradient
 
 RULES = {
     "plain": SGDRule(lr=0.1),
     "momentum-wd": SGDRule(lr=0.1, momentum=0.9, weight_decay=0.01),
     "nesterov-wd": SGDRule(lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "adam-l2": AdamRule(lr=0.01, weight_decay=0.01),
+    "adamw": AdamRule(lr=0.01, betas=(0.8, 0.99), weight_decay=0.05, decoupled=True),
 }
 
 
@@ -37,33 +43,58 @@ MODELS = {
 }
 
 
-def _state(model, seed):
+def _state(model, seed, rule=RULES["momentum-wd"]):
+    """θ and a warm optimiser state: momentum buffers, or Adam moments after three steps."""
     torch.manual_seed(seed)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
-    momentum = {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
-    return params, momentum
+    if isinstance(rule, AdamRule):
+        return params, {"step": torch.tensor(3.0, dtype=torch.float64),
+                        "exp_avg": {k: 0.1 * torch.randn_like(p) for k, p in params.items()},
+                        "exp_avg_sq": {k: 0.01 * torch.rand_like(p) + 1e-3 for k, p in params.items()}}
+    return params, {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
+
+
+def _torch_reference(rule, params):
+    """The torch.optim optimiser a rule claims to be, built here from the rule's fields."""
+    if isinstance(rule, SGDRule):
+        return torch.optim.SGD(params, lr=rule.lr, momentum=rule.momentum, nesterov=rule.nesterov,
+                               weight_decay=rule.weight_decay)
+    cls = torch.optim.AdamW if rule.decoupled else torch.optim.Adam
+    return cls(params, lr=rule.lr, betas=rule.betas, eps=rule.eps, weight_decay=rule.weight_decay)
 
 
 @pytest.mark.parametrize("rule_name", RULES)
-def test_sgd_update_matches_torch_optim(rule_name):
+def test_rule_matches_torch_optim(rule_name):
+    """Six steps of the rule equal six steps of torch.optim (float64, 1e-12)."""
     rule = RULES[rule_name]
     model = tiny_mlp()
     reference = tiny_mlp()
     reference.load_state_dict(model.state_dict())
-    opt = torch.optim.SGD(reference.parameters(), lr=rule.lr, momentum=rule.momentum,
-                          nesterov=rule.nesterov, weight_decay=rule.weight_decay)
+    opt = _torch_reference(rule, reference.parameters())
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
-    momentum = None
-    for step in range(4):
+    state = rule.init(params)
+    for step in range(6):
         x, y = batch(8, (5,), 3, seed=step)
         opt.zero_grad()
         task_loss(reference(x), y, "classification").backward()
         opt.step()
         p = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         g = torch.autograd.grad(task_loss(functional_call(model, p, (x,)), y, "classification"), list(p.values()))
-        params, momentum = sgd_update(params, dict(zip(p, g)), momentum, rule)
+        params, state = rule.update(params, dict(zip(p, g)), state)
     for k, p in reference.named_parameters():
         torch.testing.assert_close(params[k], p.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule_name", ["plain", "momentum-wd", "nesterov-wd"])
+def test_sgd_update_with_bare_buffers_matches_the_rule(rule_name):
+    rule = RULES[rule_name]
+    params, momentum = _state(tiny_mlp(), 0)
+    grads = {k: torch.randn_like(p) for k, p in params.items()}
+    new, buffers = sgd_update(params, grads, momentum if rule.momentum else None, rule)
+    expected, state = rule.update(params, grads, {"momentum": momentum} if rule.momentum else {})
+    for k in params:
+        torch.testing.assert_close(new[k], expected[k], rtol=0, atol=0)
+    assert (buffers is None) == (rule.momentum == 0)
 
 
 @pytest.mark.parametrize("loss_name", LOSSES)
@@ -73,29 +104,33 @@ def test_fast_meta_gradient_equals_naive(model_name, rule_name, loss_name):
     factory, shape = MODELS[model_name]
     model = factory()
     loss = LOSSES[loss_name]((6, 6))
-    params, momentum = _state(model, 0)
+    params, state = _state(model, 0, RULES[rule_name])
     train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
     results = {}
     for name, fn in (("fast", meta_gradient_fast), ("naive", meta_gradient_naive)):
         buffers = {k: b.clone() for k, b in model.named_buffers()}
         torch.manual_seed(123)  # the same dropout masks for both routes
         results[name] = fn(model, params, buffers, loss, dict(loss.named_parameters()), train, valid,
-                           RULES[rule_name], momentum, diagnostics=True)
+                           RULES[rule_name], state, diagnostics=True)
         results[name + "_buffers"] = buffers
     fast, naive = results["fast"], results["naive"]
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
-        if RULES[rule_name].momentum:
-            torch.testing.assert_close(fast.momentum[k], naive.momentum[k], rtol=1e-12, atol=1e-12)
+    for key, value in fast.state.items():  # momentum buffers, Adam moments and step
+        expected = naive.state[key]
+        for k in (value if isinstance(value, dict) else {None: value}):
+            a, b = (value, expected) if k is None else (value[k], expected[k])
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(fast.meta_loss, naive.meta_loss)
     torch.testing.assert_close(fast.grad_ratio, naive.grad_ratio)
     for k, b in results["fast_buffers"].items():  # running statistics updated exactly once, identically
         torch.testing.assert_close(b, results["naive_buffers"][k])
 
 
-def _lookahead_objective(model, params, loss, phi, train, valid, rule):
-    """L_task(θ'(φ)) written out independently: torch.optim.SGD on a copy, no functional tricks."""
+def _lookahead_objective(model, params, loss, phi, train, valid, rule, state=None):
+    """L_task(θ'(φ)) written out independently: torch.optim's own SGD/Adam/AdamW on a copy, with the
+    optimiser state loaded into it, no functional tricks."""
     import copy
     scratch = copy.deepcopy(model)
     fixed = copy.deepcopy(loss)
@@ -104,8 +139,14 @@ def _lookahead_objective(model, params, loss, phi, train, valid, rule):
             p.copy_(phi[k])
         for k, p in scratch.named_parameters():
             p.copy_(params[k])
-    opt = torch.optim.SGD(scratch.parameters(), lr=rule.lr, momentum=rule.momentum, nesterov=rule.nesterov,
-                          weight_decay=rule.weight_decay)
+    opt = torch_optimizer(rule, scratch.parameters())
+    if state:
+        for k, p in scratch.named_parameters():
+            if isinstance(rule, AdamRule):
+                opt.state[p] = {"step": state["step"].clone(), "exp_avg": state["exp_avg"][k].clone(),
+                                "exp_avg_sq": state["exp_avg_sq"][k].clone()}
+            else:
+                opt.state[p] = {"momentum_buffer": state[k].clone()}
     opt.zero_grad()
     fixed(scratch(train[0]), train[1]).backward()
     opt.step()
@@ -113,15 +154,25 @@ def _lookahead_objective(model, params, loss, phi, train, valid, rule):
         return float(task_loss(scratch(valid[0]), valid[1], "classification"))
 
 
+CENTRAL_RULES = {
+    "nesterov-wd": (SGDRule(lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01), False),
+    "adam-warm": (AdamRule(lr=0.05, weight_decay=0.01), True),
+    "adamw-warm": (AdamRule(lr=0.05, weight_decay=0.1, decoupled=True), True),
+}
+
+
 @pytest.mark.parametrize("loss_name", LOSSES)
+@pytest.mark.parametrize("rule_name", CENTRAL_RULES)
 @pytest.mark.parametrize("fn", [meta_gradient_fast, meta_gradient_naive], ids=["fast", "naive"])
-def test_meta_gradient_matches_central_differences(fn, loss_name):
-    rule = SGDRule(lr=0.5, momentum=0.9, nesterov=True, weight_decay=0.01)
+def test_meta_gradient_matches_central_differences(fn, rule_name, loss_name):
+    """Against torch.optim's own step (the state loaded into it) and central differences in φ."""
+    rule, warm = CENTRAL_RULES[rule_name]
     model = tiny_mlp(inputs=3, classes=3)
     loss = LOSSES[loss_name]((3, 3))
-    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    params, state = _state(model, 4, rule) if warm else ({k: p.detach().clone() for k, p in model.named_parameters()},
+                                                        None)
     train, valid = batch(10, (3,), 3, seed=5), batch(10, (3,), 3, seed=6)
-    result = fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, None)
+    result = fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, state)
     phi = {k: p.detach().clone() for k, p in loss.named_parameters()}
     eps = 1e-6
     for name, value in phi.items():
@@ -130,8 +181,8 @@ def test_meta_gradient_matches_central_differences(fn, loss_name):
             minus = {k: v.clone() for k, v in phi.items()}
             plus[name].view(-1)[index] += eps
             minus[name].view(-1)[index] -= eps
-            numeric = (_lookahead_objective(model, params, loss, plus, train, valid, rule)
-                       - _lookahead_objective(model, params, loss, minus, train, valid, rule)) / (2 * eps)
+            numeric = (_lookahead_objective(model, params, loss, plus, train, valid, rule, state)
+                       - _lookahead_objective(model, params, loss, minus, train, valid, rule, state)) / (2 * eps)
             analytic = float(result.meta_grads[name].view(-1)[index])
             assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, index, numeric, analytic)
 
@@ -199,7 +250,7 @@ class _PlainModuleLoss(torch.nn.Module):
 
 
 def test_fast_meta_gradient_for_any_loss_module_equals_naive():
-    """Losses without a closed form (any nn.Module) go through autograd's double backward."""
+    """Any nn.Module loss (not a LearnedLoss) gets its derivatives from torch.func too."""
     model = tiny_conv()
     loss = _PlainModuleLoss(3)
     params, momentum = _state(model, 0)
@@ -260,3 +311,71 @@ def test_module_own_state_gives_the_functional_result(model_name):
     for (k, p), (_, p_twin) in zip(model.named_parameters(), twin.named_parameters()):
         assert p.grad is None
         torch.testing.assert_close(p, p_twin, rtol=0, atol=0)  # a pure function: neither is changed
+
+
+def _fast_equals_naive(model, shape, rule=RULES["nesterov-wd"], *, guard=False, classes=3, seed=0):
+    loss = _scaled_loss((6, 6))
+    params, state = _state(model, seed, rule)
+    params = {k: p for k, p in params.items() if dict(model.named_parameters())[k].requires_grad}
+    state = {k: v for k, v in state.items() if k in params} if not isinstance(rule, AdamRule) else state
+    train, valid = batch(shape[0], shape[1:], classes, seed=1), batch(shape[0], shape[1:], classes, seed=2)
+    results, buffers = [], []
+    for fn in (meta_gradient_fast, meta_gradient_naive):
+        own_buffers = {k: b.clone() for k, b in model.named_buffers()}
+        torch.manual_seed(11)  # the same dropout masks for both routes
+        results.append(fn(model, params, own_buffers, loss, dict(loss.named_parameters()), train, valid, rule, state,
+                          descent_guard=guard))
+        buffers.append(own_buffers)
+    fast, naive = results
+    assert_meta_gradients_close(fast, naive)
+    for k in params:
+        torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
+    for k, b in buffers[0].items():
+        torch.testing.assert_close(b, buffers[1][k], rtol=1e-12, atol=1e-12)
+    return fast
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+@pytest.mark.parametrize("guard", [False, True], ids=["unguarded", "guarded"])
+def test_structures_a_hand_written_route_would_miss_are_exact(name, guard):
+    """In-place operations, hooks, BatchNorm, max pooling, residual blocks and dropout: the default
+    route equals the unrolled reference in θ', buffers and meta-gradient (1e-8 relative, float64)."""
+    factory, shape = STRUCTURES[name]
+    _fast_equals_naive(factory(), shape, guard=guard)
+
+
+def test_the_in_place_model_gets_the_step_torch_optim_takes():
+    """θ' itself (not only the meta-gradient) is torch.optim.SGD's step on the learned loss."""
+    import copy
+    factory, shape = STRUCTURES["in-place"]
+    model = factory()
+    rule = SGDRule(lr=0.1)
+    loss = _scaled_loss((6, 6))
+    train, valid = batch(6, (5,), 3, seed=1), batch(6, (5,), 3, seed=2)
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    result = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule)
+    reference = copy.deepcopy(model)
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    loss(reference(train[0]), train[1]).backward()
+    opt.step()
+    for k, p in reference.named_parameters():
+        torch.testing.assert_close(result.params[k], p.detach(), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", CHAINS)
+def test_varied_layer_stacks_are_exact(name):
+    factory, shape = CHAINS[name]
+    torch.manual_seed(0)
+    model = factory().double()
+    classes = model(torch.zeros(2, *shape[1:], dtype=torch.float64)).shape[1]
+    _fast_equals_naive(model, shape, classes=classes)
+
+
+@pytest.mark.parametrize("name", FROZEN)
+def test_frozen_parts_of_lenet_are_exact(name):
+    from toolkit.models import build_model
+    torch.manual_seed(0)
+    model = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=3).double()
+    FROZEN[name](model)
+    fast = _fast_equals_naive(model, (4, 1, 12, 12), rule=RULES["adamw"])
+    assert set(fast.params) == {k for k, p in model.named_parameters() if p.requires_grad}

@@ -7,6 +7,8 @@ import torch
 from test_losses_cases import CASE_IDS, F64, element_inputs, make_loss
 from torch.func import functional_call, grad
 
+from losses.derivatives import value_gradient_pullback
+
 from losses import MLPLoss
 
 CLASSIFICATION = [case for case in CASE_IDS if make_loss(case).task == "classification"]
@@ -116,23 +118,20 @@ def _batch_for(case: str, loss, *, extreme: bool) -> tuple[torch.Tensor, torch.T
 
 
 @pytest.mark.parametrize("extreme", [False, True], ids=["random", "saturated"])
-@pytest.mark.parametrize("case", CASE_IDS)
-def test_output_gradient_and_its_meta_gradient_equal_autograd(case: str, extreme: bool) -> None:
-    """forward(output_gradient=True) gives (M, ∂M/∂f) with the graph to φ; closed form (MLP) or autograd.
-
-    Reference: autograd through the plain forward, then the double backward d/dφ (u · ∂M/∂f).
-    """
+@pytest.mark.parametrize("case", [c for c in CASE_IDS if hasattr(make_loss(c), "mean_and_output_gradient")])
+def test_mean_and_output_gradient_equal_autograd(case: str, extreme: bool) -> None:
+    """(ℓ̄, ∂ℓ̄/∂f) derived with torch.func, and its derivative in φ, against autograd through forward."""
     loss = make_loss(case)
     outputs, targets = _batch_for(case, loss, extreme=extreme)
+    from losses.base import encode_targets
     f = outputs.clone().requires_grad_(True)
     value = loss(f, targets)
     (expected,) = torch.autograd.grad(value, f, create_graph=True)
-    one_value, m = loss(outputs, targets, output_gradient=True)
-    torch.testing.assert_close(one_value, value.detach(), rtol=1e-14, atol=0)
-    torch.testing.assert_close(m, expected.detach() if not m.requires_grad else expected, rtol=1e-12, atol=1e-16)
-    assert one_value.grad_fn is None
+    got_value, m = loss.mean_and_output_gradient(outputs, encode_targets(targets, outputs, loss.task))
+    torch.testing.assert_close(got_value.detach(), value.detach(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(m.detach(), expected.detach(), rtol=1e-12, atol=1e-16)
     params = [p for p in loss.parameters()]
-    if not params:
+    if not params or not m.requires_grad:
         return
     u = torch.linspace(-1, 1, m.numel(), dtype=F64).reshape(m.shape)
     got = torch.autograd.grad((u * m).sum(), params, allow_unused=True)
@@ -142,26 +141,6 @@ def test_output_gradient_and_its_meta_gradient_equal_autograd(case: str, extreme
             assert (a is None or not a.any()) and (b is None or not b.any())
         else:
             torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-15)
-
-
-@pytest.mark.parametrize("case", [c for c in CASE_IDS if c.startswith(("mlp", "ml3"))])
-def test_mlp_closed_form_derivative_equals_autograd_past_the_softplus_threshold(case: str) -> None:
-    """The hand-written backward of the loss network, elementwise, against autograd, with weights
-    large enough that pre-activations cross softplus's linear threshold (βz > 40) and ReLU's kink."""
-    loss = make_loss(case)
-    with torch.no_grad():
-        for p in loss.parameters():
-            p.mul_(30.0)
-    y_pred, y_true = element_inputs(loss.task)
-    closed = loss._elementwise_and_gradient(y_pred, y_true)
-    assert closed is not None
-    x = y_pred.clone().requires_grad_(True)
-    value = loss.elementwise(x, y_true)
-    (expected,) = torch.autograd.grad(value.sum(), x)
-    torch.testing.assert_close(closed[0], value.detach(), rtol=0, atol=0)
-    # Saturated tanh units leave derivatives at rounding level (1 − y² ≈ 1e-16): absolute tolerance
-    # relative to the largest derivative.
-    torch.testing.assert_close(closed[1], expected, rtol=1e-13, atol=1e-13 * float(expected.abs().max()))
 
 
 def _wrapped(case: str, logit: float = 0.4):
@@ -178,63 +157,53 @@ PULLBACK_CASES = [(case, False) for case in LEARNED] + [
                               "mlp-linear", "ml3", "taylorglo", "symbolic")]
 
 
-@pytest.mark.parametrize("extreme", [False, True], ids=["random", "saturated"])
-@pytest.mark.parametrize("case, scaled", PULLBACK_CASES,
-                         ids=[f"{c}{'-scaled' if s else ''}" for c, s in PULLBACK_CASES])
-def test_output_gradient_pullback_equals_autograds_double_backward(case: str, scaled: bool, extreme: bool) -> None:
-    """forward(output_gradient="pullback") gives (M, m, pullback) with pullback(u) = d/dφ Σ u ⊙ m.
-
-    Reference: autograd through the plain forward for m, then its double backward; the closed forms
-    (MLP, the scaled wrapper) build no graph at all.
-    """
-    loss = _wrapped(case) if scaled else make_loss(case)
-    outputs, targets = _batch_for(case, loss, extreme=extreme)
+def _check_pullback(loss, outputs, targets, *, seeds=(0, 1), rtol=1e-10, params=None) -> None:
+    """value_gradient_pullback against autograd through the plain forward and its double backward."""
+    params = dict(loss.named_parameters()) if params is None else params
     f = outputs.clone().requires_grad_(True)
-    value = loss(f, targets)
+    value = functional_call(loss, params, (f, targets))
     (expected,) = torch.autograd.grad(value, f, create_graph=True)
-    got_value, m, pullback = loss(outputs, targets, output_gradient="pullback")
+    got_value, m, pullback = value_gradient_pullback(loss, params, outputs, targets)
     torch.testing.assert_close(got_value, value.detach(), rtol=1e-14, atol=0)
     torch.testing.assert_close(m, expected.detach(), rtol=1e-12, atol=1e-16)
     assert got_value.grad_fn is None and m.grad_fn is None
-    names = [name for name, _ in loss.named_parameters()]
-    for seed in (0, 1):
+    names = list(params)
+    for seed in seeds:
         u = torch.randn(m.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
         got = pullback(u)
         assert list(got) == names
-        want = torch.autograd.grad((u * expected).sum(), [p for _, p in loss.named_parameters()],
-                                   allow_unused=True, retain_graph=True)
+        want = torch.autograd.grad((u * expected).sum(), [params[k] for k in names], allow_unused=True,
+                                   retain_graph=True)
         # One meta-gradient vector: entries that cancel to rounding level (saturated batches) are
         # compared against the largest entry of the whole vector.
-        scale = max(float(w.abs().max()) for w in want if w is not None)
+        scale = max([float(w.abs().max()) for w in want if w is not None] + [1e-300])
         for name, w in zip(names, want):
             assert got[name].grad_fn is None
-            if w is None:
+            if w is None or not params[name].requires_grad:
                 assert not got[name].any(), name
             else:
-                torch.testing.assert_close(got[name], w, rtol=1e-10, atol=1e-12 * scale, msg=name)
+                torch.testing.assert_close(got[name], w, rtol=rtol, atol=1e-12 * scale, msg=name)
+
+
+@pytest.mark.parametrize("extreme", [False, True], ids=["random", "saturated"])
+@pytest.mark.parametrize("case, scaled", PULLBACK_CASES,
+                         ids=[f"{c}{'-scaled' if s else ''}" for c, s in PULLBACK_CASES])
+def test_value_gradient_pullback_equals_autograds_double_backward(case: str, scaled: bool, extreme: bool) -> None:
+    """(M, m, pullback) derived with torch.func, with pullback(u) = d/dφ Σ u ⊙ m, against autograd."""
+    loss = _wrapped(case) if scaled else make_loss(case)
+    outputs, targets = _batch_for(case, loss, extreme=extreme)
+    _check_pullback(loss, outputs, targets)
 
 
 @pytest.mark.parametrize("case", [c for c in CASE_IDS if c.startswith(("mlp", "ml3"))])
-def test_mlp_pullback_equals_autograd_past_the_softplus_threshold(case: str) -> None:
-    """The hand-written second derivatives with pre-activations past softplus's threshold and ReLU's kink."""
+def test_pullback_equals_autograd_past_the_softplus_threshold(case: str) -> None:
+    """Weights large enough that pre-activations cross softplus's linear threshold (βz > 40) and ReLU's kink."""
     loss = make_loss(case)
     with torch.no_grad():
         for p in loss.parameters():
             p.mul_(30.0)
-    y_pred, y_true = element_inputs(loss.task)
-    _, g, pullback = loss._elementwise_gradient_pullback(y_pred, y_true)
-    c = torch.linspace(-1, 1, y_pred.numel(), dtype=F64)
-    x = y_pred.clone().requires_grad_(True)
-    (expected,) = torch.autograd.grad(loss.elementwise(x, y_true).sum(), x, create_graph=True)
-    want = torch.autograd.grad((c * expected).sum(), list(loss.parameters()), allow_unused=True)
-    # Rounding is relative to the terms summed: Σ c·(…) over elements, |c| ≤ 1.
-    scale = max(max(float(w.abs().max()) for w in want if w is not None), float(c.abs().sum()))
-    for (name, _), w in zip(loss.named_parameters(), want):
-        got = pullback(c)[name]
-        if w is None:
-            assert not got.any(), name
-        else:
-            torch.testing.assert_close(got, w, rtol=1e-11, atol=1e-13 * scale, msg=name)
+    outputs, targets = _batch_for(case, loss, extreme=False)
+    _check_pullback(loss, outputs, targets, rtol=1e-9)
 
 
 FREEZE = {"taylor": ("taylor-3", False, "centre"), "mlp": ("mlp-bias-sleaky-out", False, "layers.1.weight"),
@@ -243,40 +212,22 @@ FREEZE = {"taylor": ("taylor-3", False, "centre"), "mlp": ("mlp-bias-sleaky-out"
 
 @pytest.mark.parametrize("name", FREEZE)
 def test_pullback_gives_zeros_for_frozen_parameters(name: str) -> None:
-    """Closed forms and autograd agree: a parameter that does not require grad is a constant."""
+    """A parameter that does not require grad is a constant, as autograd treats it."""
     case, scaled, frozen = FREEZE[name]
     loss = _wrapped(case) if scaled else make_loss(case)
     dict(loss.named_parameters())[frozen].requires_grad_(False)
     outputs, targets = torch.randn(4, 3, dtype=F64), torch.tensor([0, 1, 2, 0])
-    _, m, pullback = loss(outputs, targets, output_gradient="pullback")
+    _, m, pullback = value_gradient_pullback(loss, dict(loss.named_parameters()), outputs, targets)
     got = pullback(torch.linspace(-1, 1, m.numel(), dtype=F64).reshape(m.shape))
     assert not got[frozen].any()
     assert all(g.any() for k, g in got.items() if k != frozen)
 
 
-def test_output_gradient_must_be_a_known_mode() -> None:
-    loss = make_loss("mlp")
-    with pytest.raises(ValueError, match="output_gradient must be False, True or 'pullback'"):
-        loss(torch.randn(2, 3, dtype=F64), torch.tensor([0, 1]), output_gradient="yes")
-    with pytest.raises(ValueError, match="needs reduction='mean'"):
-        loss(torch.randn(2, 3, dtype=F64), torch.tensor([0, 1]), output_gradient="pullback", reduction="sum")
-
-
 @pytest.mark.parametrize("case, scaled", [("mlp-bias-sleaky-out", False), ("mlp", True), ("taylor-3", True)],
                          ids=["mlp", "mlp-scaled", "taylor-scaled"])
-def test_pullback_reads_the_parameters_given_to_functional_call(case: str, scaled: bool) -> None:
-    """The pullback closes over the values in use when it was made, not the module's own ones."""
+def test_pullback_reads_the_parameters_it_is_given(case: str, scaled: bool) -> None:
+    """The derivatives use the values passed in, not the module's own ones."""
     loss = _wrapped(case) if scaled else make_loss(case)
     outputs, targets = _batch_for(case, loss, extreme=False)
     other = {k: (p.detach() * 1.1 + 0.05).requires_grad_(True) for k, p in loss.named_parameters()}
-    _, m, pullback = functional_call(loss, other, (outputs, targets), {"output_gradient": "pullback"})
-    u = torch.randn(m.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
-    got = pullback(u)
-    with torch.no_grad():
-        for k, p in loss.named_parameters():
-            p.copy_(other[k])
-    assert any(g.any() for g in got.values())
-    _, m_ref, reference = loss(outputs, targets, output_gradient="pullback")
-    torch.testing.assert_close(m, m_ref, rtol=1e-14, atol=0)
-    for k, g in reference(u).items():
-        torch.testing.assert_close(got[k], g, rtol=1e-14, atol=0, msg=k)
+    _check_pullback(loss, outputs, targets, params=other)

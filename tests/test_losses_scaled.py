@@ -150,28 +150,6 @@ def test_bad_arguments_name_the_fix():
         losses.loss_from_dict(data)
 
 
-@pytest.mark.parametrize("task", ["classification", "regression"])
-def test_output_gradient_in_one_pass_equals_autograd_through_forward(task):
-    torch.manual_seed(4)
-    loss = GradientScaledLoss(MLPLoss(hidden=(5, 5), task=task)).double()
-    with torch.no_grad():
-        loss.scale_logit.fill_(-0.3)
-    outputs = _outputs(7, 3)
-    targets = _outputs(7, 3, seed=5) if task == "regression" else torch.arange(7) % 3
-    f = outputs.clone().requires_grad_(True)
-    value = loss(f, targets)
-    (expected,) = torch.autograd.grad(value, f, create_graph=True)
-    one_value, m = loss(outputs.clone().requires_grad_(True), targets, output_gradient=True)
-    torch.testing.assert_close(one_value, value.detach(), rtol=1e-14, atol=0)
-    torch.testing.assert_close(m, expected, rtol=1e-13, atol=1e-16)
-    u = torch.randn_like(m)
-    params = list(loss.parameters())
-    for a, b in zip(torch.autograd.grad((u * m).sum(), params), torch.autograd.grad((u * expected).sum(), params)):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
-    with pytest.raises(ValueError, match="reduction='mean'"):
-        loss(outputs, targets, reduction="sum", output_gradient=True)
-
-
 def test_a_frozen_copy_steps_identically_without_a_second_order_graph():
     from toolkit.online import frozen_copy
 

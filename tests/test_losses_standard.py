@@ -55,10 +55,11 @@ def test_task_loss_is_torch_and_task_gradient_is_its_derivative(task: str, class
     assert task_loss_module(task, classes).mean_over == ("batch" if task == "classification" else "elements")
 
 
-def test_cross_entropy_output_gradient_route_matches_forward() -> None:
-    """forward(output_gradient=True) (the learned-loss interface) uses the same batch-mean reduction."""
+def test_cross_entropy_derived_gradient_matches_forward() -> None:
+    """The meta-gradient's view of the loss (value and ∂/∂logits) uses the same batch-mean reduction."""
+    from losses.derivatives import value_gradient_pullback
     logits, labels = _batch(classes=6)
-    value, m = CrossEntropyLoss()(logits, labels, output_gradient=True)
+    value, m, _ = value_gradient_pullback(CrossEntropyLoss(), {}, logits, labels)
     torch.testing.assert_close((value, m), _value_and_gradient(F.cross_entropy, logits, labels))
 
 

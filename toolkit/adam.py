@@ -14,6 +14,8 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
+from .rules import adam_arrays
+
 TensorDict = dict[str, Tensor]
 
 
@@ -55,26 +57,12 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state
     Returns:
         (new params, new state); inputs are not modified.
     """
-    beta1, beta2 = betas
     names = list(params)
-    step = state.step + 1
-    bias1 = 1 - beta1 ** step
-    bias2_sqrt = (1 - beta2 ** step).sqrt()
-    # One fused (foreach) kernel per operation over all tensors: the loss has few, small parameters,
-    # so per-tensor kernels would cost more in launches than in arithmetic.
     p = [params[k] for k in names]
-    g = [grads[k] for k in names]
     old_m = [state.exp_avg[k] for k in names]
     old_v = [state.exp_avg_sq[k] for k in names]
-    m = torch._foreach_lerp(old_m, g, 1 - beta1)
-    v = torch._foreach_mul(old_v, beta2)
-    torch._foreach_addcmul_(v, g, g, value=1 - beta2)
-    denominator = torch._foreach_sqrt(v)
-    torch._foreach_div_(denominator, bias2_sqrt)
-    torch._foreach_add_(denominator, eps)
-    update = torch._foreach_div(m, denominator)
-    torch._foreach_mul_(update, lr / bias1)
-    new_p = torch._foreach_sub(p, update)
+    new_p, m, v, step = adam_arrays(p, [grads[k] for k in names], old_m, old_v, state.step, lr=lr, betas=betas,
+                                    eps=eps)
     if apply is not None:
         keep = lambda new, old: [torch.where(apply, a, b) for a, b in zip(new, old)]  # noqa: E731
         new_p, m, v = keep(new_p, p), keep(m, old_m), keep(v, old_v)

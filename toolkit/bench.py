@@ -1,4 +1,4 @@
-"""Step timing for ``lfl bench``: cross-entropy SGD against AdaLFL (fast and naive meta-gradient).
+"""Step timing for ``lfl bench``: cross-entropy SGD against AdaLFL (default and naive meta-gradient).
 
 All three run in one process on the same model architecture and the same batches,
 interleaved round by round so machine noise hits them alike; each figure is the
@@ -14,9 +14,10 @@ import torch
 
 import losses
 
-from .lookahead import PHASES, SGDRule
+from .lookahead import PHASES
 from .models import build_model
 from .online import OnlineLossLearner
+from .rules import SGDRule
 from .run import FixedLossStepper
 from .train import ConfigError, TrainConfig
 
@@ -53,11 +54,10 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     ``loss_scale`` is the learned loss's as in ``lfl train`` ("normalised": wrapped in
     ``losses.GradientScaledLoss``; "free": the loss network alone, as in the paper).
     Returns a JSON-ready dict with ``ce_step_s``, ``fast_step_s``, ``naive_step_s``,
-    ``fast_ratio``, ``naive_ratio`` and peak memory per method (MB); also
-    ``fast_forward_ad_*``: the fast route with forward-mode AD for the JVP, which is
-    what it falls back to for models that are not chains of known layers, and
-    ``fast_unguarded_*``: the fast route without the descent guard (``--no-descent-guard``).
-    Every AdaLFL route but that one runs with the guard, as ``lfl train`` does by default.
+    ``fast_ratio``, ``naive_ratio`` and peak memory per method (MB, and as ratios to CE's);
+    ``fast`` is the default route (:func:`toolkit.lookahead.meta_gradient`) with the descent
+    guard, as ``lfl train`` runs it, and ``fast_unguarded_*`` the same without the guard
+    (``--no-descent-guard``). The naive route runs with the guard too.
 
     ``breakdown`` (CPU only) adds ``breakdown``: the fast step's parts (:data:`toolkit.lookahead.PHASES`,
     plus ``other``: the meta update, the commit and the skip counters), in ms per step and as
@@ -85,7 +85,7 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
         raise ValueError(f"loss_scale must be 'normalised' or 'free', got {loss_scale!r}")
     config = TrainConfig(lr=0.01)
     steppers = {"ce": FixedLossStepper(copy.deepcopy(base), losses.CrossEntropyLoss().to(device), config)}
-    for name in ("fast", "naive", "fast-forward-ad"):
+    for name in ("fast", "naive"):
         steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
                                            meta_gradient=name, snapshot_every=0)
     # The default step without the descent guard (toolkit.descent), as --no-descent-guard runs it.
@@ -107,8 +107,9 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
         key = name.replace("-", "_")
         result[f"{key}_step_s"] = statistics.median(times[name])
         result[f"{key}_peak_mb"] = _peak_memory_mb(device, lambda: stepper.step(train[0], valid[0], lr=0.01))
-    for key in ("fast", "naive", "fast_forward_ad", "fast_unguarded"):
+    for key in ("fast", "naive", "fast_unguarded"):
         result[f"{key}_ratio"] = result[f"{key}_step_s"] / result["ce_step_s"]
+        result[f"{key}_memory_ratio"] = result[f"{key}_peak_mb"] / max(result["ce_peak_mb"], 1e-9)
     if breakdown:
         result["breakdown"] = _breakdown(steppers["ce"], steppers["fast"], train, valid, repeats)
     return result
@@ -135,3 +136,33 @@ def _breakdown(ce, fast, train, valid, repeats: int) -> dict:
     phases["other"] = max(fast_ms - sum(phases.values()), 0.0)
     return {"ce_step_ms": ce_ms, "fast_step_ms": fast_ms, "phases_ms": phases,
             "phases_ratio": {name: ms / ce_ms for name, ms in phases.items()}}
+
+
+ZOO_INPUTS: dict[str, tuple[tuple[int, ...], int]] = {
+    "logreg": ((1, 28, 28), 128), "mlp": ((1, 28, 28), 128), "lenet5": ((1, 28, 28), 128),
+    **{name: ((3, 32, 32), 32) for name in ("alexnet", "vgg16", "allcnn", "resnet18", "preresnet", "wideresnet",
+                                            "pyramidnet", "squeezenet")},
+}
+"""Each zoo model's benchmark input: MNIST-shaped batches of 128 for the small models, CIFAR-shaped
+batches of 32 for the convolutional networks the paper trains on CIFAR."""
+
+
+def benchmark_all(*, device: torch.device = torch.device("cpu"), repeats: int = 10, warmup: int = 3,
+                  models: tuple[str, ...] | None = None, progress=None, **options) -> list[dict]:
+    """:func:`benchmark_steps` for every zoo model (:data:`ZOO_INPUTS`), one row per model.
+
+    Each row adds ``input_shape`` to the single-model result; ``progress(model)`` is called
+    before each model.
+    """
+    rows = []
+    for name in models or tuple(ZOO_INPUTS):
+        if name not in ZOO_INPUTS:
+            raise ConfigError(f"unknown model {name!r}: choose from {', '.join(ZOO_INPUTS)}")
+        shape, batch = ZOO_INPUTS[name]
+        if progress is not None:
+            progress(name)
+        row = benchmark_steps(model=name, input_shape=shape, batch_size=batch, device=device, repeats=repeats,
+                              warmup=warmup, **options)
+        row["input_shape"] = list(shape)
+        rows.append(row)
+    return rows

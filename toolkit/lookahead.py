@@ -1,30 +1,26 @@
-"""The one-step lookahead: the base SGD update and its exact meta-gradient.
+"""The one-step lookahead: the base step and its exact meta-gradient, for any model and base optimiser.
 
-Pure functions over explicit parameter dictionaries (``torch.func`` style): they
-never mutate a module's parameters, so the stateful wrappers in
-:mod:`toolkit.online` and :mod:`toolkit.offline` decide what to keep.
+Pure functions over explicit parameter dictionaries (``torch.func`` style): they never
+mutate a module's parameters, so the stateful wrappers in :mod:`toolkit.online` and
+:mod:`toolkit.offline` decide what to keep.
 
-Notation (DESIGN.md): θ' = θ − lr·d(g), g = ∇θ M_φ(y, f_θ(x)) + wd·θ, where the
-momentum buffer b is a constant of the step, b' = μ b + g and d = b' (heavy ball)
-or d = g + μ b' (Nesterov). Hence ∂θ'/∂(∇θ M) = −α·I with α = lr (heavy ball,
-plain SGD) or α = lr·(1 + μ) (Nesterov), and the meta-gradient of the task loss
-L(θ') with respect to the loss parameters φ is
+Notation (DESIGN.md): g = ∇θ M_φ(y, f_θ(x)) on the training batch, θ' = U(θ, g, s) the base
+optimiser's step (:mod:`toolkit.rules`: SGD with momentum, Nesterov and weight decay, Adam,
+AdamW; s its state, a constant of the step), and L(θ') the task loss on the validation
+batch. With v = ∇θ' L, w = (∂U/∂g)ᵀ v, u = J_f w (J_f = ∂f/∂θ on the training batch) and
+m(φ) = ∂M_φ/∂f, the meta-gradient is
 
-    dL/dφ = −α ∂/∂φ [ u · m(φ) ],   u = J_f v,   v = ∇θ' L,   m = ∂M_φ/∂f,
+    dL/dφ = ∂/∂φ [ u · m(φ) ].
 
-where f are the base model's outputs on the training batch and J_f = ∂f/∂θ.
-``meta_gradient_fast`` evaluates exactly this: one backward on the validation
-batch for v, one Jacobian-vector product through the base model for u (from the
-training forward's activations when the model is a chain of known layers, see
-:mod:`toolkit.tangents`; forward-mode AD otherwise), and second derivatives of the
-small loss network only: the loss's pullback u ↦ ∂/∂φ[u · m(φ)]
-(``losses.LearnedLoss.mean_gradient_pullback``), written out for ``MLPLoss`` and
-``GradientScaledLoss`` and autograd's double backward for other losses. For a chain whose
-first layer takes the input itself, the two base gradients (the training one at θ and v at
-θ') come from :mod:`toolkit.chain_passes` (the recorded activations, and a forward of the
-chain at θ'), without autograd; other models use autograd for both. ``meta_gradient_naive``
-differentiates through the whole unrolled step (``create_graph=True``) and is the
-reference the tests compare against.
+:func:`meta_gradient` evaluates exactly this, with nothing that depends on the model's
+structure: the training forward and backward by autograd over ``functional_call``, w by
+autograd through the rule's own update (:func:`toolkit.rules.update_with_pullback`; −lr·v
+for plain SGD), u by forward-mode AD (``torch.func.jvp``) through the model with the same
+buffers and the same random numbers (dropout masks), and m and its pullback derived from
+the loss's forward (:func:`losses.derivatives.value_gradient_pullback`). In-place
+operations, hooks, BatchNorm, residual blocks and dropout are all handled by autograd and
+forward-mode AD themselves. :func:`meta_gradient_naive` differentiates through the whole
+unrolled step (``create_graph=True``) and is the reference the tests compare against.
 
 References:
     Raymond, Chen, Xue, Zhang. Online Loss Function Learning. arXiv 2301.13247.
@@ -37,85 +33,30 @@ from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
-import torch.autograd.forward_ad as fwAD
-from torch.func import functional_call
+from torch.func import functional_call, jvp
 
 from losses import encode_targets
-from losses.base import autograd_pullback, fill_missing_gradients
+from losses.base import fill_missing_gradients
+from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
-from .chain_passes import chain_forward, chain_vjp, supports_passes
 from .descent import descent_reflection, guarded_gradients, parameter_reflection
-from .tangents import as_chain, chain_jvp, record_chain
+from .rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 
 TensorDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
 
 
-@dataclass(frozen=True)
-class SGDRule:
-    """The base optimiser's step rule (the semantics of ``torch.optim.SGD``).
-
-    Attributes:
-        lr: learning rate.
-        momentum: heavy-ball coefficient μ (0 disables the buffer).
-        nesterov: Nesterov momentum (needs ``momentum > 0``).
-        weight_decay: L2 coefficient added to the gradient.
-    """
-
-    lr: float = 0.01
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be positive, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0 (e.g. --momentum 0.9)")
-
-    def with_lr(self, lr: float) -> "SGDRule":
-        """The same rule at another learning rate (for schedules)."""
-        return SGDRule(lr=lr, momentum=self.momentum, nesterov=self.nesterov,
-                       weight_decay=self.weight_decay)
-
-    @property
-    def alpha(self) -> float:
-        """The step's sensitivity to the loss gradient: θ' = … − α ∇θ M."""
-        return self.lr * (1.0 + self.momentum) if self.nesterov else self.lr
-
-
 def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                momentum: Mapping[str, Tensor] | None, rule: SGDRule) -> tuple[TensorDict, TensorDict | None]:
-    """One SGD step, out of place and differentiable, matching ``torch.optim.SGD``.
+    """One SGD step with explicit momentum buffers (None before the first step, as in ``torch.optim.SGD``).
 
-    Args:
-        params: θ, name → tensor.
-        grads: ∇θ M (without weight decay), same names and shapes.
-        momentum: the momentum buffers b (None on the first step, as in torch).
-        rule: the step rule.
-
-    Returns:
-        (θ', b'), b' being None when ``rule.momentum == 0``.
+    A convenience over ``rule.update`` for callers that hold the buffers themselves.
+    Returns (θ', b'), b' None when ``rule.momentum == 0``.
     """
-    names = list(params)
-    if not names:
-        return {}, ({} if rule.momentum > 0 else None)
-    # One fused (foreach) kernel per operation over all tensors, differentiable for the naive route.
-    p = [params[k] for k in names]
-    g = [grads[k] for k in names]
-    if rule.weight_decay:
-        g = torch._foreach_add(g, p, alpha=rule.weight_decay)
-    new_momentum: TensorDict | None = None
-    if rule.momentum > 0:
-        b = g if momentum is None else torch._foreach_add(g, [momentum[k] for k in names], alpha=rule.momentum)
-        new_momentum = dict(zip(names, b))
-        g = torch._foreach_add(g, b, alpha=rule.momentum) if rule.nesterov else b
-    return dict(zip(names, torch._foreach_add(p, g, alpha=-rule.lr))), new_momentum
+    state = rule.init(params) if momentum is None else ({"momentum": dict(momentum)} if rule.momentum else {})
+    new_params, new_state = rule.update(params, grads, state)
+    return new_params, new_state.get("momentum")
 
 
 @dataclass(frozen=True)
@@ -124,7 +65,7 @@ class Lookahead:
 
     Attributes:
         params: θ', the next base iterate (detached).
-        momentum: b', the next momentum buffers (None without momentum).
+        state: the base optimiser's next state (momentum buffers, Adam moments; detached).
         meta_grads: dL(θ')/dφ, name → tensor, for the loss parameters.
         train_loss: M_φ on the training batch at θ (detached scalar).
         meta_loss: L_task on the validation batch at θ' (detached scalar).
@@ -139,7 +80,7 @@ class Lookahead:
     """
 
     params: TensorDict
-    momentum: TensorDict | None
+    state: State
     meta_grads: TensorDict
     train_loss: Tensor
     meta_loss: Tensor
@@ -150,9 +91,8 @@ class Lookahead:
     train_task_loss: Tensor | None = None
 
 
-PHASES = ("train_forward", "loss_gradient", "train_backward", "sgd_update", "valid_pass", "tangent",
-          "meta_backward")
-"""The parts of :func:`meta_gradient_fast`, labelled ``lookahead.<phase>`` for ``torch.profiler``
+PHASES = ("train_forward", "loss_gradient", "train_backward", "update", "valid_pass", "tangent", "meta_backward")
+"""The parts of :func:`meta_gradient`, labelled ``lookahead.<phase>`` for ``torch.profiler``
 (``lfl bench --breakdown`` reads them); the labels cost nothing measurable when no profiler runs."""
 
 
@@ -197,53 +137,46 @@ def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tenso
     return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
 
 
-def _value_gradient_pullback(loss: nn.Module, loss_params: Mapping[str, Tensor], outputs: Tensor,
-                             targets: Tensor) -> tuple[Tensor, Tensor, Callable[[Tensor], TensorDict]]:
-    """M_φ, m = ∂M_φ/∂f (both detached) and ``pullback(u) = {name: ∂/∂φ Σ u ⊙ m}``.
-
-    Learned losses (``provides_output_gradient``) give all three themselves, in closed form
-    where they can (``losses.MLPLoss``: no autograd graph at all); any other loss module goes
-    through autograd's double backward.
-    """
-    f = outputs.detach()
-    if getattr(loss, "provides_output_gradient", False):
-        return functional_call(loss, dict(loss_params), (f, targets), {"output_gradient": "pullback"})
-    with torch.enable_grad():
-        f = f.requires_grad_(True)
-        value = functional_call(loss, dict(loss_params), (f, targets))
-        (m,) = torch.autograd.grad(value, f, create_graph=True)
-    return value.detach(), m.detach(), autograd_pullback(m, loss_params)
-
-
 def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                             x: Tensor, tangents: Mapping[str, Tensor]) -> Tensor:
-    """u = J_f v: the directional derivative of the outputs f_θ(x) along v, in forward mode.
+    """u = J_f v: the directional derivative of the outputs f_θ(x) along v, by ``torch.func.jvp``.
 
-    Uses ``torch.autograd.forward_ad`` dual tensors, so modules that update buffers
-    in place (BatchNorm) work; pass copies of the buffers to keep the originals.
+    The buffers are copied inside the transformed function, so BatchNorm's in-place running-stat
+    update touches neither the caller's buffers nor a tensor captured from outside the transform.
 
     Args:
         params: θ; tangents: v, same names and shapes; x: the input batch.
 
     Returns:
-        u, shaped like the model's outputs (B, C).
+        u, shaped like the model's outputs.
     """
-    with fwAD.dual_level():
-        duals = {k: fwAD.make_dual(p, tangents[k]) for k, p in params.items()}
-        outputs = functional_call(model, (duals, dict(buffers)), (x,))
-        return fwAD.unpack_dual(outputs).tangent
+    names = list(params)
+
+    def outputs(*theta: Tensor) -> Tensor:
+        return functional_call(model, (dict(zip(names, theta)), _cloned(buffers)), (x,))
+
+    _, u = jvp(outputs, tuple(params[k].detach() for k in names), tuple(tangents[k] for k in names))
+    return u
 
 
-def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                       loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                       rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
-                       task: str = "classification", update_buffers: bool = True,
-                       diagnostics: bool = False, jvp: str = "auto", descent_guard: bool = False) -> Lookahead:
-    """The base update and the exact meta-gradient, through a JVP (the default route).
+def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
+    """The rule's state: ``rule.init`` when None; a bare momentum dict (older callers) for SGD."""
+    if state is None:
+        return rule.init(params)
+    if isinstance(rule, SGDRule) and "momentum" not in state and rule.momentum and state:
+        return {"momentum": dict(state)}
+    return state
 
-    Cost: a training step, a forward/backward on the validation batch, one
-    forward-mode JVP through the base model on the training batch, and second
-    derivatives of the loss network on (B, C) values. Nothing of the graph survives.
+
+def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                  loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                  rule: StepRule, state: State | None = None, *, task: str = "classification",
+                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False) -> Lookahead:
+    """The base update and the exact meta-gradient (the default route).
+
+    Cost: a training step, a forward/backward on the validation batch, one forward-mode
+    JVP through the base model on the training batch, and second derivatives of the loss
+    network on (B, C) values. Nothing of the graph survives the call.
 
     Args:
         model: the base model (only its structure is used; ``params``/``buffers`` are its state).
@@ -253,38 +186,30 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
         loss: the learned loss module, called as ``loss(outputs, targets)``.
         loss_params: φ, name → tensor (e.g. ``dict(loss.named_parameters())``).
         train: (x, y) training batch; valid: (x_v, y_v) meta-objective batch.
-        rule: the base step rule; momentum: the buffers b of the current step.
+        rule: the base optimiser's rule (:mod:`toolkit.rules`); state: its state (None: fresh).
         task: "classification" or "regression" (selects the task loss).
         update_buffers: False evaluates the training forward on copies of the buffers.
-        diagnostics: also compute the gradient-scale ratio (one extra tiny backward).
-        jvp: "auto" reuses the training forward's activations when the model is a
-            verifiable chain of known layers (:mod:`toolkit.tangents`), else forward-mode
-            AD; "forward" always uses forward-mode AD.
+        diagnostics: also compute the gradient-scale ratio.
         descent_guard: reflect each sample's learned gradient that points uphill for the task
-            loss (:mod:`toolkit.descent`); the meta-gradient goes through the reflection.
+            loss, and the batch step if it still does (:mod:`toolkit.descent`); the meta-gradient
+            goes through both reflections.
 
     Returns:
         A :class:`Lookahead`.
     """
-    if jvp not in ("auto", "forward"):
-        raise ValueError(f"jvp must be 'auto' or 'forward', got {jvp!r}")
     x, y = train
-    device = x.device
-    rng = _rng_state(device)
+    state = _as_state(rule, params, state)
+    rng = _rng_state(x.device)
     with torch.enable_grad():
         own = update_buffers and _is_own_state(model, params, buffers)
         theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}
-        with _phase("train_forward"), record_chain(model) if jvp == "auto" else contextlib.nullcontext() as recording:
+        with _phase("train_forward"):
             if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
                 outputs = model(x)
             else:
                 outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
-        chain = as_chain(recording, outputs, set(theta_leaf))
-        # A chain whose layers all have written-out passes, and whose first layer takes the input
-        # itself (no transformation in forward before it), needs no autograd for either gradient.
-        passes = chain is not None and recording.first_input is x and supports_passes(chain)
         with _phase("loss_gradient"):
-            train_loss, m, pullback = _value_gradient_pullback(loss, loss_params, outputs, y)
+            train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
             guarded = guarded_step = step_reflect = task_grads = train_task_loss = None
             if descent_guard:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
                 train_task_loss = task_loss(outputs.detach(), y, task)
@@ -292,50 +217,36 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
                 m, guarded, unguarded = reflect(m), reflect.count, pullback
                 pullback = lambda u: unguarded(reflect(u))  # noqa: E731
         with _phase("train_backward"):
-            if passes:
-                outputs = outputs.detach()  # the forward's graph is not needed: drop it now
-                grads = chain_vjp(chain, theta_leaf, m)
-                if descent_guard:
-                    task_grads = chain_vjp(chain, theta_leaf, reflect.task_gradient)
-            else:
-                grads = dict(zip(theta_leaf, torch.autograd.grad(outputs, list(theta_leaf.values()), m,
-                                                                 retain_graph=descent_guard)))
-                if descent_guard:
-                    task_grads = dict(zip(theta_leaf, torch.autograd.grad(outputs, list(theta_leaf.values()),
-                                                                          reflect.task_gradient)))
-            if descent_guard:  # θ' = θ − α H_θ Jᵀ m': the tangent direction becomes H_θ v (H_θ = H_θᵀ)
+            names = list(theta_leaf)
+            leaves = [theta_leaf[k] for k in names]
+            grads = dict(zip(names, torch.autograd.grad(outputs, leaves, m, retain_graph=descent_guard)))
+            if descent_guard:
+                task_grads = dict(zip(names, torch.autograd.grad(outputs, leaves, reflect.task_gradient)))
+                # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w (H_θ = H_θᵀ)
                 step_reflect = parameter_reflection(grads, task_grads)
                 grads, guarded_step = step_reflect(grads), step_reflect.uphill
-    with _phase("sgd_update"), torch.no_grad():  # no_grad: θ' and b' carry no graph, whatever θ is
-        new_params, new_momentum = sgd_update(params, grads, momentum, rule)
+        outputs = outputs.detach()
+    with _phase("update"):
+        new_params, new_state, update_pullback = update_with_pullback(rule, params, grads, state)
 
     x_v, y_v = valid
-    with _phase("valid_pass"):
-        if passes:
-            outputs_v, links = chain_forward(chain, new_params, x_v)
-            meta_loss = task_loss(outputs_v, y_v, task)
-            v = chain_vjp(links, new_params, task_gradient(outputs_v, encode_targets(y_v, outputs_v, task), task))
-        else:
-            with torch.enable_grad():
-                probe = {k: p.detach().requires_grad_(True) for k, p in new_params.items()}
-                meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
-                v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
+    with _phase("valid_pass"), torch.enable_grad():
+        probe = {k: p.requires_grad_(True) for k, p in new_params.items()}
+        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
+        v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
+        new_params = {k: p.detach() for k, p in probe.items()}
 
     with _phase("tangent"):
+        w = update_pullback(v)
         if step_reflect is not None:
-            v = step_reflect(v)
-        if chain is not None:  # the training forward's activations give u without a second forward
-            u = chain_jvp(chain, params, v)
-        else:
-            theta = {k: p.detach() for k, p in params.items()}
-            with _replayed_rng(rng, device):
-                u = jacobian_vector_product(model, theta, _cloned(buffers), x, v)
+            w = step_reflect(w)
+        with _replayed_rng(rng, x.device):
+            u = jacobian_vector_product(model, params, buffers, x, w)
 
     with _phase("meta_backward"):
-        # The pullback is linear in u: −α goes onto the (B, C) tangent, not onto every meta-gradient.
-        meta = pullback(u * -rule.alpha)
+        meta = pullback(u)
         meta_grads = {k: meta[k] for k in loss_params}
-    return Lookahead(params=new_params, momentum=new_momentum, meta_grads=meta_grads, train_loss=train_loss.detach(),
+    return Lookahead(params=new_params, state=new_state, meta_grads=meta_grads, train_loss=train_loss,
                      meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
                      guarded=guarded, guarded_step=guarded_step, task_grads=task_grads,
                      train_task_loss=train_task_loss)
@@ -343,31 +254,31 @@ def meta_gradient_fast(model: nn.Module, params: Mapping[str, Tensor], buffers: 
 
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                         loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                        rule: SGDRule, momentum: Mapping[str, Tensor] | None = None, *,
+                        rule: StepRule, state: State | None = None, *,
                         task: str = "classification", update_buffers: bool = True,
                         diagnostics: bool = False, descent_guard: bool = False) -> Lookahead:
     """The reference route: autograd through the unrolled step (``create_graph=True``).
 
-    Same arguments and result as :func:`meta_gradient_fast`; holds the whole
-    second-order graph of the base model while it runs.
+    Same arguments and result as :func:`meta_gradient`; holds the whole second-order graph of
+    the base model while it runs.
     """
     x, y = train
     x_v, y_v = valid
     theta = {k: p.detach() for k, p in params.items()}
-    mom = None if momentum is None else {k: b.detach() for k, b in momentum.items()}
+    state = detach_state(_as_state(rule, params, state))
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
         guarded = guarded_step = task_grads = train_task_loss = None
-        if descent_guard:  # θ' = θ − α H_θ Jᵀ H_f m(φ), differentiated as written
+        if descent_guard:  # θ' = U(H_θ Jᵀ H_f m(φ)), differentiated as written
             grads, guarded, guarded_step, task_grads = guarded_gradients(train_loss, outputs, theta_leaf, y, task,
                                                                          create_graph=True)
             train_task_loss = task_loss(outputs.detach(), y, task)
         else:
             grads = dict(zip(theta_leaf, torch.autograd.grad(train_loss, list(theta_leaf.values()),
                                                              create_graph=True)))
-        new_params, new_momentum = sgd_update(theta, grads, mom, rule)
+        new_params, new_state = rule.update(theta, grads, state)
         meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
         meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
@@ -377,24 +288,21 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
             m = torch.autograd.grad(functional_call(loss, dict(loss_params), (out_leaf, y)), out_leaf)[0]
             ratio = _grad_ratio(m, outputs, y, task)
     meta_grads = fill_missing_gradients(loss_params, dict(zip(names, meta)))
-    return Lookahead(params={k: p.detach() for k, p in new_params.items()},
-                     momentum=None if new_momentum is None else {k: b.detach() for k, b in new_momentum.items()},
+    return Lookahead(params={k: p.detach() for k, p in new_params.items()}, state=detach_state(new_state),
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
                      grad_ratio=ratio, guarded=guarded, guarded_step=guarded_step,
                      task_grads=None if task_grads is None else {k: g.detach() for k, g in task_grads.items()},
                      train_task_loss=train_task_loss)
 
 
-def meta_gradient_fast_forward_ad(*args, **kwargs) -> Lookahead:
-    """:func:`meta_gradient_fast` with forward-mode AD for every model (for benchmarks)."""
-    return meta_gradient_fast(*args, jvp="forward", **kwargs)
-
-
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
-    "fast": meta_gradient_fast,
+    "fast": meta_gradient,
     "naive": meta_gradient_naive,
-    "fast-forward-ad": meta_gradient_fast_forward_ad,
 }
+"""The routes by name: "fast" is :func:`meta_gradient` (JVP), "naive" the unrolled reference."""
+
+meta_gradient_fast = meta_gradient
+"""The default route under its older name."""
 
 
 def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
@@ -403,3 +311,7 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
         return META_GRADIENTS[name]
     except KeyError:
         raise ValueError(f"unknown meta-gradient {name!r}: choose one of {sorted(META_GRADIENTS)}") from None
+
+
+__all__ = ["SGDRule", "AdamRule", "sgd_update", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
+           "meta_gradient_fast", "meta_gradient_naive", "META_GRADIENTS", "get_meta_gradient"]

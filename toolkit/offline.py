@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from .adam import adam_init, all_finite, apply_meta_update
-from .lookahead import SGDRule, get_meta_gradient
+from .lookahead import get_meta_gradient
+from .rules import StepRule
 
 Batch = tuple[Tensor, Tensor]
 
@@ -40,7 +41,7 @@ def reinitialise(model: nn.Module) -> None:
 
 
 def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int], tuple[Batch, Batch]], *,
-                       steps: int = 2500, rule: SGDRule, meta_lr: float = 1e-3, meta_clip: float | None = None,
+                       steps: int = 2500, rule: StepRule, meta_lr: float = 1e-3, meta_clip: float | None = None,
                        meta_gradient: str = "fast", task: str = "classification", record_every: int = 50,
                        progress: Callable[[int, dict], None] | None = None,
                        reset: Callable[[nn.Module], None] = reinitialise, descent_guard: bool = True) -> list[dict]:
@@ -51,7 +52,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         loss: the learned loss; its parameters are updated in place.
         batches: ``batches(s)`` gives the (train, valid) batches of meta step s.
         steps: number of meta steps S_init (paper: 2500).
-        rule: the base step rule of the lookahead (its momentum buffer starts empty).
+        rule: the base optimiser's rule in the lookahead (its state starts fresh each step).
         meta_lr: Adam learning rate; meta_clip: optional global-norm clipping.
         meta_gradient: "fast" or "naive".
         task: "classification" or "regression".

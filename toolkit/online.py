@@ -2,7 +2,7 @@
 
 Usable from any training loop::
 
-    learner = OnlineLossLearner(model, MLPLoss(), rule=SGDRule(lr=0.01))
+    learner = OnlineLossLearner(model, MLPLoss(), rule=SGDRule(lr=0.01))  # or a torch.optim.SGD/Adam/AdamW
     for (x, y), (x_v, y_v) in zip(train_batches, valid_batches):
         info = learner.step((x, y), (x_v, y_v))
 
@@ -26,7 +26,8 @@ from losses import task_loss
 
 from .adam import AdamState, adam_init, all_finite, apply_meta_update
 from .descent import guarded_gradients
-from .lookahead import SGDRule, get_meta_gradient, sgd_update
+from .lookahead import get_meta_gradient
+from .rules import State, StepRule, as_rule, detach_state, select_state
 
 
 def has_trainable_parameters(module: nn.Module) -> bool:
@@ -56,7 +57,9 @@ class OnlineLossLearner:
     Args:
         model: the base model; its parameters are updated in place.
         loss: the learned loss (any ``nn.Module`` called as ``loss(outputs, targets)``).
-        rule: the base SGD step rule (lr, momentum, Nesterov, weight decay).
+        rule: the base optimiser: an :class:`~toolkit.rules.SGDRule` or :class:`~toolkit.rules.AdamRule`,
+            or a ``torch.optim.SGD``/``Adam``/``AdamW`` over the model's parameters (its
+            hyperparameters and any state it holds are read once; it is not stepped).
         meta_lr: Adam learning rate for the loss parameters (paper: 1e-3).
         meta_interval: take a meta step every k base steps (1: every step).
         meta_clip: clip the meta-gradient to this global L2 norm (None: no clipping).
@@ -70,7 +73,8 @@ class OnlineLossLearner:
             meta-gradient goes through it. ``False`` is the paper's method.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, *, rule: SGDRule, meta_lr: float = 1e-3,
+    def __init__(self, model: nn.Module, loss: nn.Module, *, rule: StepRule | torch.optim.Optimizer,
+                 meta_lr: float = 1e-3,
                  meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
                  task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
                  descent_guard: bool = True) -> None:
@@ -80,12 +84,13 @@ class OnlineLossLearner:
             raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
         if not has_trainable_parameters(loss):
             raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
-        self.model, self.loss, self.rule = model, loss, rule
+        self.rule, state = as_rule(rule, model)
+        self.model, self.loss = model, loss
         self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip
         self._meta_gradient = get_meta_gradient(meta_gradient)
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
         self.adam: AdamState = adam_init(dict(loss.named_parameters()))
-        self.momentum: dict[str, Tensor] | None = None
+        self.state: State = state if state is not None else self.rule.init(self._params())
         self.steps = 0
         device = next(model.parameters()).device
         # [skipped base updates, skipped meta updates, consecutive skips], on the device.
@@ -125,21 +130,21 @@ class OnlineLossLearner:
     def _params(self) -> dict[str, Tensor]:
         return {k: p for k, p in self.model.named_parameters() if p.requires_grad}
 
-    def _lookahead_step(self, train, valid, rule: SGDRule, diagnostics: bool) -> dict[str, Tensor]:
+    def _lookahead_step(self, train, valid, rule: StepRule, diagnostics: bool) -> dict[str, Tensor]:
         params = self._params()
         loss_params = dict(self.loss.named_parameters())
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
-                                     loss_params, train, valid, rule, self.momentum, task=self.task,
+                                     loss_params, train, valid, rule, self.state, task=self.task,
                                      diagnostics=diagnostics, descent_guard=self.descent_guard)
-        new_params, new_momentum = result.params, result.momentum
+        new_params, new_state = result.params, result.state
         if result.guarded is not None:
-            new_params, new_momentum, rejected = accept_or_fall_back(
-                self.model, train, params, result.params, result.momentum, result.task_grads,
-                result.train_task_loss, self.momentum, rule, self.task)
+            new_params, new_state, rejected = accept_or_fall_back(
+                self.model, train, params, result.params, result.state, result.task_grads,
+                result.train_task_loss, self.state, rule, self.task)
             self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
-        self._commit_base(params, new_params, new_momentum, base_ok)
+        self._commit_base(params, new_params, new_state, base_ok)
         self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.meta_lr,
                                       clip=self.meta_clip, apply=meta_ok)
         self._count(base_ok, meta_ok)
@@ -148,32 +153,30 @@ class OnlineLossLearner:
             info["grad_ratio"] = result.grad_ratio
         return info
 
-    def _plain_step(self, train, rule: SGDRule) -> dict[str, Tensor]:
+    def _plain_step(self, train, rule: StepRule) -> dict[str, Tensor]:
         x, y = train
         params = self._params()
         if self.descent_guard:
-            train_loss, new_params, new_momentum, guard = guarded_sgd_step(self.model, self.loss, train, params,
-                                                                           self.momentum, rule, self.task)
+            train_loss, new_params, new_state, guard = guarded_step(self.model, self.loss, train, params,
+                                                                    self.state, rule, self.task)
             self.guard_counts.add(*guard, len(y))
         else:
             with torch.enable_grad():
                 train_loss = self.loss(self.model(x), y)
                 grads = torch.autograd.grad(train_loss, list(params.values()))
-            new_params, new_momentum = sgd_update({k: p.detach() for k, p in params.items()},
-                                                  dict(zip(params, grads)), self.momentum, rule)
+            with torch.no_grad():
+                new_params, new_state = rule.update({k: p.detach() for k, p in params.items()},
+                                                    dict(zip(params, grads)), self.state)
         ok = all_finite([train_loss, *new_params.values()])
-        self._commit_base(params, new_params, new_momentum, ok)
+        self._commit_base(params, new_params, new_state, ok)
         self._count(ok, torch.ones_like(ok))
         return {"train_loss": train_loss.detach()}
 
-    def _commit_base(self, params, new_params, new_momentum, ok: Tensor) -> None:
+    def _commit_base(self, params, new_params, new_state: State, ok: Tensor) -> None:
         with torch.no_grad():
             for k, p in params.items():
                 torch.where(ok, new_params[k], p, out=p)
-            if new_momentum is not None:
-                old = self.momentum
-                self.momentum = {k: b if old is None else torch.where(ok, b, old[k])
-                                 for k, b in new_momentum.items()}
+            self.state = select_state(ok, detach_state(new_state), self.state)
 
     def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
         bad = (~base_ok).long()
@@ -211,32 +214,35 @@ class OnlineLossLearner:
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
         return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
-                "momentum": self.momentum, "skips": self.skips, "guard_counts": self.guard_counts.counts,
+                "rule_state": self.state, "skips": self.skips, "guard_counts": self.guard_counts.counts,
                 "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         self.loss.load_state_dict(state["loss"])
         self.adam = AdamState.from_state_dict(state["adam"])
-        self.momentum = state["momentum"]
+        if "rule_state" in state:
+            self.state = state["rule_state"]
+        elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts
+            self.state = {"momentum": state["momentum"]}
         self.skips = state["skips"]
         self.guard_counts.load(state.get("guard_counts"))
         self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
                                    records=list(state["history"]["records"]))
 
 
-def accept_or_fall_back(model: nn.Module, train, params, new_params, new_momentum, task_grads, before: Tensor,
-                        momentum, rule: SGDRule,
-                        task: str) -> tuple[dict[str, Tensor], dict[str, Tensor] | None, Tensor]:
-    """θ' if it does not raise the training batch's task loss, else the task loss's own SGD step.
+def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
+                        before: Tensor, state: State, rule: StepRule,
+                        task: str) -> tuple[dict[str, Tensor], State, Tensor]:
+    """θ' if it does not raise the training batch's task loss, else the task loss's own step.
 
     The descent guard's step check (:mod:`toolkit.descent`): one extra forward at θ' on the
     training batch (buffers copied, so running statistics are untouched); the choice is a
-    device-side ``where``, with no host sync. Returns (θ, momentum buffers, rejected).
+    device-side ``where``, with no host sync. Returns (θ, optimiser state, rejected).
 
     Args:
-        params: θ; new_params, new_momentum: the candidate step; task_grads: ∇θ L_task at θ;
-        before: L_task on the batch at θ; momentum: the buffers of the current step (or None).
+        params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ;
+        before: L_task on the batch at θ; state: the optimiser state of the current step.
     """
     x, y = train
     with torch.no_grad():
@@ -244,32 +250,32 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_momentu
         after = task_loss(functional_call(model, (new_params, buffers), (x,)), y, task)
         rejected = ~(after <= before)  # a non-finite loss at θ' is rejected too
         theta = {k: p.detach() for k, p in params.items()}
-        fallback, fallback_momentum = sgd_update(theta, task_grads, momentum, rule)
+        fallback, fallback_state = rule.update(theta, task_grads, state)
         chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
-        chosen_momentum = None if new_momentum is None else {
-            k: torch.where(rejected, fallback_momentum[k], b) for k, b in new_momentum.items()}
-    return chosen, chosen_momentum, rejected
+        chosen_state = select_state(rejected, fallback_state, new_state)
+    return chosen, chosen_state, rejected
 
 
-def guarded_sgd_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor],
-                     momentum: dict[str, Tensor] | None, rule: SGDRule, task: str):
-    """One guarded SGD step on a fixed loss, out of place: (M on the batch, θ', b', guard counts).
+def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
+                 rule: StepRule, task: str):
+    """One guarded step on a fixed loss, out of place: (M on the batch, θ', state', guard counts).
 
-    The two reflections of :mod:`toolkit.descent`, ``sgd_update`` (``torch.optim.SGD``'s rule),
-    then :func:`accept_or_fall_back`. The guard counts ``(rows, step, rejected)`` go to
-    :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
+    The two reflections of :mod:`toolkit.descent`, the rule's update (equal to its
+    ``torch.optim`` counterpart), then :func:`accept_or_fall_back`. The guard counts
+    ``(rows, step, rejected)`` go to :meth:`GuardCounts.add`. Serves the online learner's plain
+    steps and a frozen learned loss.
     """
-    x, y = train
     with torch.enable_grad():
-        outputs = model(x)
-        value = loss(outputs, y)
-        grads, rows, uphill, task_grads = guarded_gradients(value, outputs, params, y, task)
+        outputs = model(train[0])
+        value = loss(outputs, train[1])
+        grads, rows, uphill, task_grads = guarded_gradients(value, outputs, params, train[1], task)
     theta = {k: p.detach() for k, p in params.items()}
-    new_params, new_momentum = sgd_update(theta, grads, momentum, rule)
-    before = task_loss(outputs.detach(), y, task)
-    new_params, new_momentum, rejected = accept_or_fall_back(model, train, params, new_params, new_momentum,
-                                                             task_grads, before, momentum, rule, task)
-    return value.detach(), new_params, new_momentum, (rows, uphill, rejected)
+    with torch.no_grad():
+        new_params, new_state = rule.update(theta, grads, state)
+    before = task_loss(outputs.detach(), train[1], task)
+    new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
+                                                          task_grads, before, state, rule, task)
+    return value.detach(), new_params, new_state, (rows, uphill, rejected)
 
 
 class GuardCounts:
@@ -310,4 +316,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "GuardCounts", "accept_or_fall_back", "guarded_sgd_step"]
+           "GuardCounts", "accept_or_fall_back", "guarded_step"]

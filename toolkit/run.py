@@ -25,8 +25,9 @@ from .data import Dataset, load_dataset
 from .models import build_model
 from .offline import offline_initialise
 from .adam import all_finite
-from .online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_sgd_step,
+from .online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_step,
                      has_trainable_parameters)
+from .rules import torch_optimizer
 from .run_directory import RunDirectory
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
                     progress_bar, resolve_device, seed_everything, write_json)
@@ -35,22 +36,21 @@ CHECKPOINT_VERSION = 1
 
 
 class FixedLossStepper:
-    """SGD on a fixed loss: cross-entropy, squared error, or a frozen learned loss.
+    """The base optimiser on a fixed loss: cross-entropy, squared error, or a frozen learned loss.
 
-    Unguarded, the step is ``torch.optim.SGD``'s. With ``guard_task`` (a frozen learned loss and
-    ``config.descent_guard``) it is the same rule written functionally (``sgd_update``, equal
-    to ``torch.optim.SGD``) around the descent guard (:mod:`toolkit.descent`): the two
-    reflections, then the step check that falls back to the task loss's own step.
+    Unguarded, the step is ``torch.optim``'s own (SGD, Adam or AdamW). With ``guard_task`` (a frozen
+    learned loss and ``config.descent_guard``) it is the same rule written functionally
+    (:mod:`toolkit.rules`, equal to ``torch.optim``) around the descent guard (:mod:`toolkit.descent`):
+    the two reflections, then the step check that falls back to the task loss's own step.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *,
                  guard_task: str | None = None) -> None:
         self.model, self.loss, self.guard_task = model, loss, guard_task
         self.rule = config.rule()
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         nesterov=config.nesterov, weight_decay=config.weight_decay)
+        self.optimizer = torch_optimizer(self.rule, model.parameters())
         self.guard_counts = GuardCounts(next(model.parameters()).device)
-        self.momentum: dict[str, Tensor] | None = None
+        self.state = self.rule.init({k: p for k, p in model.named_parameters() if p.requires_grad})
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
         if self.guard_task is not None:
@@ -66,12 +66,11 @@ class FixedLossStepper:
 
     def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
         params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-        value, new_params, new_momentum, guard = guarded_sgd_step(self.model, self.loss, train, params, self.momentum,
-                                                                  self.rule.with_lr(lr), self.guard_task)
+        value, new_params, self.state, guard = guarded_step(self.model, self.loss, train, params, self.state,
+                                                            self.rule.with_lr(lr), self.guard_task)
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(new_params[k])
-        self.momentum = new_momentum
         self.guard_counts.add(*guard, len(train[1]))
         return {"train_loss": value}
 
@@ -80,12 +79,15 @@ class FixedLossStepper:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts.counts,
-                "momentum": self.momentum}
+                "rule_state": self.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.guard_counts.load(state.get("guard_counts"))
-        self.momentum = state.get("momentum")
+        if "rule_state" in state:
+            self.state = state["rule_state"]
+        elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts
+            self.state = {"momentum": state["momentum"]}
 
 
 class OnlineStepper:

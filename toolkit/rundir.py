@@ -168,7 +168,7 @@ def load_loss_source(source: str | Path, *, step: int | None = None) -> tuple[lo
 NOT_SETTINGS = frozenset({"seed", "device", "data_dir", "log_every", "checkpoint_every", "snapshot_every",
                           "eval_every", "search_jobs"})
 """Config keys that do not change what a run measures: runs differing only in these are the same method."""
-BUDGET_KEYS = ("steps", "batch_size", "lr", "momentum", "nesterov", "weight_decay", "milestones", "gamma",
+BUDGET_KEYS = ("steps", "batch_size", "lr", "optimizer", "momentum", "nesterov", "weight_decay", "milestones", "gamma",
                "valid_fraction")
 """The settings a fair comparison holds equal (or tunes on validation), reported by ``lfl compare``."""
 

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from losses import task_loss
 
-from .lookahead import SGDRule
+from .rules import OPTIMIZERS, StepRule, make_rule
 
 LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
@@ -105,6 +105,7 @@ class TrainConfig:
     steps: int = 1000
     batch_size: int = 128
     lr: float = 0.01
+    optimizer: str = "sgd"
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
@@ -151,6 +152,10 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.optimizer in OPTIMIZERS,
+             f"unknown --optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"),
+            (self.optimizer == "sgd" or (self.momentum == 0 and not self.nesterov),
+             f"--momentum and --nesterov belong to --optimizer sgd; {self.optimizer} uses betas (0.9, 0.999)"),
             (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
             (not self.nesterov or self.momentum > 0, "--nesterov needs --momentum > 0"),
             (self.gamma > 0, f"--gamma must be > 0, got {self.gamma}"),
@@ -204,8 +209,10 @@ class TrainConfig:
         """The loss keeps adapting during training."""
         return self.loss == "adalfl" or self.adapt
 
-    def rule(self) -> SGDRule:
-        return SGDRule(lr=self.lr, momentum=self.momentum, nesterov=self.nesterov, weight_decay=self.weight_decay)
+    def rule(self) -> StepRule:
+        """The base optimiser as a differentiable rule (:mod:`toolkit.rules`)."""
+        return make_rule(self.optimizer, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
+                         weight_decay=self.weight_decay)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

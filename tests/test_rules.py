@@ -1,0 +1,133 @@
+"""Base optimisers as rules: torch.optim instances handed in, their state read, anything else refused."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import losses
+from helpers import batch, tiny_mlp
+from losses import task_loss
+from toolkit.online import OnlineLossLearner
+from toolkit.rules import AdamRule, SGDRule, as_rule, make_rule, rule_from_optimizer, update_with_pullback
+
+OPTIMIZERS = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
+    "sgd-nesterov-wd": lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "adam": lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.01),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+}
+
+
+def _steps(model, optimizer, seeds):
+    for seed in seeds:
+        x, y = batch(8, (5,), 3, seed=seed)
+        optimizer.zero_grad()
+        task_loss(model(x), y, "classification").backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_stepped_torch_optimizer_continues_exactly_as_a_rule(name):
+    """Read hyperparameters and state after three torch steps; three more rule steps equal torch's."""
+    model = tiny_mlp()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    _steps(model, optimizer, range(3))
+    rule, state = rule_from_optimizer(optimizer, model)
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    state = rule.init(params) if state is None else state
+    twin = copy.deepcopy(model)
+    _steps(model, optimizer, range(3, 6))
+    for seed in range(3, 6):
+        x, y = batch(8, (5,), 3, seed=seed)
+        leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        value = task_loss(torch.func.functional_call(twin, leaf, (x,)), y, "classification")
+        grads = dict(zip(leaf, torch.autograd.grad(value, list(leaf.values()))))
+        params, state = rule.update(params, grads, state)
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(params[k], p.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_the_online_learner_takes_a_torch_optimizer(name):
+    """The learner built from a torch.optim instance takes the same steps as from the equal rule."""
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    twin = copy.deepcopy(model)
+    loss = losses.MLPLoss(hidden=(4,)).double()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    from_optimizer = OnlineLossLearner(model, copy.deepcopy(loss), rule=optimizer, snapshot_every=0)
+    rule, _ = rule_from_optimizer(optimizer, model)
+    from_rule = OnlineLossLearner(twin, copy.deepcopy(loss), rule=rule, snapshot_every=0)
+    assert from_optimizer.rule == rule
+    for seed in range(3):
+        train, valid = batch(8, (5,), 3, seed=seed), batch(8, (5,), 3, seed=seed + 10)
+        from_optimizer.step(train, valid)
+        from_rule.step(train, valid)
+    for (k, a), (_, b) in zip(model.named_parameters(), twin.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_anything_else_is_refused_with_a_clear_error():
+    model = tiny_mlp()
+    with pytest.raises(TypeError, match="SGDRule, an AdamRule, or a torch.optim.SGD, Adam or AdamW; got RMSprop"):
+        OnlineLossLearner(model, losses.MLPLoss().double(), rule=torch.optim.RMSprop(model.parameters()))
+    with pytest.raises(TypeError, match="got float"):
+        as_rule(0.1, model)
+    with pytest.raises(ValueError, match="amsgrad"):
+        rule_from_optimizer(torch.optim.Adam(model.parameters(), amsgrad=True), model)
+    with pytest.raises(ValueError, match="dampening"):
+        rule_from_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5), model)
+    with pytest.raises(ValueError, match="one parameter group"):
+        rule_from_optimizer(torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters()}],
+                                            lr=0.1), model)
+    with pytest.raises(ValueError, match="exactly the model's trainable parameters"):
+        rule_from_optimizer(torch.optim.SGD(model[0].parameters(), lr=0.1), model)
+    with pytest.raises(ValueError, match="maximize"):
+        rule_from_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, maximize=True), model)
+
+
+def test_rule_options_are_checked():
+    for bad in (dict(lr=0.0), dict(lr=0.1, weight_decay=-1.0), dict(betas=(0.9, 1.0)), dict(eps=0.0)):
+        with pytest.raises(ValueError):
+            AdamRule(**bad)
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGDRule(lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="belong to SGD"):
+        make_rule("adam", lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_rule("lion", lr=0.1)
+    assert make_rule("adamw", lr=0.1, weight_decay=0.01) == AdamRule(lr=0.1, weight_decay=0.01, decoupled=True)
+
+
+@pytest.mark.parametrize("rule", [SGDRule(lr=0.3), SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                  AdamRule(lr=0.01, weight_decay=0.01), AdamRule(lr=0.01, decoupled=True,
+                                                                                  weight_decay=0.1)],
+                         ids=["sgd", "nesterov", "adam", "adamw"])
+def test_the_update_pullback_is_the_transposed_jacobian(rule):
+    """(∂θ'/∂g)ᵀ v against central differences of the rule in g, per coordinate (float64); for
+    plain SGD it is −lr·v, for Nesterov −lr(1 + μ)·v."""
+    torch.manual_seed(1)
+    params = {"a": torch.randn(3, 2, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
+    grads = {k: torch.randn_like(p) for k, p in params.items()}
+    state = rule.init(params)
+    if "momentum" in state:
+        state = {"momentum": {k: torch.randn_like(p) for k, p in params.items()}}
+    new, _, pullback = update_with_pullback(rule, params, grads, state)
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    got = pullback(v)
+    if isinstance(rule, SGDRule):
+        alpha = rule.lr * (1 + rule.momentum) if rule.nesterov else rule.lr
+        for k in params:
+            torch.testing.assert_close(got[k], -alpha * v[k], rtol=1e-14, atol=0)
+    eps = 1e-6
+    for k, g in grads.items():
+        for i in range(g.numel()):
+            plus = {n: t.clone() for n, t in grads.items()}
+            minus = {n: t.clone() for n, t in grads.items()}
+            plus[k].view(-1)[i] += eps
+            minus[k].view(-1)[i] -= eps
+            up, down = rule.update(params, plus, state)[0], rule.update(params, minus, state)[0]
+            numeric = sum(((up[n] - down[n]) * v[n]).sum() for n in params) / (2 * eps)
+            assert float(numeric) == pytest.approx(float(got[k].view(-1)[i]), rel=1e-6, abs=1e-9)
