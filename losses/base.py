@@ -255,6 +255,17 @@ class LearnedLoss(nn.Module, abc.ABC):
         gradient, value = torch.func.grad_and_value(mean)(outputs.detach())
         return value, gradient
 
+    def value_and_output_gradient(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(M, ∂M/∂outputs)`` of ``forward(outputs, targets)`` (mean reduction), outputs taken as constants.
+
+        ``torch.func.grad_and_value`` of the forward; differentiable in the parameters (what the
+        meta-gradient differentiates again, :func:`losses.derivatives.value_gradient_pullback`).
+        A subclass may override it only to share work between the value and the gradient, never
+        with a derivative written out by hand.
+        """
+        gradient, value = torch.func.grad_and_value(lambda f: self(f, targets))(outputs.detach())
+        return value, gradient
+
     def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
         """Loss of raw model outputs against labels or regression targets.
 

@@ -14,7 +14,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vjp
 
-from losses.base import Pullback
+from losses.base import LearnedLoss, Pullback
+
+
+class _ValueAndOutputGradient(nn.Module):
+    """Calls ``loss.value_and_output_gradient`` as a forward, so ``functional_call`` can swap φ in."""
+
+    def __init__(self, loss: LearnedLoss) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        return self.loss.value_and_output_gradient(outputs, targets)
 
 
 def value_gradient_pullback(loss: nn.Module, params: Mapping[str, Tensor], outputs: Tensor,
@@ -35,13 +46,22 @@ def value_gradient_pullback(loss: nn.Module, params: Mapping[str, Tensor], outpu
     phi = {k: p.detach() for k, p in params.items()}
     frozen = [k for k, p in params.items() if not p.requires_grad]
 
-    def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return grad_and_value(lambda out: functional_call(loss, phi, (out, targets)))(f)
+    if isinstance(loss, LearnedLoss):  # its own derived (value, gradient), sharing work where it can
+        adapter = _ValueAndOutputGradient(loss)
+        phi = {f"loss.{k}": p for k, p in phi.items()}
+
+        def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            value, m = functional_call(adapter, phi, (f, targets))
+            return m, value
+    else:
+        def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+            return grad_and_value(lambda out: functional_call(loss, phi, (out, targets)))(f)
 
     m, pull, value = vjp(gradient, phi, has_aux=True)
 
     def pullback(u: Tensor) -> dict[str, Tensor]:
         (grads,) = pull(u.detach())
+        grads = {k.removeprefix("loss."): g for k, g in grads.items()}
         for k in frozen:
             grads[k] = torch.zeros_like(grads[k])
         return grads

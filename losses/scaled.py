@@ -112,6 +112,17 @@ class GradientScaledLoss(LearnedLoss):
         norm = direction.norm()
         return self.scale * task_gradient(f, y_true, self.task).norm() / norm.clamp_min(tiny), norm, tiny
 
+    def value_and_output_gradient(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(k·ℓ̄_φ, k·∂ℓ̄_φ/∂f)``: the forward and its output gradient from one derived inner gradient.
+
+        The same numbers as ``torch.func.grad`` of :meth:`forward` (k is a constant of f), which
+        would differentiate the inner loss twice: once inside k and once for the gradient.
+        """
+        y_true = encode_targets(targets, outputs, self.task)
+        self._check_dtype(outputs.dtype)
+        k, inner, direction = self._normalised(outputs, y_true)
+        return k * inner, k * direction
+
     def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
         """k · ℓ_φ on a batch; ∂/∂outputs has the task loss's norm times ``scale`` (``reduction="mean"``)."""
         check_choice("reduction", reduction, REDUCTIONS)
