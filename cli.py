@@ -6,6 +6,7 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -206,6 +207,8 @@ def cli() -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
+@click.option("--sync-batchnorm/--no-sync-batchnorm", default=False, show_default=True,
+              help="Under torchrun: BatchNorm statistics of the global batch instead of each process's share.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(**options) -> None:
     """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out."""
@@ -225,6 +228,9 @@ def train(**options) -> None:
     options["milestones"] = _int_list(options["milestones"])
     options["model_options"] = _model_options(options.pop("model_option"))
     config = TrainConfig(**options)
+    if seeds and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.BadParameter("--seeds starts one process per seed; under torchrun train one run (--seed)",
+                                 param_hint="--seeds")
     if seeds:
         if out is None:
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
@@ -236,7 +242,29 @@ def train(**options) -> None:
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
                    f"{','.join(map(str, seeds))} (worst {stats['max']:.4f})  -> {out}/summary.json")
         return
-    results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet)
+    from toolkit import distributed
+
+    replicas, local_rank = distributed.from_environment()
+    if replicas.active:  # launched by torchrun: one data-parallel run over WORLD_SIZE processes
+        from toolkit.train import resolve_device
+        device = resolve_device(config.device)
+        if device.type == "cuda":
+            import torch
+            device = torch.device("cuda", local_rank or 0)
+        distributed.initialise(replicas, device)
+    try:
+        results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet,
+                               replicas=replicas)
+    except RuntimeError as exc:
+        if not replicas.active:
+            raise
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"rank {replicas.rank}: the data-parallel run stopped ({reason}); another "
+                                   "process failed: see its message") from None
+    finally:
+        distributed.shutdown(replicas)
+    if not replicas.is_main:
+        return
     metric = "test_error" if results["task"] == "classification" else "test_mse"
     click.echo(f"{results['loss']}: {metric} {results[metric]:.4f}  test_loss {results['test_loss']:.4f}  "
                f"({results['wall_time_s']:.1f} s)" + (f"  -> {out}" if out else ""))
@@ -437,7 +465,8 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
         sys.exit(2)
     except _user_errors() as exc:
-        click.echo(f"Error: {exc}".replace("\n", " "), err=True)
+        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+        click.echo((f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}").replace("\n", " "), err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted; rerun with --resume to continue from the last checkpoint.", err=True)

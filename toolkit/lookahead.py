@@ -40,7 +40,8 @@ from losses.base import fill_missing_gradients
 from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
-from .descent import descent_reflection, guarded_gradients, parameter_reflection
+from .descent import Reflection, descent_reflection, guarded_gradients, parameter_reflection
+from .distributed import SINGLE, Replicas
 from .rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 
 TensorDict = dict[str, Tensor]
@@ -131,6 +132,64 @@ def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
     return len(own_buffers) == len(buffers) and all(own_buffers.get(k) is b for k, b in buffers.items())
 
 
+def loss_value_and_gradient(loss: nn.Module, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, m = ∂M/∂f) of a loss at detached outputs f, derived from its forward (no graph to f)."""
+    f = outputs.detach()
+    if hasattr(loss, "value_and_output_gradient"):
+        value, m = loss.value_and_output_gradient(f, targets)
+    else:
+        m, value = torch.func.grad_and_value(lambda out: loss(out, targets))(f)
+    return value.detach(), m.detach()
+
+
+@dataclass(frozen=True)
+class BatchGradients:
+    """The base gradient of one batch, for the global batch of a data-parallel run.
+
+    Attributes:
+        value: M on the (global) batch; outputs: the model's outputs on it (detached).
+        grads: ∇θ M, after the descent guard's reflections when it is on.
+        task_grads, train_task_loss: ∇θ L_task and L_task on the batch (with the guard only).
+        reflect: the per-sample reflection, step_reflect: the parameter-space one (guard only).
+    """
+
+    value: Tensor
+    outputs: Tensor
+    grads: TensorDict
+    task_grads: TensorDict | None = None
+    train_task_loss: Tensor | None = None
+    reflect: Reflection | None = None
+    step_reflect: object | None = None
+
+
+def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor, targets: Tensor,
+                    task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = False,
+                    value: Tensor | None = None) -> BatchGradients:
+    """Jᵀm for the global batch: this process's rows of m back through its share, summed over processes.
+
+    Args:
+        local_outputs: the model's outputs on this process's rows, with their graph to ``leaves``.
+        m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
+        descent_guard: reflect m per sample, then the parameter gradient in parameter space
+            (:mod:`toolkit.descent`), all on global quantities, so every process decides alike.
+    """
+    names = list(leaves)
+    tensors = [leaves[k] for k in names]
+    if not descent_guard:
+        grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(m))))
+        return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads))
+    reflect = descent_reflection(m, outputs, targets, task)
+    grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect(m)),
+                                                retain_graph=True)))
+    task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors,
+                                                     replicas.shard(reflect.task_gradient))))
+    replicas.sum_([*grads.values(), *task_grads.values()])
+    step_reflect = parameter_reflection(grads, task_grads)
+    return BatchGradients(value=value, outputs=outputs, grads=step_reflect(grads), task_grads=task_grads,
+                          train_task_loss=task_loss(outputs, targets, task), reflect=reflect,
+                          step_reflect=step_reflect)
+
+
 def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     f = outputs.detach()
     reference = task_gradient(f, encode_targets(targets, f, task), task)
@@ -171,7 +230,8 @@ def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
 def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                   loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                   rule: StepRule, state: State | None = None, *, task: str = "classification",
-                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False) -> Lookahead:
+                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                  replicas: Replicas = SINGLE) -> Lookahead:
     """The base update and the exact meta-gradient (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one forward-mode
@@ -185,7 +245,8 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
             updates them in place (BatchNorm running statistics), exactly once.
         loss: the learned loss module, called as ``loss(outputs, targets)``.
         loss_params: φ, name → tensor (e.g. ``dict(loss.named_parameters())``).
-        train: (x, y) training batch; valid: (x_v, y_v) meta-objective batch.
+        train: (x, y) training batch; valid: (x_v, y_v) meta-objective batch (global batches in a
+            data-parallel run: each process takes its rows, :mod:`toolkit.distributed`).
         rule: the base optimiser's rule (:mod:`toolkit.rules`); state: its state (None: fresh).
         task: "classification" or "regression" (selects the task loss).
         update_buffers: False evaluates the training forward on copies of the buffers.
@@ -193,11 +254,13 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         descent_guard: reflect each sample's learned gradient that points uphill for the task
             loss, and the batch step if it still does (:mod:`toolkit.descent`); the meta-gradient
             goes through both reflections.
+        replicas: the processes of a data-parallel run (default: this one alone).
 
     Returns:
-        A :class:`Lookahead`.
+        A :class:`Lookahead`, identical on every process of a data-parallel run.
     """
-    x, y = train
+    x_all, y = train
+    x = replicas.shard(x_all)
     state = _as_state(rule, params, state)
     rng = _rng_state(x.device)
     with torch.enable_grad():
@@ -205,51 +268,48 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}
         with _phase("train_forward"):
             if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
-                outputs = model(x)
+                local_outputs = model(x)
             else:
-                outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+                local_outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)),
+                                                (x,))
+            outputs = replicas.gather(local_outputs.detach())
         with _phase("loss_gradient"):
             train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
-            guarded = guarded_step = step_reflect = task_grads = train_task_loss = None
-            if descent_guard:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
-                train_task_loss = task_loss(outputs.detach(), y, task)
-                reflect = descent_reflection(m, outputs, y, task)
-                m, guarded, unguarded = reflect(m), reflect.count, pullback
-                pullback = lambda u: unguarded(reflect(u))  # noqa: E731
         with _phase("train_backward"):
-            names = list(theta_leaf)
-            leaves = [theta_leaf[k] for k in names]
-            grads = dict(zip(names, torch.autograd.grad(outputs, leaves, m, retain_graph=descent_guard)))
-            if descent_guard:
-                task_grads = dict(zip(names, torch.autograd.grad(outputs, leaves, reflect.task_gradient)))
-                # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w (H_θ = H_θᵀ)
-                step_reflect = parameter_reflection(grads, task_grads)
-                grads, guarded_step = step_reflect(grads), step_reflect.uphill
-        outputs = outputs.detach()
+            step = batch_gradients(local_outputs, theta_leaf, m, outputs, y, task, replicas=replicas,
+                                   descent_guard=descent_guard, value=train_loss)
+        del local_outputs
+    if step.reflect is not None:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
+        unguarded, reflect = pullback, step.reflect
+        pullback = lambda u: unguarded(reflect(u))  # noqa: E731
     with _phase("update"):
-        new_params, new_state, update_pullback = update_with_pullback(rule, params, grads, state)
+        new_params, new_state, update_pullback = update_with_pullback(rule, params, step.grads, state)
 
     x_v, y_v = valid
     with _phase("valid_pass"), torch.enable_grad():
         probe = {k: p.requires_grad_(True) for k, p in new_params.items()}
-        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (x_v,)), y_v, task)
-        v = dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values()))))
+        # The mean over the global batch is the sum over processes of each share's mean / world size.
+        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (replicas.shard(x_v),)),
+                              replicas.shard(y_v), task) / replicas.world_size
+        v = replicas.sum_dict(dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values())))))
+        meta_loss = replicas.sum_([meta_loss.detach()])[0]
         new_params = {k: p.detach() for k, p in probe.items()}
 
     with _phase("tangent"):
         w = update_pullback(v)
-        if step_reflect is not None:
-            w = step_reflect(w)
+        if step.step_reflect is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
+            w = step.step_reflect(w)
         with _replayed_rng(rng, x.device):
-            u = jacobian_vector_product(model, params, buffers, x, w)
+            u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w))
 
     with _phase("meta_backward"):
         meta = pullback(u)
         meta_grads = {k: meta[k] for k in loss_params}
     return Lookahead(params=new_params, state=new_state, meta_grads=meta_grads, train_loss=train_loss,
-                     meta_loss=meta_loss.detach(), grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
-                     guarded=guarded, guarded_step=guarded_step, task_grads=task_grads,
-                     train_task_loss=train_task_loss)
+                     meta_loss=meta_loss, grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
+                     guarded=None if step.reflect is None else step.reflect.count,
+                     guarded_step=None if step.step_reflect is None else step.step_reflect.uphill,
+                     task_grads=step.task_grads, train_task_loss=step.train_task_loss)
 
 
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
@@ -314,4 +374,5 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
 
 
 __all__ = ["SGDRule", "AdamRule", "sgd_update", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
+           "BatchGradients", "batch_gradients", "loss_value_and_gradient",
            "meta_gradient_fast", "meta_gradient_naive", "META_GRADIENTS", "get_meta_gradient"]

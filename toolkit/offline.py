@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from .adam import adam_init, all_finite, apply_meta_update
 from .lookahead import get_meta_gradient
+from .distributed import SINGLE, Replicas
 from .rules import StepRule
 
 Batch = tuple[Tensor, Tensor]
@@ -44,7 +45,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
                        steps: int = 2500, rule: StepRule, meta_lr: float = 1e-3, meta_clip: float | None = None,
                        meta_gradient: str = "fast", task: str = "classification", record_every: int = 50,
                        progress: Callable[[int, dict], None] | None = None,
-                       reset: Callable[[nn.Module], None] = reinitialise, descent_guard: bool = True) -> list[dict]:
+                       reset: Callable[[nn.Module], None] = reinitialise, descent_guard: bool = True,
+                       replicas: Replicas = SINGLE) -> list[dict]:
     """Meta-train ``loss`` in place from one-step lookaheads at random initialisations.
 
     Args:
@@ -60,6 +62,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         progress: called as ``progress(s, record)`` after each recorded step.
         reset: draws a fresh initialisation of the (copied) model in place.
         descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.descent`).
+        replicas: the processes of a data-parallel run (:mod:`toolkit.distributed`); every process
+            draws the same initialisations and gets the same meta-gradient.
 
     Returns:
         Records {"step", "meta_loss", "skipped"} every ``record_every`` steps.
@@ -79,7 +83,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         train, valid = batches(s)
         params = {k: p for k, p in scratch.named_parameters() if p.requires_grad}
         result = meta_gradient_fn(scratch, params, dict(scratch.named_buffers()), loss, loss_params,
-                                  train, valid, rule, None, task=task, descent_guard=descent_guard)
+                                  train, valid, rule, None, task=task, descent_guard=descent_guard,
+                                  **({"replicas": replicas} if replicas.active else {}))
         ok = all_finite([result.meta_loss, *result.meta_grads.values()])
         adam = apply_meta_update(loss_params, result.meta_grads, adam, lr=meta_lr, clip=meta_clip, apply=ok)
         skipped = skipped + (~ok).long()

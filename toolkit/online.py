@@ -25,8 +25,8 @@ from torch.func import functional_call
 from losses import task_loss
 
 from .adam import AdamState, adam_init, all_finite, apply_meta_update
-from .descent import guarded_gradients
-from .lookahead import get_meta_gradient
+from .distributed import SINGLE, Replicas
+from .lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
 from .rules import State, StepRule, as_rule, detach_state, select_state
 
 
@@ -77,7 +77,7 @@ class OnlineLossLearner:
                  meta_lr: float = 1e-3,
                  meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
                  task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
-                 descent_guard: bool = True) -> None:
+                 descent_guard: bool = True, replicas: Replicas = SINGLE) -> None:
         if meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if meta_lr <= 0:
@@ -98,6 +98,9 @@ class OnlineLossLearner:
         self.history = LossHistory()
         self.last: dict[str, Tensor] = {}
         self.descent_guard = descent_guard
+        if replicas.active and meta_gradient != "fast":
+            raise ValueError("a data-parallel run uses the default meta-gradient route (meta_gradient='fast')")
+        self.replicas = replicas
         self.guard_counts = GuardCounts(device)
 
     # ------------------------------------------------------------------ hot path
@@ -135,12 +138,13 @@ class OnlineLossLearner:
         loss_params = dict(self.loss.named_parameters())
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
                                      loss_params, train, valid, rule, self.state, task=self.task,
-                                     diagnostics=diagnostics, descent_guard=self.descent_guard)
+                                     diagnostics=diagnostics, descent_guard=self.descent_guard,
+                                     **({"replicas": self.replicas} if self.replicas.active else {}))
         new_params, new_state = result.params, result.state
         if result.guarded is not None:
             new_params, new_state, rejected = accept_or_fall_back(
                 self.model, train, params, result.params, result.state, result.task_grads,
-                result.train_task_loss, self.state, rule, self.task)
+                result.train_task_loss, self.state, rule, self.task, replicas=self.replicas)
             self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
@@ -154,19 +158,12 @@ class OnlineLossLearner:
         return info
 
     def _plain_step(self, train, rule: StepRule) -> dict[str, Tensor]:
-        x, y = train
         params = self._params()
-        if self.descent_guard:
-            train_loss, new_params, new_state, guard = guarded_step(self.model, self.loss, train, params,
-                                                                    self.state, rule, self.task)
-            self.guard_counts.add(*guard, len(y))
-        else:
-            with torch.enable_grad():
-                train_loss = self.loss(self.model(x), y)
-                grads = torch.autograd.grad(train_loss, list(params.values()))
-            with torch.no_grad():
-                new_params, new_state = rule.update({k: p.detach() for k, p in params.items()},
-                                                    dict(zip(params, grads)), self.state)
+        train_loss, new_params, new_state, guard = guarded_step(self.model, self.loss, train, params, self.state,
+                                                                rule, self.task, replicas=self.replicas,
+                                                                descent_guard=self.descent_guard)
+        if guard is not None:
+            self.guard_counts.add(*guard, len(train[1]))
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_state, ok)
         self._count(ok, torch.ones_like(ok))
@@ -232,8 +229,8 @@ class OnlineLossLearner:
 
 
 def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
-                        before: Tensor, state: State, rule: StepRule,
-                        task: str) -> tuple[dict[str, Tensor], State, Tensor]:
+                        before: Tensor, state: State, rule: StepRule, task: str, *,
+                        replicas: Replicas = SINGLE) -> tuple[dict[str, Tensor], State, Tensor]:
     """θ' if it does not raise the training batch's task loss, else the task loss's own step.
 
     The descent guard's step check (:mod:`toolkit.descent`): one extra forward at θ' on the
@@ -242,12 +239,16 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: 
 
     Args:
         params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ;
-        before: L_task on the batch at θ; state: the optimiser state of the current step.
+        before: L_task on the (global) batch at θ; state: the optimiser state of the current step.
+        replicas: in a data-parallel run the loss at θ' is the global batch's (each process's
+            share, summed), so every process decides alike.
     """
     x, y = train
     with torch.no_grad():
         buffers = {k: b.clone() for k, b in model.named_buffers()}
-        after = task_loss(functional_call(model, (new_params, buffers), (x,)), y, task)
+        after = task_loss(functional_call(model, (new_params, buffers), (replicas.shard(x),)), replicas.shard(y),
+                          task) / replicas.world_size
+        after = replicas.sum_([after])[0]
         rejected = ~(after <= before)  # a non-finite loss at θ' is rejected too
         theta = {k: p.detach() for k, p in params.items()}
         fallback, fallback_state = rule.update(theta, task_grads, state)
@@ -257,25 +258,32 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: 
 
 
 def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
-                 rule: StepRule, task: str):
-    """One guarded step on a fixed loss, out of place: (M on the batch, θ', state', guard counts).
+                 rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True):
+    """One step on a fixed loss, out of place: (M on the batch, θ', state', guard counts or None).
 
-    The two reflections of :mod:`toolkit.descent`, the rule's update (equal to its
-    ``torch.optim`` counterpart), then :func:`accept_or_fall_back`. The guard counts
-    ``(rows, step, rejected)`` go to :meth:`GuardCounts.add`. Serves the online learner's plain
-    steps and a frozen learned loss.
+    The loss and its output gradient are taken on the global batch (every process's outputs
+    gathered), each process back-propagates its rows, and the parameter gradients are summed
+    (:mod:`toolkit.distributed`; one process: the ordinary step). With ``descent_guard``: the
+    two reflections of :mod:`toolkit.descent`, the rule's update (equal to its ``torch.optim``
+    counterpart), then :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)``
+    go to :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
     """
+    x, y = train
     with torch.enable_grad():
-        outputs = model(train[0])
-        value = loss(outputs, train[1])
-        grads, rows, uphill, task_grads = guarded_gradients(value, outputs, params, train[1], task)
+        local_outputs = model(replicas.shard(x))
+        outputs = replicas.gather(local_outputs.detach())
+        value, m = loss_value_and_gradient(loss, outputs, y)
+        step = batch_gradients(local_outputs, params, m, outputs, y, task, replicas=replicas,
+                               descent_guard=descent_guard, value=value)
     theta = {k: p.detach() for k, p in params.items()}
     with torch.no_grad():
-        new_params, new_state = rule.update(theta, grads, state)
-    before = task_loss(outputs.detach(), train[1], task)
+        new_params, new_state = rule.update(theta, step.grads, state)
+    if not descent_guard:
+        return value, new_params, new_state, None
     new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
-                                                          task_grads, before, state, rule, task)
-    return value.detach(), new_params, new_state, (rows, uphill, rejected)
+                                                          step.task_grads, step.train_task_loss, state, rule, task,
+                                                          replicas=replicas)
+    return value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected)
 
 
 class GuardCounts:

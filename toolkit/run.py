@@ -27,6 +27,8 @@ from .offline import offline_initialise
 from .adam import all_finite
 from .online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_step,
                      has_trainable_parameters)
+from .distributed import SINGLE, Replicas, convert_sync_batchnorm
+from .lookahead import batch_gradients, loss_value_and_gradient
 from .rules import torch_optimizer
 from .run_directory import RunDirectory
 from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
@@ -45,8 +47,8 @@ class FixedLossStepper:
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *,
-                 guard_task: str | None = None) -> None:
-        self.model, self.loss, self.guard_task = model, loss, guard_task
+                 guard_task: str | None = None, replicas: Replicas = SINGLE) -> None:
+        self.model, self.loss, self.guard_task, self.replicas = model, loss, guard_task, replicas
         self.rule = config.rule()
         self.optimizer = torch_optimizer(self.rule, model.parameters())
         self.guard_counts = GuardCounts(next(model.parameters()).device)
@@ -59,15 +61,27 @@ class FixedLossStepper:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        value = self.loss(self.model(x), y)
-        value.backward()
+        if not self.replicas.active:
+            value = self.loss(self.model(x), y)
+            value.backward()
+        else:  # the global batch's loss and gradient (toolkit.distributed), then torch.optim's own step
+            params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+            with torch.enable_grad():
+                local_outputs = self.model(self.replicas.shard(x))
+                outputs = self.replicas.gather(local_outputs.detach())
+                value, m = loss_value_and_gradient(self.loss, outputs, y)
+                grads = batch_gradients(local_outputs, params, m, outputs, y, "classification",
+                                        replicas=self.replicas).grads
+            for k, p in params.items():
+                p.grad = grads[k]
         self.optimizer.step()
         return {"train_loss": value.detach()}
 
     def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
         params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
         value, new_params, self.state, guard = guarded_step(self.model, self.loss, train, params, self.state,
-                                                            self.rule.with_lr(lr), self.guard_task)
+                                                            self.rule.with_lr(lr), self.guard_task,
+                                                            replicas=self.replicas)
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(new_params[k])
@@ -260,7 +274,8 @@ MIN_EVALUATION_SAMPLES = 10
 
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
-          on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None) -> dict:
+          on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None,
+          replicas: Replicas = SINGLE) -> dict:
     """Run one training job and return its results (also written to ``out_dir``).
 
     Args:
@@ -274,14 +289,20 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         on_step: called after every step with the step count (tests use it to interrupt).
         initial_loss: a loss module to train with instead of the one the config names;
             no offline phase or search runs, and it adapts online only if ``config.online``.
+        replicas: this process's place in a data-parallel run (:mod:`toolkit.distributed`; the
+            caller has joined the process group). Only process 0 writes ``out_dir``; the others
+            read its checkpoint on ``resume``.
 
     Raises:
         NonFiniteError: training diverged; results.json then holds ``"status": "diverged"``.
         ConfigError, DataError, ...: bad options or data, before anything is written.
     """
-    kwargs = dict(progress=progress, dataset=dataset, on_step=on_step, initial_loss=initial_loss)
+    kwargs = dict(progress=progress and replicas.is_main, dataset=dataset, on_step=on_step,
+                  initial_loss=initial_loss, replicas=replicas)
     if out_dir is None:
         return _train(config, out=None, resume=False, **kwargs)
+    if not replicas.is_main:  # process 0 owns the run directory; the others only read its checkpoint
+        return _train(config, out=None, resume=resume, read_from=Path(out_dir), **kwargs)
     out = Path(out_dir)
     created = not out.exists()
     started: list[bool] = []
@@ -323,18 +344,31 @@ def _check_splits(data: Dataset) -> None:
 
 def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: bool, dataset: Dataset | None,
            on_step: Callable[[int], None] | None, initial_loss: nn.Module | None,
-           started: list[bool] | None = None) -> dict:
-    """The run itself; ``started`` gets an entry once setup is done and files may be written."""
+           started: list[bool] | None = None, replicas: Replicas = SINGLE, read_from: Path | None = None) -> dict:
+    """The run itself; ``started`` gets an entry once setup is done and files may be written.
+
+    ``read_from``: the run directory whose checkpoint a process other than 0 resumes from.
+    """
     started_at = time.perf_counter()
     elapsed = lambda: (time.perf_counter() - started_at  # noqa: E731
                        + (checkpoint["wall_time_s"] if checkpoint else 0.0))
     device = resolve_device(config.device)
+    if replicas.active:
+        replicas.rows(config.batch_size)  # a batch that does not split evenly is refused before anything runs
+        if config.meta_gradient != "fast":
+            raise ConfigError("a data-parallel run uses the default --meta-gradient fast")
+        if device.type == "cuda" and torch.cuda.is_initialized():
+            device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(config.seed)
     data = dataset or load_run_dataset(config)
     _check_splits(data)
     task = data.task
     model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
                         **config.model_options).to(device)
+    if replicas.active:
+        if config.sync_batchnorm:
+            model = convert_sync_batchnorm(model)
+        replicas.broadcast_([*model.parameters(), *model.buffers()])  # one starting point, whatever the seeds did
     loss = (initial_loss if initial_loss is not None else make_loss(config, task, data.num_outputs))
     # A saved loss (float64 formula constants) trains a float32 model in the model's dtype.
     loss = loss.to(device=device, dtype=next(model.parameters()).dtype)
@@ -349,10 +383,11 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     history = History(out / "history.jsonl" if out is not None else None)
     snapshots = History(out / "loss_snapshots.jsonl" if out is not None else None)
     checkpoint_path = out / "checkpoint.pt" if out is not None else None
+    read_path = checkpoint_path if read_from is None else read_from / "checkpoint.pt"
 
     checkpoint = None
-    if resume and checkpoint_path is not None and checkpoint_path.exists():
-        checkpoint = _load_checkpoint(checkpoint_path, config)
+    if resume and read_path is not None and read_path.exists():
+        checkpoint = _load_checkpoint(read_path, config)
     elif out is not None:
         for name in ("history.jsonl", "loss_snapshots.jsonl"):
             (out / name).unlink(missing_ok=True)
@@ -360,11 +395,12 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         started.append(True)
 
     if prepare and (checkpoint is None or checkpoint["phase"] == "init"):
-        if config.loss == "taylorglo":
-            loss = _search(config, task, history, progress).to(device)
+        if config.loss == "taylorglo":  # the search runs once, on process 0 (each fitness run is single-process)
+            searched = _search(config, task, history, progress) if replicas.is_main else None
+            loss = _shared_loss(searched, replicas).to(device=device, dtype=next(model.parameters()).dtype)
         else:
             _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                        data.input_shape, data.num_outputs)
+                        data.input_shape, data.num_outputs, replicas)
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
@@ -375,13 +411,14 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         learner = OnlineLossLearner(model, loss, rule=config.rule(), meta_lr=config.online_lr,
                                     meta_interval=config.meta_interval, meta_clip=config.meta_clip,
                                     meta_gradient=config.meta_gradient, task=task, descent_guard=config.descent_guard,
-                                    snapshot_every=0)  # the run writes loss_snapshots.jsonl itself
+                                    snapshot_every=0,  # the run writes loss_snapshots.jsonl itself
+                                    replicas=replicas)
         stepper = OnlineStepper(learner)
     else:
         learned = has_trainable_parameters(loss)
         train_loss = frozen_copy(loss) if learned else loss
         stepper = FixedLossStepper(model, train_loss, config,
-                                   guard_task=task if learned and config.descent_guard else None)
+                                   guard_task=task if learned and config.descent_guard else None, replicas=replicas)
 
     start_step = 0
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -405,6 +442,8 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         valid_batch = meta_batches(step) if meta_batches is not None else None
         logging = (step + 1) % config.log_every == 0 or step + 1 == config.steps
         info = stepper.step(train_batch, valid_batch, lr=lr_at(config, step), diagnostics=logging)
+        if replicas.active and not config.sync_batchnorm:  # per-process BatchNorm: process 0's running statistics
+            replicas.broadcast_(list(model.buffers()))
         loss_sum = loss_sum + info["train_loss"].double()
         done = step + 1
         if logging:
@@ -436,6 +475,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
 
     results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
                              elapsed())
+    results["world_size"] = replicas.world_size
     if out is not None:
         history.truncate_after(config.steps - 1, "eval")  # a resumed finished run: no second record
         history.append({"phase": "eval", "step": config.steps,
@@ -468,8 +508,22 @@ def _search(config: TrainConfig, task: str, history: History, progress: bool) ->
     return loss
 
 
+def _shared_loss(loss: nn.Module | None, replicas: Replicas) -> nn.Module:
+    """Process 0's loss on every process, sent as its JSON description (no pickling)."""
+    if not replicas.active:
+        return loss
+    text = json.dumps(losses.loss_to_dict(loss, formula=False)) if replicas.is_main else ""
+    size = torch.tensor([len(text.encode())], dtype=torch.long)
+    replicas.broadcast_([size])
+    payload = torch.zeros(int(size), dtype=torch.uint8)
+    if replicas.is_main:
+        payload.copy_(torch.frombuffer(bytearray(text.encode()), dtype=torch.uint8))
+    replicas.broadcast_([payload])
+    return losses.loss_from_dict(json.loads(bytes(payload.tolist()).decode()))
+
+
 def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                input_shape, num_outputs) -> None:
+                input_shape, num_outputs, replicas: Replicas = SINGLE) -> None:
     """The offline phase of AdaLFL / ML3, with its records in the history."""
     history.truncate_after(-1, "init")
     snapshots.truncate_after(-1, "train")
@@ -488,7 +542,7 @@ def _initialise(config, model, loss, train_batches, meta_batches, task, history,
     offline_initialise(model, loss, lambda s: (train_batches(s), meta_batches(s)), steps=config.init_steps,
                        rule=config.rule(), meta_lr=config.meta_lr, meta_clip=config.meta_clip,
                        meta_gradient=config.meta_gradient, task=task, progress=report,
-                       reset=fresh_initialisation, descent_guard=config.descent_guard)
+                       reset=fresh_initialisation, descent_guard=config.descent_guard, replicas=replicas)
     bar.close()
 
 

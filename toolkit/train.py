@@ -133,6 +133,7 @@ class TrainConfig:
     loss_scale: str = "normalised"
     max_scale: float = 1.0
     descent_guard: bool = True
+    sync_batchnorm: bool = False
     model_options: dict = field(default_factory=dict)
     # reuse of a learned loss, and the TaylorGLO search
     loss_from: str | None = None

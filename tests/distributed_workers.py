@@ -1,0 +1,88 @@
+"""Functions the data-parallel tests run in 2 gloo processes (importable, so spawn can pickle them)."""
+from __future__ import annotations
+
+import copy
+import datetime
+import os
+
+import torch
+from torch import nn
+
+import losses
+from helpers import STRUCTURES, batch, tiny_mlp
+from toolkit.distributed import Replicas, convert_sync_batchnorm
+from toolkit.lookahead import meta_gradient
+from toolkit.online import OnlineLossLearner
+from toolkit.rules import AdamRule, SGDRule
+
+
+def join(rank: int, world: int, init_file: str) -> Replicas:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                                         timeout=datetime.timedelta(seconds=60))
+    torch.set_num_threads(1)
+    return Replicas(rank=rank, world_size=world)
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    if name == "mlp":
+        return tiny_mlp()
+    if name == "bn":
+        return nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
+    model = STRUCTURES[name][0]()
+    for module in model.modules():  # dropout masks are drawn per process: off for an exact comparison
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    return model
+
+
+def _loss() -> nn.Module:
+    torch.manual_seed(1)
+    loss = losses.GradientScaledLoss(losses.MLPLoss(hidden=(6, 6)), max_scale=3.0).double()
+    with torch.no_grad():
+        loss.scale_logit.fill_(0.4)
+    return loss
+
+
+RULES = {"nesterov": SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+         "adamw": AdamRule(lr=0.01, weight_decay=0.05, decoupled=True)}
+
+
+def lookahead_steps(model_name: str, rule_name: str, guard: bool, sync_bn: bool, world: int,
+                    replicas: Replicas | None) -> dict:
+    """Three online steps of the learner; returns the model, loss and optimiser state as CPU tensors."""
+    model = _model(model_name)
+    if sync_bn:
+        model = convert_sync_batchnorm(model)
+    shape = (5,) if model_name in ("mlp", "bn") else STRUCTURES[model_name][1][1:]
+    learner = OnlineLossLearner(model, _loss(), rule=RULES[rule_name], descent_guard=guard, snapshot_every=0,
+                                **({"replicas": replicas} if replicas is not None else {}))
+    for step in range(3):
+        train, valid = batch(8, shape, 3, seed=step), batch(6, shape, 3, seed=step + 50)
+        learner.step(train, valid, diagnostics=True)
+    state = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    state.update({f"loss.{k}": v.detach().clone() for k, v in learner.loss.state_dict().items()})
+    state.update({f"guard.{i}": c for i, c in enumerate(learner.guard_counts.counts.clone())})
+    state["meta_loss"] = learner.last["meta_loss"].detach().clone()
+    state["grad_ratio"] = learner.last["grad_ratio"].detach().clone()
+    return state
+
+
+def run_lookahead_worker(rank: int, world: int, init_file: str, out_dir: str, case: tuple) -> None:
+    replicas = join(rank, world, init_file)
+    try:
+        state = lookahead_steps(*case, world=world, replicas=replicas)
+        torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def run_failing_worker(rank: int, world: int, init_file: str, out_dir: str, case: tuple) -> None:
+    """Process 1 fails at once; process 0 waits in a collective and must fail too, not hang."""
+    replicas = join(rank, world, init_file)
+    if rank == 1:
+        raise RuntimeError("rank 1 failed on purpose")
+    replicas.sum_([torch.ones(3)])
+
+
+__all__ = ["lookahead_steps", "run_lookahead_worker", "run_failing_worker", "copy"]
