@@ -1,15 +1,21 @@
-"""CIFAR/SVHN augmentation: a naive per-sample reference, determinism, seeds and draws."""
+"""CIFAR/SVHN augmentation: a naive per-sample reference, determinism, and the training loop on files
+written here in the real formats (the writers of test_data)."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_data import write_cifar10, write_svhn
 
+from toolkit import run
 from toolkit.augment import (Augmentation, augment_batch, augmentation_draws, augmentation_for, augmentation_seed,
                              crop_and_flip)
+from toolkit.data import load_dataset
+from toolkit.train import BatchStream, TrainConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -138,3 +144,111 @@ def test_cuda_gives_the_cpu_batch_without_host_syncs():
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert out.device == x_cuda.device and torch.equal(out.cpu(), expected)
+
+
+# ---------------------------------------------------------------------------------- the training loop
+
+WRITERS = {"cifar10": (lambda root: write_cifar10(root / "cifar-10-batches-py"), Augmentation(4, True)),
+           "svhn": (lambda root: write_svhn(root / "svhn", n_train=100), Augmentation(4, False))}
+
+
+def tiny(root: Path, dataset: str = "cifar10", **kw) -> TrainConfig:
+    base = dict(dataset=dataset, data_dir=str(root), model="mlp", model_options={"hidden": (8,)}, steps=12,
+                batch_size=16, lr=0.05, momentum=0.9, seed=0, device="cpu", log_every=4, checkpoint_every=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def record_stepper_batches(monkeypatch) -> list:
+    """Every (train, valid) pair the training loop hands to a stepper, in order."""
+    seen = []
+    for stepper in (run.FixedLossStepper, run.OnlineStepper):
+        def step(self, train, valid=None, *, _original=stepper.step, **kw):
+            seen.append((train, valid))
+            return _original(self, train, valid, **kw)
+        monkeypatch.setattr(stepper, "step", step)
+    return seen
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "svhn"])
+@pytest.mark.parametrize("augment", [True, False], ids=["augment", "no-augment"])
+def test_training_batches_are_augmented_only_with_the_flag(tmp_path, monkeypatch, dataset, augment):
+    write, standard = WRITERS[dataset]
+    write(tmp_path)
+    seen = record_stepper_batches(monkeypatch)
+    config = tiny(tmp_path, dataset, augment=augment)
+    run.train(config, progress=False)
+    data = load_dataset(dataset, data_dir=tmp_path, download=False, seed=0)
+    plain = BatchStream(data.train.x, data.train.y, 16, seed=0)
+    assert len(seen) == config.steps
+    for step, ((x, y), _) in enumerate(seen):
+        raw_x, raw_y = plain(step)
+        assert torch.equal(y, raw_y)
+        assert torch.equal(x, standard(raw_x, seed=0, step=step) if augment else raw_x)
+    if augment:
+        assert not torch.equal(seen[0][0][0], plain(0)[0])
+
+
+@pytest.mark.parametrize("meta_source", ["valid", "train"])
+def test_meta_objective_batches_are_never_augmented(tmp_path, monkeypatch, meta_source):
+    write_cifar10(tmp_path / "cifar-10-batches-py")
+    seen = record_stepper_batches(monkeypatch)
+    run.train(tiny(tmp_path, loss="adalfl", init_steps=2, steps=4, meta_source=meta_source), progress=False)
+    data = load_dataset("cifar10", data_dir=tmp_path, download=False, seed=0)
+    source = (data.valid if meta_source == "valid" else data.train).x.flatten(1)
+    for _, (x_meta, _) in seen:
+        matches = (x_meta.flatten(1)[:, None, :] == source[None]).all(-1)  # (batch, source rows)
+        assert matches.any(1).all()  # every meta row is a row of the raw split
+
+
+def test_tiny_cifar_run_trains_with_augmentation_and_records_it(tmp_path):
+    write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+    augmented = run.train(tiny(tmp_path / "data"), out_dir=tmp_path / "on", progress=False)
+    plain = run.train(tiny(tmp_path / "data", augment=False), out_dir=tmp_path / "off", progress=False)
+    on_disk = json.loads((tmp_path / "on" / "results.json").read_text())
+    assert on_disk["status"] == "finished" and on_disk["config"]["augment"] is True
+    assert json.loads((tmp_path / "off" / "results.json").read_text())["config"]["augment"] is False
+    assert torch.isfinite(torch.tensor(augmented["test_loss"]))
+    assert augmented["test_loss"] != plain["test_loss"]  # the flag changes what the model sees
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.mark.parametrize("loss", ["ce", "adalfl"])
+def test_resumed_augmented_run_equals_uninterrupted_run(tmp_path, loss):
+    write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+    # A Taylor-polynomial loss: the MLP loss's formula takes seconds of SymPy printing per loss.json.
+    config = tiny(tmp_path / "data", loss=loss, loss_param="taylor", init_steps=3, steps=14, checkpoint_every=5,
+                  model_options={"hidden": (8,), "dropout": 0.2})
+    straight = run.train(config, out_dir=tmp_path / "straight", progress=False)
+
+    def interrupt(step):
+        if step == 8:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run.train(config, out_dir=tmp_path / "resumed", progress=False, on_step=interrupt)
+    resumed = run.train(config, out_dir=tmp_path / "resumed", resume=True, progress=False)
+    for key in ("test_loss", "test_error", "valid_loss"):
+        assert resumed[key] == straight[key]
+    history = lambda d: [{k: v for k, v in json.loads(line).items() if k != "wall_time_s"}  # noqa: E731
+                         for line in (d / "history.jsonl").read_text().splitlines()]
+    assert history(tmp_path / "resumed") == history(tmp_path / "straight")
+    learned = lambda d: json.loads((d / "loss.json").read_text())["parameters"]  # noqa: E731
+    assert learned(tmp_path / "resumed") == learned(tmp_path / "straight")
+    final = lambda d: torch.load(d / "checkpoint.pt", weights_only=True)["model"]  # noqa: E731
+    for name, tensor in final(tmp_path / "straight").items():
+        assert torch.equal(tensor, final(tmp_path / "resumed")[name])
+
+
+def test_command_line_no_augment(tmp_path):
+    write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+    result = subprocess.run(
+        [sys.executable, str(REPOSITORY / "cli.py"), "train", "--dataset", "cifar10", "--data-dir",
+         str(tmp_path / "data"), "--model", "mlp", "--model-option", "hidden=[8]", "--steps", "3", "--batch-size",
+         "16", "--device", "cpu", "--quiet", "--no-augment", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, cwd=REPOSITORY, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["augment"] is False

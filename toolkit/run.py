@@ -25,6 +25,7 @@ from .data import Dataset, load_dataset
 from .models import build_model
 from .offline import offline_initialise
 from .adam import all_finite
+from .augment import AugmentedBatches, augmentation_for
 from .online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_step,
                      has_trainable_parameters)
 from .rules import torch_optimizer
@@ -343,6 +344,9 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     valid_x, valid_y = _to_device(data.valid, device)
     test_x, test_y = _to_device(data.test, device)
     train_batches = BatchStream(train_x, train_y, config.batch_size, seed=config.seed)
+    augmentation = augmentation_for(data.name) if config.augment else None
+    if augmentation is not None:  # training batches only: never validation, test or meta-objective batches
+        train_batches = AugmentedBatches(train_batches, augmentation, seed=config.seed)
     meta_x, meta_y = (valid_x, valid_y) if config.meta_source == "valid" else (train_x, train_y)
     meta_batches = (BatchStream(meta_x, meta_y, config.batch_size, seed=config.seed + 7919)
                     if config.online or config.offline_phase else None)
