@@ -243,6 +243,35 @@ def test_resumed_augmented_run_equals_uninterrupted_run(tmp_path, loss):
         assert torch.equal(tensor, final(tmp_path / "resumed")[name])
 
 
+def test_checkpoints_from_before_the_flag_resume_as_runs_without_augmentation(tmp_path):
+    """A saved config without ``augment`` trained without it: CIFAR resumes with --no-augment only;
+    a dataset that has no augmentation resumes with the default."""
+    write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+
+    def interrupt(step: int) -> None:
+        if step == 6:
+            raise Interrupted
+
+    def interrupted_old_run(config: TrainConfig, out: Path) -> None:
+        with pytest.raises(Interrupted):
+            run.train(config, out_dir=out, progress=False, on_step=interrupt)
+        state = torch.load(out / "checkpoint.pt", weights_only=True)
+        del state["config"]["augment"]
+        torch.save(state, out / "checkpoint.pt")
+
+    cifar = tiny(tmp_path / "data", checkpoint_every=5, augment=False)
+    interrupted_old_run(cifar, tmp_path / "cifar")
+    with pytest.raises(run.ConfigError, match="different options than the checkpoint .*: augment;"):
+        run.train(tiny(tmp_path / "data", checkpoint_every=5), out_dir=tmp_path / "cifar", resume=True,
+                  progress=False)
+    assert run.train(cifar, out_dir=tmp_path / "cifar", resume=True, progress=False)["status"] == "finished"
+
+    digits = TrainConfig(dataset="digits", model="mlp", model_options={"hidden": (8,)}, steps=12, batch_size=16,
+                         device="cpu", checkpoint_every=5)
+    interrupted_old_run(digits, tmp_path / "digits")
+    assert run.train(digits, out_dir=tmp_path / "digits", resume=True, progress=False)["status"] == "finished"
+
+
 def test_command_line_no_augment(tmp_path):
     write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
     result = subprocess.run(

@@ -547,6 +547,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
     saved = dict(state["config"])
     current = config.to_dict()
+    if "augment" not in saved:  # written before --augment existed: those runs trained without augmentation
+        saved["augment"] = current["augment"] if augmentation_for(config.dataset) is None else False
     differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
                        and k != "steps")
     if differing:
