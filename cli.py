@@ -190,6 +190,9 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset files are.")
 @click.option("--valid-fraction", default=0.1, show_default=True, type=float)
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="The dataset's standard training augmentation: random crops of the 4-pixel zero-padded image "
+                   "and horizontal flips for CIFAR-10/100, crops only for SVHN; no effect on other datasets.")
 @click.option("--init-steps", default=2500, show_default=True, type=int, help="Offline initialisation meta steps.")
 @click.option("--meta-lr", default=1e-3, show_default=True, type=float,
               help="Adam learning rate of the loss in the offline phase.")

@@ -25,6 +25,7 @@ from .data import Dataset, load_dataset
 from .models import build_model
 from .offline import offline_initialise
 from .adam import all_finite
+from .augment import AugmentedBatches, augmentation_for
 from .online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_step,
                      has_trainable_parameters)
 from .distributed import SINGLE, Replicas, convert_sync_batchnorm
@@ -377,6 +378,9 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     valid_x, valid_y = _to_device(data.valid, device)
     test_x, test_y = _to_device(data.test, device)
     train_batches = BatchStream(train_x, train_y, config.batch_size, seed=config.seed)
+    augmentation = augmentation_for(data.name) if config.augment else None
+    if augmentation is not None:  # training batches only: never validation, test or meta-objective batches
+        train_batches = AugmentedBatches(train_batches, augmentation, seed=config.seed)
     meta_x, meta_y = (valid_x, valid_y) if config.meta_source == "valid" else (train_x, train_y)
     meta_batches = (BatchStream(meta_x, meta_y, config.batch_size, seed=config.seed + 7919)
                     if config.online or config.offline_phase else None)
@@ -597,6 +601,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
     saved = dict(state["config"])
     current = config.to_dict()
+    if "augment" not in saved:  # written before --augment existed: those runs trained without augmentation
+        saved["augment"] = current["augment"] if augmentation_for(config.dataset) is None else False
     differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
                        and k != "steps")
     if differing:

@@ -117,6 +117,9 @@ class TrainConfig:
     target: str | None = None
     task: str | None = None
     valid_fraction: float = 0.1
+    # The dataset's standard training augmentation (toolkit.augment): crops and flips for
+    # CIFAR-10/100, crops for SVHN; a no-op for datasets without one.
+    augment: bool = True
     eval_every: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
