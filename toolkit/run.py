@@ -601,6 +601,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
     saved = dict(state["config"])
     current = config.to_dict()
+    for key, old_default in (("optimizer", "sgd"), ("sync_batchnorm", False)):  # options added later
+        saved.setdefault(key, old_default)
     if "augment" not in saved:  # written before --augment existed: those runs trained without augmentation
         saved["augment"] = current["augment"] if augmentation_for(config.dataset) is None else False
     differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
