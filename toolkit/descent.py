@@ -17,8 +17,9 @@ in parameter space, against the task loss's own gradient g_L = Jᵀr on the batc
 Both hold to first order only: a finite step along a direction of high curvature can still
 raise the loss (seen on a BatchNorm CNN at lr 0.1). So the step about to be taken is checked
 too (:func:`toolkit.online.accept_or_fall_back`, used by the online learner and by a frozen
-learned loss's stepper): when the training batch's task loss at θ' is above
-its value at θ (one extra forward), it takes the task loss's own SGD step instead, and still
+learned loss's stepper): when the training batch's task loss at θ' is not below
+its value at θ (one extra forward), it takes the task loss's own step instead (so a learned
+loss that is flat where the model is, with a zero gradient, cannot stall training), and still
 applies the meta-gradient of the rejected step, which teaches the loss not to take it again.
 
 Each reflection H is linear and symmetric for a fixed choice of what reflects, so the

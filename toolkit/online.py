@@ -231,7 +231,7 @@ class OnlineLossLearner:
 def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
                         before: Tensor, state: State, rule: StepRule, task: str, *,
                         replicas: Replicas = SINGLE) -> tuple[dict[str, Tensor], State, Tensor]:
-    """θ' if it does not raise the training batch's task loss, else the task loss's own step.
+    """θ' if it lowers the training batch's task loss, else the task loss's own step.
 
     The descent guard's step check (:mod:`toolkit.descent`): one extra forward at θ' on the
     training batch (buffers copied, so running statistics are untouched); the choice is a
@@ -249,7 +249,9 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: 
         after = task_loss(functional_call(model, (new_params, buffers), (replicas.shard(x),)), replicas.shard(y),
                           task) / replicas.world_size
         after = replicas.sum_([after])[0]
-        rejected = ~(after <= before)  # a non-finite loss at θ' is rejected too
+        # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
+        # does not move (a learned loss flat where the model is, e.g. saturated far from the targets) all fall back.
+        rejected = ~(after < before)
         theta = {k: p.detach() for k, p in params.items()}
         fallback, fallback_state = rule.update(theta, task_grads, state)
         chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
