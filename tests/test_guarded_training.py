@@ -129,3 +129,39 @@ def test_guarded_fixed_loss_steps_equal_torch_optim_sgd_when_nothing_is_reflecte
     assert guarded.record() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)
+
+
+class _FlatLoss(nn.Module):
+    """A learned loss that is flat everywhere (as ML3's saturated to 0 far from the targets): zero gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, outputs, targets):
+        return self.weight * outputs.sum()
+
+
+def test_a_flat_learned_loss_cannot_stall_training() -> None:
+    """Every zero step is rejected, so the guarded stepper takes exactly torch.optim.SGD's MSE steps."""
+    import copy
+    from toolkit.online import frozen_copy
+    from toolkit.run import FixedLossStepper
+    from toolkit.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    reference = copy.deepcopy(model)
+    config = TrainConfig(dataset="diabetes", model="mlp", loss="ml3", lr=0.05)
+    stepper = FixedLossStepper(model, frozen_copy(_FlatLoss()), config, guard_task="regression")
+    opt = torch.optim.SGD(reference.parameters(), lr=0.05)
+    for step in range(5):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(16, 4, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+        stepper.step((x, y), lr=0.05)
+        opt.zero_grad()
+        task_loss(reference(x), y, "regression").backward()
+        opt.step()
+    assert stepper.record()["rejected_steps"] == 1.0
+    for (k, a), (_, b) in zip(model.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=k)
