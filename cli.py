@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from toolkit import __version__
+from toolkit.config import PRESETS as PRESET_NAMES, click_options
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean 'the user asked for something wrong' (imported lazily)."""
@@ -25,85 +26,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError, AnalysisError)
 
 
-def _read_config_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Eager --config: a TOML or YAML file whose keys become the command's defaults."""
-    if value is None:
-        return None
-    path = Path(value)
-    if not path.is_file():
-        raise click.BadParameter(f"config file {path} does not exist", param_hint="--config")
-    text = path.read_text()
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError:
-                raise click.BadParameter("YAML config needs PyYAML: pip install pyyaml (or use TOML)") from None
-            data = yaml.safe_load(text) or {}
-        else:
-            import tomllib
-            data = tomllib.loads(text)
-    except click.BadParameter:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any parse error is one user-facing message
-        raise click.BadParameter(f"cannot parse {path}: {exc}".replace("\n", " "), param_hint="--config") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f"{path} must hold a table of option = value", param_hint="--config")
-    params = {p.name: p for p in ctx.command.params}
-    defaults = {}
-    for key, val in data.items():
-        name = str(key).replace("-", "_")
-        if name not in params or name == "config":
-            raise click.BadParameter(f"unknown option {key!r} in {path}", param_hint="--config")
-        if isinstance(val, dict):
-            raise click.BadParameter(f"option {key!r} in {path} must be a value, not a table", param_hint="--config")
-        _check_config_value(params[name], val, path)
-        if params[name].multiple and not isinstance(val, list):
-            val = [val]
-        elif isinstance(val, list) and not params[name].multiple:
-            val = ",".join(str(v) for v in val)
-        defaults[name] = val
-    preset = defaults.pop("preset", None)
-    if preset is not None:
-        from toolkit.train import PRESETS
-        if preset not in PRESETS:
-            raise click.BadParameter(f"unknown preset {preset!r} in {path}; choose {', '.join(PRESETS)}",
-                                     param_hint="--config")
-        _add_preset(defaults, preset)
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
-    return value
-
-
-def _check_config_value(param: click.Parameter, value: object, path: Path) -> None:
-    """A config value must have the option's type: 5.7 is no step count and 1 is no flag (no truncation)."""
-    from toolkit.train import ConfigError, coerce_option
-
-    declared = {click.INT: "int", click.FLOAT: "float", click.BOOL: "bool"}.get(param.type)
-    if getattr(param, "is_flag", False):
-        declared = "bool"
-    if declared is None or isinstance(value, list):
-        return
-    try:
-        coerce_option(param.name, value, declared)
-    except ConfigError as exc:
-        raise click.BadParameter(f"{exc} (in {path})", param_hint="--config") from None
-
-
-def _add_preset(defaults: dict, preset: str) -> dict:
-    """Fill ``defaults`` with a preset's option values, keeping the values already there."""
-    from toolkit.train import PRESETS
-    for name, val in PRESETS[preset].items():
-        defaults.setdefault(name, val)
-    return defaults
-
-
-def _apply_preset(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """Eager --preset: its option values become defaults below any --config file and the command line."""
-    if value is not None:
-        ctx.default_map = _add_preset(dict(ctx.default_map or {}), value)
-    return value
-
-
 def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
     if not text:
         return ()
@@ -113,20 +35,6 @@ def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated {what}, got {text!r}") from None
 
 
-def _model_options(items: tuple[str, ...]) -> dict:
-    options = {}
-    for item in items:
-        if "=" not in item:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        options[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return options
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lfl")
 def cli() -> None:
@@ -134,116 +42,56 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", type=click.Path(dir_okay=False), callback=_read_config_file, is_eager=True,
-              expose_value=False, help="TOML or YAML file setting any option below; the command line overrides it.")
-@click.option("--preset", type=click.Choice(["default", "paper"]), callback=_apply_preset, is_eager=True,
-              expose_value=False,
-              help="Named option values: 'paper' is AdaLFL as published (--loss-scale free). Explicit options win.")
-@click.option("--dataset", default="fashion-mnist", show_default=True,
-              help="mnist, fashion-mnist, cifar10, cifar100, svhn, digits, wine, breast_cancer, diabetes, csv:PATH")
-@click.option("--target", default=None, help="Target column of a csv: dataset (default: the last column).")
-@click.option("--task", type=click.Choice(["classification", "regression"]), default=None,
-              help="Task of a csv: dataset (default: inferred).")
-@click.option("--model", default="lenet5", show_default=True, help="Model name; see toolkit.models.MODEL_NAMES.")
-@click.option("--model-option", "model_option", multiple=True, metavar="KEY=VALUE",
-              help="Model option, e.g. --model-option depth=16 --model-option 'hidden=[100,100]'.")
-@click.option("--loss", default="ce", show_default=True,
-              type=click.Choice(["ce", "mse", "adalfl", "ml3", "taylorglo"]),
-              help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online; "
-                   "taylorglo: CMA-ES search, then fixed.")
-@click.option("--loss-from", default=None, metavar="FILE_OR_FORMULA",
-              help="Reuse a loss: a loss.json, a run directory, a file holding a SymPy formula, or a formula "
-                   "in y_pred and y. Fixed, unless --adapt.")
-@click.option("--adapt", is_flag=True, help="With --loss-from: keep learning the loss online (no offline phase).")
-@click.option("--generations", default=10, show_default=True, type=int, help="TaylorGLO: CMA-ES generations.")
-@click.option("--population", default=None, type=int, help="TaylorGLO: candidates per generation (default 10).")
-@click.option("--fitness-steps", default=200, show_default=True, type=int,
-              help="TaylorGLO: training steps per candidate evaluation.")
-@click.option("--search-jobs", default=1, show_default=True, type=int,
-              help="TaylorGLO: parallel processes evaluating candidates.")
-@click.option("--invariant/--no-invariant", default=True, show_default=True,
-              help="TaylorGLO: reject candidates whose gradient does not favour the true class, untrained.")
-@click.option("--loss-param", default="mlp", show_default=True, type=click.Choice(["mlp", "taylor"]),
-              help="Parameterisation of a learned loss.")
-@click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
-              help="adalfl/ml3: 'normalised' takes the gradient's direction from the learned loss and its size from "
-                   "the task loss times a learned scale in [1/--max-scale, --max-scale]; 'free' uses the loss as is.")
-@click.option("--descent-guard/--no-descent-guard", default=True, show_default=True,
-              help="Learned losses: reflect each sample's gradient that points uphill for the task loss, so no step "
-                   "trains a sample backwards (off in --preset paper).")
-@click.option("--max-scale", default=1.0, show_default=True, type=float,
-              help="Bound on the learned scale of a normalised loss (1 fixes it at the task loss's).")
-@click.option("--steps", default=1000, show_default=True, type=int, help="Base training steps.")
-@click.option("--batch-size", default=128, show_default=True, type=int)
-@click.option("--lr", default=0.01, show_default=True, type=float, help="Base learning rate.")
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam", "adamw"]),
-              help="Base optimiser, as torch.optim's SGD, Adam or AdamW (betas 0.9, 0.999); learned losses "
-                   "differentiate through it.")
-@click.option("--momentum", default=0.0, show_default=True, type=float, help="SGD momentum.")
-@click.option("--nesterov/--no-nesterov", default=False, show_default=True)
-@click.option("--weight-decay", default=0.0, show_default=True, type=float)
-@click.option("--milestones", default="", help="Comma-separated steps where the lr is multiplied by --gamma.")
-@click.option("--gamma", default=0.1, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML or YAML file setting any option below (and 'preset'); the command line overrides it.")
+@click.option("--preset", type=click.Choice(sorted(PRESET_NAMES)), default=None,
+              help="Named option values: 'paper' is AdaLFL as published (--loss-scale free, no guard). A config "
+                   "file and explicit options win.")
+@click_options
 @click.option("--seeds", default=None, help="Comma-separated seeds: one run per seed under --out, plus summary.json.")
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes for --seeds.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Where the dataset files are.")
-@click.option("--valid-fraction", default=0.1, show_default=True, type=float)
-@click.option("--augment/--no-augment", default=True, show_default=True,
-              help="The dataset's standard training augmentation: random crops of the 4-pixel zero-padded image "
-                   "and horizontal flips for CIFAR-10/100, crops only for SVHN; no effect on other datasets.")
-@click.option("--init-steps", default=2500, show_default=True, type=int, help="Offline initialisation meta steps.")
-@click.option("--meta-lr", default=1e-3, show_default=True, type=float,
-              help="Adam learning rate of the loss in the offline phase.")
-@click.option("--online-meta-lr", default=1e-4, show_default=True, type=float,
-              help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
-@click.option("--meta-interval", default=1, show_default=True, type=int, help="Meta step every k base steps.")
-@click.option("--meta-clip", default=None, type=float, help="Clip the meta-gradient to this global norm.")
-@click.option("--meta-gradient", default="fast", show_default=True, type=click.Choice(["fast", "naive"]))
-@click.option("--meta-source", default="valid", show_default=True, type=click.Choice(["valid", "train"]),
-              help="Where meta-objective batches come from.")
-@click.option("--eval-every", default=0, show_default=True, type=int, help="Validation every N steps (0: at the end).")
-@click.option("--log-every", default=50, show_default=True, type=int, help="History record every N steps.")
-@click.option("--checkpoint-every", default=500, show_default=True, type=int, help="0 disables checkpoints.")
-@click.option("--snapshot-every", default=100, show_default=True, type=int, help="Learned-loss snapshot every N steps.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
-@click.option("--sync-batchnorm/--no-sync-batchnorm", default=False, show_default=True,
-              help="Under torchrun: BatchNorm statistics of the global batch instead of each process's share.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(**options) -> None:
-    """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out."""
-    from toolkit.run import train as run_training
-    from toolkit.train import TrainConfig
+def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: int, out: str | None, resume: bool,
+          overwrite: bool, quiet: bool, **options) -> None:
+    """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out.
 
-    out, resume, quiet = options.pop("out"), options.pop("resume"), options.pop("quiet")
-    overwrite = options.pop("overwrite")
-    seeds_text, jobs = options.pop("seeds"), options.pop("jobs")
-    seeds = _int_list(seeds_text, what="seeds")
-    if seeds_text is not None and not seeds:
+    Every option is declared once in toolkit.config.TrainConfig; defaults < --preset < --config file <
+    options typed here (toolkit.config.resolve_config, which the Python API uses too).
+    """
+    from toolkit.config import parse_int_list, parse_model_options, resolve_config
+    from toolkit.run import train as run_training
+
+    seeds_text = seeds
+    seed_list = _int_list(seeds_text, what="seeds")
+    if seeds_text is not None and not seed_list:
         raise click.BadParameter("--seeds needs at least one seed, e.g. --seeds 0,1,2", param_hint="--seeds")
     if resume and out is None:
         raise click.BadParameter("--resume needs --out DIR of the run to continue", param_hint="--resume")
     if resume and overwrite:
         raise click.BadParameter("choose one of --resume and --overwrite", param_hint="--overwrite")
-    options["milestones"] = _int_list(options["milestones"])
-    options["model_options"] = _model_options(options.pop("model_option"))
-    config = TrainConfig(**options)
-    if seeds and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    explicit = {k: v for k, v in options.items() if v is not None}
+    if "milestones" in explicit:
+        explicit["milestones"] = parse_int_list(explicit["milestones"])
+    explicit["model_options"] = parse_model_options(explicit.pop("model_options", ()))
+    if not explicit["model_options"]:
+        del explicit["model_options"]
+    config = resolve_config(explicit, config_file=config_file, preset=preset)
+    if seed_list and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.BadParameter("--seeds starts one process per seed; under torchrun train one run (--seed)",
                                  param_hint="--seeds")
-    if seeds:
+    if seed_list:
         if out is None:
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
         from toolkit.sweep import run_seeds
-        summary = run_seeds(config, list(seeds), out_dir=out, jobs=jobs, resume=resume, overwrite=overwrite,
+        summary = run_seeds(config, list(seed_list), out_dir=out, jobs=jobs, resume=resume, overwrite=overwrite,
                             progress=not quiet)
         metric = "test_mse" if "test_mse" in summary else "test_error"
         stats = summary[metric]
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
-                   f"{','.join(map(str, seeds))} (worst {stats['max']:.4f})  -> {out}/summary.json")
+                   f"{','.join(map(str, seed_list))} (worst {stats['max']:.4f})  -> {out}/summary.json")
         return
     from toolkit import distributed
 

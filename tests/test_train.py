@@ -217,8 +217,7 @@ def test_online_updates_use_the_online_meta_learning_rate(tmp_path, digits, onli
 
 def test_online_meta_learning_rate_defaults_and_falls_back_to_the_offline_one():
     from toolkit.train import PRESETS
-    assert TrainConfig().online_lr == 1e-4 and TrainConfig().meta_lr == 1e-3
-    assert TrainConfig(online_meta_lr=None, meta_lr=3e-3).online_lr == 3e-3
-    assert TrainConfig(**PRESETS["paper"]).online_lr == 1e-3  # the paper: one Adam rate, 1e-3, for both phases
+    assert TrainConfig().online_meta_lr == 1e-4 and TrainConfig().meta_lr == 1e-3
+    assert TrainConfig(**PRESETS["paper"]).online_meta_lr == 1e-3  # the paper: one Adam rate, 1e-3, for both phases
     with pytest.raises(ConfigError, match="--online-meta-lr"):
         TrainConfig(online_meta_lr=0.0)
