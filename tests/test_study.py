@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +266,31 @@ def test_a_dead_worker_process_is_replaced_and_its_run_retried(tmp_path, monkeyp
     assert row["n"] == 1 and "failed" not in row
     assert Path(row["runs"][0] + ".crashed").exists()  # the first attempt did die
 
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--backend", "spark"], "'spark' is not one of 'local', 'ray'"),
+    (["--address", "10.0.0.1:6379"], "--address names a Ray cluster: add --backend ray"),
+])
+def test_bad_backend_options_are_one_line_errors(tmp_path, capsys, args, fragment) -> None:
+    path = write(tmp_path, ONE_METHOD)
+    with pytest.raises(SystemExit) as info:
+        main(["study", str(path), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_backend_without_ray_names_the_install_hint(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    path = write(tmp_path, ONE_METHOD)
+    with pytest.raises(SystemExit) as info:
+        main(["study", str(path), "--out", str(tmp_path / "out"), "--backend", "ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert 'pip install "onlinelfl[cluster]"' in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_is_imported_only_when_the_ray_backend_runs() -> None:
+    code = "import sys, cli, toolkit.study, toolkit.backends; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

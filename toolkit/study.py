@@ -8,8 +8,8 @@ the full config without its seed, so a run shared by two methods (cross-entropy 
 lr 0.01 in a fixed and a tuned method) trains once, a finished run is reused by the
 next invocation, and a killed one resumes from its checkpoint.
 
-Runs execute on a backend (:mod:`toolkit.backends`): this process or a local process
-pool; the scheduling here is the same for all. A failed run is tried once more
+Runs execute on a backend (:mod:`toolkit.backends`): this process, a local process pool
+or Ray tasks; the scheduling here is the same for all. A failed run is tried once more
 (resuming from its checkpoint) and, failing again, is reported as failed while the study
 goes on; a diverged run is final at once, as a second attempt would diverge again.
 
@@ -88,6 +88,8 @@ def _reply(future: Future) -> dict[str, Any]:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - the study goes on without this run
+        if isinstance(getattr(exc, "cause", None), BaseException):
+            exc = exc.cause  # Ray wraps the task's own exception, with a banner as its first line
         lines = str(exc).strip().splitlines()
         return {"error": f"{type(exc).__name__}: {lines[0] if lines else 'the worker stopped'}"}
 
@@ -137,16 +139,22 @@ def count_runs(study: Study) -> int:
     return sum((len(g.points) if g.tuned else 0) + len(study.seeds) for g in study.groups)
 
 
-def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: bool = True) -> list[GroupOutcome]:
+def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, backend: str = "local",
+              address: str | None = None, progress: bool = True) -> list[GroupOutcome]:
     """Run (or reuse) every run of the study; return each group's outcome.
 
     Args:
         study: from :func:`toolkit.study_spec.load_study`.
         out_dir: the study directory; runs go to ``out_dir/runs``.
         jobs: runs at once (local with 1: in this process); each gets cpu_count // jobs threads.
+        backend: ``local`` (processes on this machine) or ``ray`` (Ray tasks, see :mod:`toolkit.backends`).
+        address: the Ray cluster for ``backend="ray"`` (None: a Ray instance on this machine).
         progress: one progress bar over all the study's runs.
+
+    Raises:
+        StudyError: an unknown backend, or Ray asked for but missing or unreachable.
     """
-    executor = make_backend("local", jobs=jobs)
+    executor = make_backend(backend, jobs=jobs, address=address)
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     outcomes = {(g.setting, g.method): GroupOutcome(group=g, selection=[None] * len(g.points)) for g in study.groups}
@@ -157,7 +165,8 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
     finished: dict[Path, RunOutcome] = {}
 
     def submit(job: _Job) -> None:
-        future = executor.submit(_train_one, job.config, str(job.run_dir), executor.threads,
+        # An absolute path: a Ray worker's working directory need not be this one.
+        future = executor.submit(_train_one, job.config, str(job.run_dir.absolute()), executor.threads,
                                  gpu=job.config.device != "cpu")
         in_flight[job.run_dir] = future
         jobs_of[future] = job
