@@ -1,12 +1,14 @@
 # Two commands a user needs (see README): `make run` and `make test`.
 # Both create .venv, install torch 2.13.0 (the CPU wheel where this machine has it),
-# then this project with its test extras, and the Fashion-MNIST files where apt exists.
+# then this project with its EXTRAS (the CI adds cluster: Ray, for the Ray backend's tests),
+# and the Fashion-MNIST files where apt exists.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LFL    := $(VENV)/bin/lfl
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FMNIST := /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/make-run
+EXTRAS ?= test
 
 .PHONY: setup data run test bench clean
 
@@ -15,7 +17,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 	touch $@
 
 data:

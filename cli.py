@@ -125,10 +125,16 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
 @click.argument("study_file", metavar="FILE")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Study directory: runs/, report.json, report.md, test_error.png/.svg.")
-@click.option("--jobs", default=1, show_default=True, type=int, help="Runs in parallel processes.")
+@click.option("--jobs", default=1, show_default=True, type=int,
+              help="Runs at once, each with cpu_count // jobs threads (on Ray: CPUs each task asks for).")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help='Where runs execute: local processes, or Ray tasks (pip install "onlinelfl[cluster]").')
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray cluster to submit to (--backend ray; default: start Ray on this machine).")
 @click.option("--dry-run", is_flag=True, help="Check the file and list the groups and run counts; train nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def study(study_file: str, out: str, jobs: int, dry_run: bool, quiet: bool) -> None:
+def study(study_file: str, out: str, jobs: int, backend: str, address: str | None, dry_run: bool,
+          quiet: bool) -> None:
     """A declared comparison: settings x methods, grids tuned on validation, paired tests over seeds."""
     if dry_run:
         from toolkit.study import count_runs
@@ -143,8 +149,10 @@ def study(study_file: str, out: str, jobs: int, dry_run: bool, quiet: bool) -> N
         return
     from toolkit.study_report import study_command
 
-    command = f"lfl study {study_file} --out {out}" + (f" --jobs {jobs}" if jobs != 1 else "")
-    report = study_command(study_file, out, jobs=jobs, progress=not quiet, command=command)
+    command = (f"lfl study {study_file} --out {out}" + (f" --jobs {jobs}" if jobs != 1 else "")
+               + (f" --backend {backend}" if backend != "local" else "") + (f" --address {address}" if address else ""))
+    report = study_command(study_file, out, jobs=jobs, backend=backend, address=address, progress=not quiet,
+                           command=command)
     click.echo((Path(out) / "report.md").read_text(), nl=False)
     failed = sum(len(r.get("failed", {})) for r in report["rows"])
     click.echo(f"{len(report['rows'])} rows in {report['wall_time_s']:.0f} s"

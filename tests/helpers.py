@@ -127,3 +127,21 @@ def assert_meta_gradients_close(fast, naive, *, skip=(), rtol: float = 1e-8) -> 
             continue
         err = (fast.meta_grads[k] - naive.meta_grads[k]).norm() / naive.meta_grads[k].norm()
         assert err < rtol, (k, float(err))
+
+
+def crash_once(config, out_dir: str, threads):
+    """A study worker that dies (as when killed) on its first attempt at each run, then trains.
+
+    It lives here, not in a test module, so that worker processes import only torch to unpickle it.
+    """
+    import os
+    from pathlib import Path
+
+    from toolkit.study import _train_one
+
+    marker = Path(out_dir + ".crashed")
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.touch()
+        os._exit(1)
+    return _train_one(config, out_dir, threads)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ import pytest
 from scipy import stats
 
 from cli import main
+from helpers import crash_once
 from toolkit.study import count_runs, run_study
 from toolkit.study_report import study_command
 from toolkit.study_spec import StudyError, load_study, run_key
@@ -205,3 +208,89 @@ def test_missing_file_and_dry_run(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "sgd / ce-tuned: lr in [1e-05, 0.3]; 3 seeds" in out and "8 runs at most" in out
     assert not (tmp_path / "out").exists()
+
+
+ONE_METHOD = SHARED + """
+[[method]]
+name = "ce-tuned"
+loss = "ce"
+lr = 0.1
+"""
+
+
+def test_a_run_failing_once_is_retried_and_one_failing_twice_is_reported(tmp_path, monkeypatch) -> None:
+    import toolkit.study
+
+    real_run_one, calls = toolkit.study.run_one, {}
+
+    def flaky(config, out_dir, *args):
+        calls[config.seed] = calls.get(config.seed, 0) + 1
+        if config.seed == 1 and calls[1] == 1:
+            raise OSError("disk full")  # seed 1: fails once, then succeeds
+        if config.seed == 2:
+            raise RuntimeError("out of memory")  # seed 2: fails every time
+        return real_run_one(config, out_dir, *args)
+
+    monkeypatch.setattr(toolkit.study, "run_one", flaky)
+    path = write(tmp_path, ONE_METHOD)
+    (row,) = study_command(path, tmp_path / "out", progress=False)["rows"]
+    assert calls == {0: 1, 1: 2, 2: toolkit.study.MAX_ATTEMPTS}
+    assert row["n"] == 2 and row["seeds"] == [0, 1]
+    assert row["failed"] == {"2": "RuntimeError: out of memory"}
+    monkeypatch.setattr(toolkit.study, "run_one", real_run_one)
+    again = study_command(path, tmp_path / "out", progress=False)
+    assert again["reused_results"] == 2 and again["rows"][0]["n"] == 3  # the retried run is reused as it stands
+
+
+def test_a_diverged_run_is_not_retried(tmp_path, monkeypatch) -> None:
+    import toolkit.study
+    from toolkit.online import NonFiniteError
+
+    calls = []
+
+    def diverge(config, *args):
+        calls.append(config.seed)
+        raise NonFiniteError("the training loss is nan at step 3")
+
+    monkeypatch.setattr(toolkit.study, "run_one", diverge)
+    (row,) = study_command(write(tmp_path, ONE_METHOD), tmp_path / "out", progress=False)["rows"]
+    assert sorted(calls) == [0, 1, 2] and row["n"] == 0 and set(row["failed"]) == {"0", "1", "2"}
+
+
+def test_a_dead_worker_process_is_replaced_and_its_run_retried(tmp_path, monkeypatch) -> None:
+    import toolkit.study
+
+    monkeypatch.setattr(toolkit.study, "_train_one", crash_once)
+    path = write(tmp_path, ONE_METHOD.replace("seeds = [0, 1, 2]", "seeds = [0]"))
+    (row,) = study_command(path, tmp_path / "out", jobs=2, progress=False)["rows"]
+    assert row["n"] == 1 and "failed" not in row
+    assert Path(row["runs"][0] + ".crashed").exists()  # the first attempt did die
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--backend", "spark"], "'spark' is not one of 'local', 'ray'"),
+    (["--address", "10.0.0.1:6379"], "--address names a Ray cluster: add --backend ray"),
+])
+def test_bad_backend_options_are_one_line_errors(tmp_path, capsys, args, fragment) -> None:
+    path = write(tmp_path, ONE_METHOD)
+    with pytest.raises(SystemExit) as info:
+        main(["study", str(path), "--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_backend_without_ray_names_the_install_hint(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    path = write(tmp_path, ONE_METHOD)
+    with pytest.raises(SystemExit) as info:
+        main(["study", str(path), "--out", str(tmp_path / "out"), "--backend", "ray"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    assert 'pip install "onlinelfl[cluster]"' in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_ray_is_imported_only_when_the_ray_backend_runs() -> None:
+    code = "import sys, cli, toolkit.study, toolkit.backends; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

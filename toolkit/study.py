@@ -8,6 +8,11 @@ the full config without its seed, so a run shared by two methods (cross-entropy 
 lr 0.01 in a fixed and a tuned method) trains once, a finished run is reused by the
 next invocation, and a killed one resumes from its checkpoint.
 
+Runs execute on a backend (:mod:`toolkit.backends`): this process, a local process pool
+or Ray tasks; the scheduling here is the same for all. A failed run is tried once more
+(resuming from its checkpoint) and, failing again, is reported as failed while the study
+goes on; a diverged run is final at once, as a second attempt would diverge again.
+
 Writes ``DIR/report.json``, ``DIR/report.md`` and ``DIR/test_error.png/.svg``
 (:mod:`toolkit.study_report`).
 """
@@ -19,9 +24,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .backends import make_backend
 from .study_spec import Group, Study, run_key, selection_metric
-from .sweep import process_pool, run_one, threads_per_job
+from .sweep import run_one
 from .train import TrainConfig, progress_bar
+
+
+MAX_ATTEMPTS = 2  # a failed run is tried once more before it is reported as failed
 
 
 @dataclass
@@ -59,26 +68,40 @@ def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | Non
 
 
 def _train_one(config: TrainConfig, out_dir: str, threads: int | None) -> dict[str, Any]:
-    """Worker: train (resuming a killed run); a failure comes back as a message, not an exception."""
+    """Worker: train (resuming a killed or failed attempt); a failure comes back as a message, not an exception.
+
+    A divergence is marked final: training is a deterministic function of the config and
+    seed, so a second attempt would diverge again.
+    """
+    from .online import NonFiniteError
+
     try:
         return {"results": run_one(config, out_dir, True, False, False, threads)}
+    except NonFiniteError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "final": True}
     except Exception as exc:  # noqa: BLE001 - one run's failure is reported, the study goes on
         return {"error": f"{type(exc).__name__}: {exc}"}
 
 
-class _InProcess:
-    """The executor interface, running each job at submission (``--jobs 1``)."""
+def _reply(future: Future) -> dict[str, Any]:
+    """A finished job's reply; a worker that died (killed, out of memory, node lost) becomes a failure message."""
+    try:
+        return future.result()
+    except Exception as exc:  # noqa: BLE001 - the study goes on without this run
+        if isinstance(getattr(exc, "cause", None), BaseException):
+            exc = exc.cause  # Ray wraps the task's own exception, with a banner as its first line
+        lines = str(exc).strip().splitlines()
+        return {"error": f"{type(exc).__name__}: {lines[0] if lines else 'the worker stopped'}"}
 
-    def submit(self, fn: Callable, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
 
-    def __enter__(self) -> "_InProcess":
-        return self
+@dataclass
+class _Job:
+    """A run being trained: where, with what, which attempt, and who waits for it."""
 
-    def __exit__(self, *exc) -> None:
-        return None
+    run_dir: Path
+    config: TrainConfig
+    attempt: int
+    waiting: list[Callable[[RunOutcome], None]]
 
 
 class _StudyProgress:
@@ -116,26 +139,37 @@ def count_runs(study: Study) -> int:
     return sum((len(g.points) if g.tuned else 0) + len(study.seeds) for g in study.groups)
 
 
-def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: bool = True) -> list[GroupOutcome]:
+def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, backend: str = "local",
+              address: str | None = None, progress: bool = True) -> list[GroupOutcome]:
     """Run (or reuse) every run of the study; return each group's outcome.
 
     Args:
         study: from :func:`toolkit.study_spec.load_study`.
         out_dir: the study directory; runs go to ``out_dir/runs``.
-        jobs: parallel processes (1: in this process); each gets cpu_count // jobs threads.
+        jobs: runs at once (local with 1: in this process); each gets cpu_count // jobs threads.
+        backend: ``local`` (processes on this machine) or ``ray`` (Ray tasks, see :mod:`toolkit.backends`).
+        address: the Ray cluster for ``backend="ray"`` (None: a Ray instance on this machine).
         progress: one progress bar over all the study's runs.
+
+    Raises:
+        StudyError: an unknown backend, or Ray asked for but missing or unreachable.
     """
+    executor = make_backend(backend, jobs=jobs, address=address)
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     outcomes = {(g.setting, g.method): GroupOutcome(group=g, selection=[None] * len(g.points)) for g in study.groups}
-    total = count_runs(study)
-    bar = _StudyProgress(total, enabled=progress)
+    bar = _StudyProgress(count_runs(study), enabled=progress)
     # Several groups may ask for the same run (same config and seed): it trains once.
     in_flight: dict[Path, Future] = {}
-    waiting: dict[Future, list[Callable[[RunOutcome], None]]] = {}
-    threads = threads_per_job(jobs) if jobs > 1 else None
-    executor = process_pool(jobs) if jobs > 1 else _InProcess()
+    jobs_of: dict[Future, _Job] = {}
     finished: dict[Path, RunOutcome] = {}
+
+    def submit(job: _Job) -> None:
+        # An absolute path: a Ray worker's working directory need not be this one.
+        future = executor.submit(_train_one, job.config, str(job.run_dir.absolute()), executor.threads,
+                                 gpu=job.config.device != "cpu")
+        in_flight[job.run_dir] = future
+        jobs_of[future] = job
 
     def request(config: TrainConfig, then: Callable[[RunOutcome], None]) -> None:
         run_dir = out / "runs" / run_key(config) / f"seed-{config.seed}"
@@ -144,7 +178,7 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
             then(finished[run_dir])
             return
         if run_dir in in_flight:
-            waiting[in_flight[run_dir]].append(then)
+            jobs_of[in_flight[run_dir]].waiting.append(then)
             return
         results = finished_results(run_dir, config)
         if results is not None:
@@ -152,10 +186,7 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
             bar.update(finished[run_dir])
             then(finished[run_dir])
             return
-        future = executor.submit(_train_one, config, str(run_dir), threads)
-        in_flight[run_dir] = future
-        waiting[future] = [then]
-        future.run_dir, future.seed = run_dir, config.seed  # type: ignore[attr-defined]
+        submit(_Job(run_dir=run_dir, config=config, attempt=1, waiting=[then]))
 
     def start_seeds(outcome: GroupOutcome, index: int) -> None:
         outcome.chosen = index
@@ -180,19 +211,20 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, progress: boo
         while in_flight:
             done, _ = wait(list(in_flight.values()), return_when=FIRST_COMPLETED)
             for future in done:
-                run_dir = future.run_dir  # type: ignore[attr-defined]
-                reply = future.result()
-                result = RunOutcome(path=str(run_dir), seed=future.seed,  # type: ignore[attr-defined]
+                job = jobs_of.pop(future)
+                del in_flight[job.run_dir]
+                reply = _reply(future)
+                if reply.get("error") and not reply.get("final") and job.attempt < MAX_ATTEMPTS:
+                    submit(replace(job, attempt=job.attempt + 1))
+                    continue
+                result = RunOutcome(path=str(job.run_dir), seed=job.config.seed,
                                     results=reply.get("results"), error=reply.get("error"))
-                finished[run_dir] = result
-                del in_flight[run_dir]
-                callbacks = waiting.pop(future)
-                for then in callbacks:
+                finished[job.run_dir] = result
+                for then in job.waiting:
                     bar.update(result)
                     then(result)
     bar.close()
     return list(outcomes.values())
 
 
-__all__ = ["run_study", "count_runs", "finished_results", "RunOutcome",
-           "GroupOutcome"]
+__all__ = ["run_study", "count_runs", "finished_results", "RunOutcome", "GroupOutcome", "MAX_ATTEMPTS"]

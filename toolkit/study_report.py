@@ -189,9 +189,9 @@ def write_report(study: Study, outcomes: list[GroupOutcome], out_dir: str | Path
 
 
 
-def study_command(path: str | Path, out_dir: str | Path, *, jobs: int = 1, progress: bool = True,
-                  command: str | None = None) -> dict[str, Any]:
-    """``lfl study``: load the file, run or reuse every run, write the report; return it."""
+def study_command(path: str | Path, out_dir: str | Path, *, jobs: int = 1, backend: str = "local",
+                  address: str | None = None, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+    """``lfl study``: load the file, run or reuse every run (on ``backend``), write the report; return it."""
     import time
 
     from .study import run_study
@@ -201,7 +201,7 @@ def study_command(path: str | Path, out_dir: str | Path, *, jobs: int = 1, progr
         raise StudyError(f"--jobs must be >= 1, got {jobs}")
     study = load_study(path)
     started = time.perf_counter()
-    outcomes = run_study(study, out_dir, jobs=jobs, progress=progress)
+    outcomes = run_study(study, out_dir, jobs=jobs, backend=backend, address=address, progress=progress)
     return write_report(study, outcomes, out_dir, wall_time_s=time.perf_counter() - started, command=command)
 
 
