@@ -114,6 +114,19 @@ def test_second_invocation_reuses_every_finished_run(classification_study) -> No
     assert again["rows"] == report["rows"]
 
 
+def test_a_run_left_failed_by_an_earlier_invocation_runs_again(classification_study) -> None:
+    """A results.json saying "failed" (a killed worker, a full disk) is not reused; "diverged" is."""
+    tmp, path, report = classification_study
+    runs = sorted((tmp / "out" / "runs").glob("*/seed-*/results.json"))
+    for run, status in zip(runs, ("failed", "diverged")):
+        results = json.loads(run.read_text())
+        run.write_text(json.dumps({**results, "status": status}))
+    again = study_command(path, tmp / "out", progress=False)
+    assert again["reused_results"] == count_runs(load_study(path)) - 1
+    assert json.loads(runs[0].read_text())["status"] == "finished"
+    assert json.loads(runs[1].read_text())["status"] == "diverged"
+
+
 def test_a_run_shared_by_two_methods_trains_once(tmp_path) -> None:
     path = write(tmp_path, SHARED + """
 [[method]]

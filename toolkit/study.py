@@ -55,7 +55,11 @@ class GroupOutcome:
 
 
 def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """results.json of a finished run with exactly this config, else None."""
+    """results.json of a run with exactly this config that is over, else None.
+
+    Over means finished, or diverged (training is deterministic: it would diverge again). A
+    run that failed for another reason (a killed worker, a full disk) is run again.
+    """
     path = run_dir / "results.json"
     if not path.is_file():
         return None
@@ -64,7 +68,9 @@ def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | Non
     except (OSError, ValueError):
         return None
     expected = json.loads(json.dumps(config.to_dict()))
-    return results if isinstance(results, dict) and results.get("config") == expected else None
+    if not isinstance(results, dict) or results.get("config") != expected:
+        return None
+    return results if results.get("status", "finished") in ("finished", "diverged") else None
 
 
 def _train_one(config: TrainConfig, out_dir: str, threads: int | None) -> dict[str, Any]:
