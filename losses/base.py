@@ -94,23 +94,47 @@ def _check_label_range(targets: Tensor, num_classes: int) -> None:
         torch._assert_async(~out_of_range().any(), message)
 
 
+def _probability_targets(targets: Tensor, outputs: Tensor) -> Tensor:
+    """Class probabilities (B, C) as they are (a single output: (B,) or (B, 1), P(class 1))."""
+    batch, num_outputs = outputs.shape
+    if num_outputs == 1 and targets.shape == (batch,):
+        targets = targets.unsqueeze(1)
+    if targets.shape == outputs.shape:
+        return targets.to(outputs.dtype)
+    if targets.shape == (batch,):
+        raise TypeError(
+            f"classification targets must be integer class labels (torch.long) of shape (B,), or class "
+            f"probabilities of shape (B, C) = {tuple(outputs.shape)}; got {targets.dtype} of shape "
+            f"{tuple(targets.shape)}. Use targets.long() for float labels"
+        )
+    raise ValueError(
+        f"class-probability targets must have shape (B, C) = {tuple(outputs.shape)} like the outputs; "
+        f"got {tuple(targets.shape)}. Pass one row of C probabilities per sample, or integer labels of shape (B,)"
+    )
+
+
 def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
     """Encode targets into the loss's space, matching ``outputs`` in shape and dtype.
 
     Args:
         targets: Classification: integer labels of shape (B,), in [0, C) or, for a
-            single output (C == 1), 0/1. Regression: floats of shape (B,) (only
-            when C == 1) or (B, C).
+            single output (C == 1), 0/1; or class probabilities, floating point of
+            shape (B, C) (for C == 1 also (B,): the probability of class 1), as
+            ``torch.nn.CrossEntropyLoss`` takes them. Probabilities are expected in
+            [0, 1] with rows summing to 1 but, as in PyTorch, not checked (that would
+            read device values). Regression: floats of shape (B,) (only when C == 1)
+            or (B, C).
         outputs: Raw model outputs, shape (B, C); only their shape, dtype and
             device are used.
-        task: ``"classification"`` (one-hot encoding; for C == 1 the 0/1 label
-            itself) or ``"regression"`` (values unchanged).
+        task: ``"classification"`` (one-hot encoding of labels, probabilities as they
+            are; for C == 1 the 0/1 label itself) or ``"regression"`` (values unchanged).
 
     Returns:
         Targets of shape (B, C) in ``outputs.dtype``.
 
     Raises:
-        TypeError: Float labels for classification, integer targets for regression.
+        TypeError: Float labels of shape (B,) or boolean labels for classification,
+            integer targets for regression.
         ValueError: Wrong shapes, labels out of range.
     """
     check_choice("task", task, TASKS)
@@ -121,15 +145,18 @@ def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
     if targets.device != outputs.device:
         raise ValueError(f"targets are on {targets.device} but outputs on {outputs.device}; move them together")
     if task == "classification":
-        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        if targets.is_floating_point():
+            return _probability_targets(targets, outputs)
+        if targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(
-                f"classification targets must be integer class labels (torch.long); got {targets.dtype}. "
-                "Use targets.long() for float labels, or targets.argmax(dim=1) for one-hot rows"
+                f"classification targets must be integer class labels (torch.long) or float class "
+                f"probabilities; got {targets.dtype}. Use targets.long()"
             )
         if targets.shape != (batch,):
             raise ValueError(
                 f"classification targets must have shape (B,) = ({batch},) to match outputs "
-                f"{tuple(outputs.shape)}; got {tuple(targets.shape)}"
+                f"{tuple(outputs.shape)}; got {tuple(targets.shape)}. Pass one-hot or probability "
+                "rows as floats, or targets.argmax(dim=1)"
             )
         _check_label_range(targets, max(num_outputs, 2))
         if num_outputs == 1:

@@ -160,7 +160,8 @@ def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     2(f − y)/(B·C). Tests compare it with autograd through :func:`task_loss`.
 
     Args:
-        outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype.
+        outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype (class
+            probabilities must sum to 1 per row, as one-hot labels do).
         task: "classification" or "regression".
     """
     batch = outputs.shape[0]

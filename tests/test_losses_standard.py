@@ -138,3 +138,24 @@ def test_forward_leaves_inputs_untouched() -> None:
     for loss in (CrossEntropyLoss(), MLPLoss(hidden=(3,), dtype=F64), SquaredErrorLoss(task="classification")):
         loss(logits, labels)
     assert torch.equal(logits, logits_copy) and torch.equal(labels, labels_copy)
+
+
+@pytest.mark.parametrize("targets, error, message", [
+    (torch.full((4, 2), 0.5), ValueError, r"probability targets must have shape \(B, C\) = \(4, 3\).*got \(4, 2\)"),
+    (torch.full((4, 3, 1), 0.5), ValueError, r"shape \(B, C\) = \(4, 3\)"),
+    (torch.zeros(3, 3), ValueError, r"shape \(B, C\) = \(4, 3\)"),
+    (torch.tensor([0.0, 1.0, 2.0, 1.0]), TypeError, r"integer class labels.*targets.long\(\)"),
+    (torch.ones(4, 3, dtype=torch.long), ValueError, r"shape \(B,\) = \(4,\).*as floats.*argmax"),
+    (torch.ones(4, 3, dtype=torch.bool), TypeError, "integer class labels"),
+])
+def test_probability_targets_are_checked(targets: torch.Tensor, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        CrossEntropyLoss()(torch.zeros(4, 3, dtype=F64), targets)
+
+
+def test_probability_targets_take_the_outputs_dtype_and_one_hot_rows_equal_labels() -> None:
+    logits, labels = _batch(classes=4, batch=6)
+    one_hot = F.one_hot(labels, 4).to(torch.float32)
+    assert encode_targets(one_hot, logits, "classification").dtype == F64
+    torch.testing.assert_close(CrossEntropyLoss()(logits, one_hot), CrossEntropyLoss()(logits, labels),
+                               rtol=1e-14, atol=1e-15)
