@@ -28,13 +28,16 @@ def _log_clamped(p: Tensor) -> Tensor:
 
 
 class CrossEntropyLoss(LearnedLoss):
-    """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``.
+    """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``; a drop-in ``nn.CrossEntropyLoss``.
 
-    ``forward`` with the default ``reduction="mean"`` sums over the C outputs and
-    averages over the batch: it *is* ``torch.nn.functional.cross_entropy(outputs,
-    labels)`` (``binary_cross_entropy_with_logits`` for ``binary``), so it is a drop-in
-    baseline at the learning rate a PyTorch user would choose. (A learned loss averages
-    over batch and outputs instead, as in the paper; see ``LearnedLoss.mean_over``.)
+    ``forward(outputs, targets)`` is ``torch.nn.CrossEntropyLoss(reduction=reduction)(outputs,
+    targets)`` in value and gradient, for class indices (B,) and class probabilities (B, C)
+    alike: the loss of a sample sums ℓ over the C outputs; ``"mean"`` averages samples,
+    ``"sum"`` adds them, ``"none"`` returns one value per sample, shape (B,). So it is a
+    baseline at the learning rate a PyTorch user would choose. (A learned loss averages over
+    batch *and* outputs instead, as in the paper; see ``LearnedLoss.mean_over``.) With
+    ``binary`` it is ``torch.nn.BCEWithLogitsLoss(reduction=reduction)`` on the squeezed
+    logits (B,).
 
     ``elementwise`` clamps the probability at ``tiny = torch.finfo(dtype).tiny``
     (1.2e-38 in float32, 2.2e-308 in float64) so that it is finite on all of
@@ -50,13 +53,14 @@ class CrossEntropyLoss(LearnedLoss):
         binary: Binary cross-entropy ``-y·log(y_pred) - (1-y)·log(1-y_pred)`` for a
             single sigmoid output (C == 1). Plain cross-entropy with C == 1 would
             only see the positive class, so ``forward`` refuses it.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, as in ``nn.CrossEntropyLoss``.
     """
 
     kind = "cross_entropy"
     mean_over = "batch"
 
-    def __init__(self, *, task: str = "classification", binary: bool = False) -> None:
-        super().__init__(task=task)
+    def __init__(self, *, task: str = "classification", binary: bool = False, reduction: str = "mean") -> None:
+        super().__init__(task=task, reduction=reduction)
         self.binary = bool(binary)
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
@@ -101,24 +105,26 @@ class CrossEntropyLoss(LearnedLoss):
         )
 
     def config(self) -> dict[str, Any]:
-        return {"task": self.task, "binary": self.binary}
+        return {"task": self.task, "binary": self.binary, "reduction": self.reduction}
 
 
 class SquaredErrorLoss(LearnedLoss):
-    """Squared error, per element ``ℓ(y_pred, y) = (y_pred - y)**2``.
+    """Squared error, per element ``ℓ(y_pred, y) = (y_pred - y)**2``; a drop-in ``nn.MSELoss``.
 
-    With ``reduction="mean"`` ``forward`` equals ``torch.nn.functional.mse_loss``.
-    For classification it is the Brier score per element (probabilities against
-    one-hot targets).
+    For regression ``forward`` equals ``torch.nn.MSELoss(reduction=reduction)`` in value and
+    gradient: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"`` with the outputs'
+    shape (B, C). For classification it is the Brier score per element (probabilities
+    against one-hot targets), reduced the same way.
 
     Args:
         task: ``"regression"`` (default) or ``"classification"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
     """
 
     kind = "squared_error"
 
-    def __init__(self, *, task: str = "regression") -> None:
-        super().__init__(task=task)
+    def __init__(self, *, task: str = "regression", reduction: str = "mean") -> None:
+        super().__init__(task=task, reduction=reduction)
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         return (y_pred - y_true) ** 2
@@ -127,7 +133,7 @@ class SquaredErrorLoss(LearnedLoss):
         return (Y_PRED - Y_TRUE) ** 2
 
     def config(self) -> dict[str, Any]:
-        return {"task": self.task}
+        return {"task": self.task, "reduction": self.reduction}
 
 
 def task_loss_module(task: str, num_outputs: int) -> CrossEntropyLoss | SquaredErrorLoss:

@@ -1,10 +1,11 @@
-"""Cross-entropy and squared error against torch's references; forward's transforms and reductions."""
+"""Cross-entropy and squared error against torch's references (drop-in criteria); forward's transforms."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from losses import (CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform, task_gradient,
                     task_loss, task_loss_module)
@@ -63,30 +64,22 @@ def test_cross_entropy_derived_gradient_matches_forward() -> None:
     torch.testing.assert_close((value, m), _value_and_gradient(F.cross_entropy, logits, labels))
 
 
-def test_cross_entropy_reductions() -> None:
-    logits, labels = _batch()
-    loss = CrossEntropyLoss()
-    torch.testing.assert_close(loss(logits, labels, reduction="sum"), F.cross_entropy(logits, labels, reduction="sum"))
-    per_element = loss(logits, labels, reduction="none")
-    assert per_element.shape == (6, 4)
-    torch.testing.assert_close(per_element.sum(dim=1), F.cross_entropy(logits, labels, reduction="none"))
-
-
 def test_cross_entropy_forward_equals_elementwise_definition() -> None:
+    """Per sample, forward is the per-element ℓ summed over the classes (PyTorch's (B,) for "none")."""
     logits, labels = _batch(scale=10.0)
-    loss = CrossEntropyLoss()
+    loss = CrossEntropyLoss(reduction="none")
     y = encode_targets(labels, logits, "classification")
-    expected = loss.elementwise(prediction_transform(logits, "classification"), y)
-    torch.testing.assert_close(loss(logits, labels, reduction="none"), expected, rtol=1e-12, atol=1e-12)
+    expected = loss.elementwise(prediction_transform(logits, "classification"), y).sum(dim=1)
+    torch.testing.assert_close(loss(logits, labels), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_binary_cross_entropy_matches_torch() -> None:
     logits, labels = _batch(classes=1)
-    loss = CrossEntropyLoss(binary=True)
     expected = F.binary_cross_entropy_with_logits(logits.squeeze(1), labels.to(F64))
-    torch.testing.assert_close(loss(logits, labels), expected)
+    torch.testing.assert_close(CrossEntropyLoss(binary=True)(logits, labels), expected)
     y = encode_targets(labels, logits, "classification")
-    torch.testing.assert_close(loss(logits, labels, reduction="none"), loss.elementwise(torch.sigmoid(logits), y))
+    torch.testing.assert_close(CrossEntropyLoss(binary=True, reduction="none")(logits, labels),
+                               CrossEntropyLoss(binary=True).elementwise(torch.sigmoid(logits), y).squeeze(1))
 
 
 def test_cross_entropy_refuses_a_single_output_without_binary() -> None:
@@ -138,6 +131,66 @@ def test_forward_leaves_inputs_untouched() -> None:
     for loss in (CrossEntropyLoss(), MLPLoss(hidden=(3,), dtype=F64), SquaredErrorLoss(task="classification")):
         loss(logits, labels)
     assert torch.equal(logits, logits_copy) and torch.equal(labels, labels_copy)
+
+
+# Drop-in criteria: every reduction and target kind against torch.nn, value and gradient.
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _probabilities(batch: int, classes: int, seed: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.softmax(2 * torch.randn(batch, classes, generator=generator, dtype=F64), dim=1)
+
+
+def _value_and_vjp(fn, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value (any shape) and the gradient of its weighted sum, so "none" is checked element by element."""
+    outputs = outputs.detach().requires_grad_(True)
+    value = fn(outputs, targets)
+    weights = torch.linspace(0.5, 1.5, value.numel(), dtype=F64).reshape(value.shape)
+    (gradient,) = torch.autograd.grad((value * weights).sum(), outputs)
+    return value.detach(), gradient
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["indices", "probabilities"])
+@pytest.mark.parametrize("classes", [2, 5])
+def test_cross_entropy_is_nn_cross_entropy_loss(classes: int, kind: str, reduction: str) -> None:
+    """Same value, shape ((B,) for "none") and gradient as nn.CrossEntropyLoss for each combination."""
+    logits, labels = _batch(classes=classes, batch=7)
+    targets = labels if kind == "indices" else _probabilities(7, classes)
+    ours = _value_and_vjp(CrossEntropyLoss(reduction=reduction), logits, targets)
+    reference = _value_and_vjp(nn.CrossEntropyLoss(reduction=reduction), logits, targets)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    assert ours[0].shape == ((7,) if reduction == "none" else ())
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["labels", "probabilities", "probability-column"])
+def test_binary_cross_entropy_is_bce_with_logits_loss(kind: str, reduction: str) -> None:
+    """One output: nn.BCEWithLogitsLoss on the squeezed logits (B,), for 0/1 labels or probabilities."""
+    logits, labels = _batch(classes=1, batch=7)
+    probabilities = _probabilities(7, 2)[:, 1]
+    targets = {"labels": labels, "probabilities": probabilities, "probability-column": probabilities[:, None]}[kind]
+    reference_targets = labels.to(F64) if kind == "labels" else probabilities
+    ours = _value_and_vjp(CrossEntropyLoss(binary=True, reduction=reduction), logits, targets)
+    bce = nn.BCEWithLogitsLoss(reduction=reduction)
+    reference = _value_and_vjp(lambda f, y: bce(f.squeeze(1), y), logits, reference_targets)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(6, 3), (6, 1)])
+def test_squared_error_is_nn_mse_loss(shape: tuple[int, int], reduction: str) -> None:
+    """Same value, shape (the outputs' for "none") and gradient as nn.MSELoss; (B,) targets for one output."""
+    generator = torch.Generator().manual_seed(5)
+    outputs, targets = (torch.randn(shape, generator=generator, dtype=F64) for _ in range(2))
+    reference = _value_and_vjp(nn.MSELoss(reduction=reduction), outputs, targets)
+    loss = SquaredErrorLoss(reduction=reduction)
+    torch.testing.assert_close(_value_and_vjp(loss, outputs, targets), reference, rtol=1e-12, atol=1e-12)
+    if shape[1] == 1:
+        torch.testing.assert_close(_value_and_vjp(loss, outputs, targets[:, 0]), reference, rtol=1e-12, atol=1e-12)
+    assert reference[0].shape == (shape if reduction == "none" else ())
 
 
 @pytest.mark.parametrize("targets, error, message", [
