@@ -291,11 +291,15 @@ class LearnedLoss(nn.Module, abc.ABC):
         """``elementwise`` without the input checks."""
 
     def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
-        """Per-element loss from raw outputs; subclasses may override for stability."""
+        """Per-element loss (B, C) from raw outputs and encoded targets.
+
+        Subclasses may override it for stability, or to transform the targets first
+        (``CrossEntropyLoss``'s label smoothing).
+        """
         return self._elementwise(prediction_transform(outputs, self.task), y_true)
 
     def mean_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
-        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss, with ``outputs`` taken as constants.
+        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss (whatever ``reduction``), ``outputs`` taken as constants.
 
         Derived with ``torch.func.grad`` from the forward (no derivative is written out), so
         both stay differentiable with respect to the parameters under autograd and under

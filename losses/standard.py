@@ -30,14 +30,19 @@ def _log_clamped(p: Tensor) -> Tensor:
 class CrossEntropyLoss(LearnedLoss):
     """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``; a drop-in ``nn.CrossEntropyLoss``.
 
-    ``forward(outputs, targets)`` is ``torch.nn.CrossEntropyLoss(reduction=reduction)(outputs,
-    targets)`` in value and gradient, for class indices (B,) and class probabilities (B, C)
-    alike: the loss of a sample sums ℓ over the C outputs; ``"mean"`` averages samples,
-    ``"sum"`` adds them, ``"none"`` returns one value per sample, shape (B,). So it is a
-    baseline at the learning rate a PyTorch user would choose. (A learned loss averages over
-    batch *and* outputs instead, as in the paper; see ``LearnedLoss.mean_over``.) With
-    ``binary`` it is ``torch.nn.BCEWithLogitsLoss(reduction=reduction)`` on the squeezed
-    logits (B,).
+    ``forward(outputs, targets)`` is ``torch.nn.CrossEntropyLoss(reduction=reduction,
+    label_smoothing=label_smoothing)(outputs, targets)`` in value and gradient, for class
+    indices (B,) and class probabilities (B, C) alike: the loss of a sample sums ℓ over
+    the C outputs; ``"mean"`` averages samples, ``"sum"`` adds them, ``"none"`` returns one
+    value per sample, shape (B,). So it is a baseline at the learning rate a PyTorch user
+    would choose. (A learned loss averages over batch *and* outputs instead, as in the
+    paper; see ``LearnedLoss.mean_over``.) With ``binary`` it is
+    ``torch.nn.BCEWithLogitsLoss(reduction=reduction)`` on the squeezed logits (B,).
+
+    Label smoothing ε is a change of targets, not of the formula: ``forward`` evaluates
+    the same per-element ``-y·log(y_pred)`` at ``y' = (1 - ε)·y + ε/C`` (C = 2 for
+    ``binary``, so binary smoothing equals two-class smoothing: ``y' = (1 - ε)·y + ε/2``).
+    ``elementwise``, ``to_sympy`` and ``to_python`` stay the unsmoothed ℓ.
 
     ``elementwise`` clamps the probability at ``tiny = torch.finfo(dtype).tiny``
     (1.2e-38 in float32, 2.2e-308 in float64) so that it is finite on all of
@@ -54,14 +59,29 @@ class CrossEntropyLoss(LearnedLoss):
             single sigmoid output (C == 1). Plain cross-entropy with C == 1 would
             only see the positive class, so ``forward`` refuses it.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, as in ``nn.CrossEntropyLoss``.
+        label_smoothing: ε in [0, 1]; 0 (default) is no smoothing. Classification only.
     """
 
     kind = "cross_entropy"
     mean_over = "batch"
 
-    def __init__(self, *, task: str = "classification", binary: bool = False, reduction: str = "mean") -> None:
+    def __init__(self, *, task: str = "classification", binary: bool = False, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
         super().__init__(task=task, reduction=reduction)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be a number in [0, 1] (0: none, e.g. 0.1); got {label_smoothing!r}")
+        if label_smoothing and task != "classification":
+            raise ValueError("label_smoothing smooths class targets; use label_smoothing=0 for regression")
         self.binary = bool(binary)
+        self.label_smoothing = float(label_smoothing)
+
+    def smooth_targets(self, y_true: Tensor) -> Tensor:
+        """``(1 - ε)·y + ε/C`` of encoded targets (B, C), C = 2 for ``binary``; y itself when ε = 0."""
+        if not self.label_smoothing:
+            return y_true
+        classes = 2 if self.binary else y_true.shape[1]
+        return (1 - self.label_smoothing) * y_true + self.label_smoothing / classes
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         loss = -y_true * _log_clamped(y_pred)
@@ -79,6 +99,7 @@ class CrossEntropyLoss(LearnedLoss):
                 "CrossEntropyLoss with a single output (C == 1) would only see the positive class; "
                 "use CrossEntropyLoss(binary=True), or two outputs with softmax"
             )
+        y_true = self.smooth_targets(y_true)
         if self.binary:
             return -y_true * F.logsigmoid(outputs) - (1 - y_true) * F.logsigmoid(-outputs)
         return -y_true * torch.log_softmax(outputs, dim=1)
@@ -105,7 +126,8 @@ class CrossEntropyLoss(LearnedLoss):
         )
 
     def config(self) -> dict[str, Any]:
-        return {"task": self.task, "binary": self.binary, "reduction": self.reduction}
+        return {"task": self.task, "binary": self.binary, "reduction": self.reduction,
+                "label_smoothing": self.label_smoothing}
 
 
 class SquaredErrorLoss(LearnedLoss):

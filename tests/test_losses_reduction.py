@@ -94,6 +94,12 @@ def test_reduction_round_trips_through_config_and_files(name: str, reduction: st
     assert type(loaded) is type(loss) and loaded.reduction == reduction and loaded.config() == loss.config()
 
 
+def test_label_smoothing_round_trips_through_files(tmp_path: Path) -> None:
+    loss = CrossEntropyLoss(reduction="sum", label_smoothing=0.1)
+    loaded = load_loss(save_loss(loss, tmp_path / "loss.json"))
+    assert (loaded.reduction, loaded.label_smoothing) == ("sum", 0.1)
+
+
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_files_written_without_reduction_load_with_the_mean(case: str) -> None:
     """Losses saved before reduction was a constructor option still load, and compute what they did."""
@@ -104,6 +110,14 @@ def test_files_written_without_reduction_load_with_the_mean(case: str) -> None:
     assert loaded.reduction == "mean" and loaded.config() == loss.config()
     outputs, targets = _batch(loss.task, outputs=1 if case == "ce-binary" else 4)
     assert torch.equal(loaded(outputs, targets), loss(outputs, targets))
+
+
+def test_an_old_cross_entropy_file_loads_without_smoothing() -> None:
+    old = {"format_version": 1, "kind": "cross_entropy", "config": {"task": "classification", "binary": False},
+           "dtype": None, "parameters": {}, "formula": "-y*log(y_pred)"}
+    assert loss_from_dict(old).config() == CrossEntropyLoss().config()
+    assert CrossEntropyLoss().config() == {"task": "classification", "binary": False, "reduction": "mean",
+                                           "label_smoothing": 0.0}
 
 
 OLD_GRADIENT_SCALED_FILE = {  # written by the version before this change: no "reduction" anywhere

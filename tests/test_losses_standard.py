@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses import (CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform, task_gradient,
-                    task_loss, task_loss_module)
+from losses import (Y_PRED, Y_TRUE, CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform,
+                    task_gradient, task_loss, task_loss_module)
 
 F64 = torch.float64
 
@@ -133,7 +134,7 @@ def test_forward_leaves_inputs_untouched() -> None:
     assert torch.equal(logits, logits_copy) and torch.equal(labels, labels_copy)
 
 
-# Drop-in criteria: every reduction and target kind against torch.nn, value and gradient.
+# Drop-in criteria: every reduction, target kind and smoothing against torch.nn, value and gradient.
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -152,15 +153,16 @@ def _value_and_vjp(fn, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[to
     return value.detach(), gradient
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.35, 1.0])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("kind", ["indices", "probabilities"])
 @pytest.mark.parametrize("classes", [2, 5])
-def test_cross_entropy_is_nn_cross_entropy_loss(classes: int, kind: str, reduction: str) -> None:
+def test_cross_entropy_is_nn_cross_entropy_loss(classes: int, kind: str, reduction: str, smoothing: float) -> None:
     """Same value, shape ((B,) for "none") and gradient as nn.CrossEntropyLoss for each combination."""
     logits, labels = _batch(classes=classes, batch=7)
     targets = labels if kind == "indices" else _probabilities(7, classes)
-    ours = _value_and_vjp(CrossEntropyLoss(reduction=reduction), logits, targets)
-    reference = _value_and_vjp(nn.CrossEntropyLoss(reduction=reduction), logits, targets)
+    ours = _value_and_vjp(CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing), logits, targets)
+    reference = _value_and_vjp(nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing), logits, targets)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
     assert ours[0].shape == ((7,) if reduction == "none" else ())
 
@@ -179,6 +181,18 @@ def test_binary_cross_entropy_is_bce_with_logits_loss(kind: str, reduction: str)
     torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("smoothing", [0.1, 0.35, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_label_smoothing_is_two_class_label_smoothing(reduction: str, smoothing: float) -> None:
+    """A sigmoid output z is the two-class softmax of (0, z), and is smoothed as that: y' = (1 − ε)·y + ε/2."""
+    logits, labels = _batch(classes=1, batch=7)
+    ours = _value_and_vjp(CrossEntropyLoss(binary=True, reduction=reduction, label_smoothing=smoothing),
+                          logits, labels)
+    two_class = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    reference = _value_and_vjp(lambda f, y: two_class(torch.cat([torch.zeros_like(f), f], dim=1), y), logits, labels)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("shape", [(6, 3), (6, 1)])
 def test_squared_error_is_nn_mse_loss(shape: tuple[int, int], reduction: str) -> None:
@@ -191,6 +205,33 @@ def test_squared_error_is_nn_mse_loss(shape: tuple[int, int], reduction: str) ->
     if shape[1] == 1:
         torch.testing.assert_close(_value_and_vjp(loss, outputs, targets[:, 0]), reference, rtol=1e-12, atol=1e-12)
     assert reference[0].shape == (shape if reduction == "none" else ())
+
+
+def test_label_smoothing_changes_the_targets_not_the_formula() -> None:
+    """forward is the per-element -y·log(y_pred) at y' = (1 − ε)·y + ε/C; to_sympy stays -y·log(y_pred)."""
+    logits, labels = _batch(classes=4, batch=6)
+    loss = CrossEntropyLoss(label_smoothing=0.2, reduction="none")
+    assert loss.to_sympy() == CrossEntropyLoss().to_sympy() == -Y_TRUE * sympy.log(Y_PRED)
+    smoothed = 0.8 * F.one_hot(labels, 4).to(F64) + 0.2 / 4
+    torch.testing.assert_close(loss.smooth_targets(encode_targets(labels, logits, "classification")), smoothed)
+    expected = loss.elementwise(torch.softmax(logits, dim=1), smoothed).sum(dim=1)
+    torch.testing.assert_close(loss(logits, labels), expected, rtol=1e-12, atol=1e-12)
+    formula = sympy.lambdify((Y_PRED, Y_TRUE), loss.to_sympy(), "math")
+    p, y = torch.softmax(logits, dim=1), smoothed
+    by_formula = torch.tensor([[formula(float(a), float(b)) for a, b in zip(r, s)] for r, s in zip(p, y)], dtype=F64)
+    torch.testing.assert_close(by_formula.sum(dim=1), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), "0.1", True, None])
+def test_label_smoothing_must_be_a_number_in_the_unit_interval(value) -> None:
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\]"):
+        CrossEntropyLoss(label_smoothing=value)
+
+
+def test_label_smoothing_is_for_classification() -> None:
+    with pytest.raises(ValueError, match="label_smoothing=0 for regression"):
+        CrossEntropyLoss(task="regression", label_smoothing=0.1)
+    assert CrossEntropyLoss(task="regression").label_smoothing == 0.0
 
 
 @pytest.mark.parametrize("targets, error, message", [
