@@ -37,6 +37,19 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+def require_scalar(loss: nn.Module) -> None:
+    """Raise ValueError if ``loss`` was built with ``reduction="none"`` (any module with that attribute).
+
+    A base step and the meta-gradient differentiate the loss's own forward, so it must be a
+    scalar: ``"mean"`` (the paper's) or ``"sum"`` (a step as many times the mean's as it has terms).
+    """
+    if getattr(loss, "reduction", "mean") == "none":
+        raise ValueError(
+            f"{type(loss).__name__}(reduction='none') returns per-element values, but training differentiates "
+            "a scalar loss; construct it with reduction='mean' (the default) or 'sum'"
+        )
+
+
 def fill_missing_gradients(params: Mapping[str, Tensor], grads: Mapping[str, Tensor | None]) -> dict[str, Tensor]:
     """A gradient for every parameter: zeros where none reached it (unused, or not requiring grad)."""
     return {k: g if (g := grads.get(k)) is not None else torch.zeros_like(p) for k, p in params.items()}
@@ -94,23 +107,47 @@ def _check_label_range(targets: Tensor, num_classes: int) -> None:
         torch._assert_async(~out_of_range().any(), message)
 
 
+def _probability_targets(targets: Tensor, outputs: Tensor) -> Tensor:
+    """Class probabilities (B, C) as they are (a single output: (B,) or (B, 1), P(class 1))."""
+    batch, num_outputs = outputs.shape
+    if num_outputs == 1 and targets.shape == (batch,):
+        targets = targets.unsqueeze(1)
+    if targets.shape == outputs.shape:
+        return targets.to(outputs.dtype)
+    if targets.shape == (batch,):
+        raise TypeError(
+            f"classification targets must be integer class labels (torch.long) of shape (B,), or class "
+            f"probabilities of shape (B, C) = {tuple(outputs.shape)}; got {targets.dtype} of shape "
+            f"{tuple(targets.shape)}. Use targets.long() for float labels"
+        )
+    raise ValueError(
+        f"class-probability targets must have shape (B, C) = {tuple(outputs.shape)} like the outputs; "
+        f"got {tuple(targets.shape)}. Pass one row of C probabilities per sample, or integer labels of shape (B,)"
+    )
+
+
 def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
     """Encode targets into the loss's space, matching ``outputs`` in shape and dtype.
 
     Args:
         targets: Classification: integer labels of shape (B,), in [0, C) or, for a
-            single output (C == 1), 0/1. Regression: floats of shape (B,) (only
-            when C == 1) or (B, C).
+            single output (C == 1), 0/1; or class probabilities, floating point of
+            shape (B, C) (for C == 1 also (B,): the probability of class 1), as
+            ``torch.nn.CrossEntropyLoss`` takes them. Probabilities are expected in
+            [0, 1] with rows summing to 1 but, as in PyTorch, not checked (that would
+            read device values). Regression: floats of shape (B,) (only when C == 1)
+            or (B, C).
         outputs: Raw model outputs, shape (B, C); only their shape, dtype and
             device are used.
-        task: ``"classification"`` (one-hot encoding; for C == 1 the 0/1 label
-            itself) or ``"regression"`` (values unchanged).
+        task: ``"classification"`` (one-hot encoding of labels, probabilities as they
+            are; for C == 1 the 0/1 label itself) or ``"regression"`` (values unchanged).
 
     Returns:
         Targets of shape (B, C) in ``outputs.dtype``.
 
     Raises:
-        TypeError: Float labels for classification, integer targets for regression.
+        TypeError: Float labels of shape (B,) or boolean labels for classification,
+            integer targets for regression.
         ValueError: Wrong shapes, labels out of range.
     """
     check_choice("task", task, TASKS)
@@ -121,15 +158,18 @@ def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
     if targets.device != outputs.device:
         raise ValueError(f"targets are on {targets.device} but outputs on {outputs.device}; move them together")
     if task == "classification":
-        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        if targets.is_floating_point():
+            return _probability_targets(targets, outputs)
+        if targets.is_complex() or targets.dtype == torch.bool:
             raise TypeError(
-                f"classification targets must be integer class labels (torch.long); got {targets.dtype}. "
-                "Use targets.long() for float labels, or targets.argmax(dim=1) for one-hot rows"
+                f"classification targets must be integer class labels (torch.long) or float class "
+                f"probabilities; got {targets.dtype}. Use targets.long()"
             )
         if targets.shape != (batch,):
             raise ValueError(
                 f"classification targets must have shape (B,) = ({batch},) to match outputs "
-                f"{tuple(outputs.shape)}; got {tuple(targets.shape)}"
+                f"{tuple(outputs.shape)}; got {tuple(targets.shape)}. Pass one-hot or probability "
+                "rows as floats, or targets.argmax(dim=1)"
             )
         _check_label_range(targets, max(num_outputs, 2))
         if num_outputs == 1:
@@ -156,9 +196,11 @@ MEAN_OVER = ("elements", "batch")
 def reduce_loss(per_element: Tensor, reduction: str, *, mean_over: str = "elements") -> Tensor:
     """Reduce a (B, C) per-element loss: ``"mean"``, ``"sum"``, or ``"none"``.
 
-    ``mean_over="elements"`` averages over batch and outputs (a learned loss, as in the
-    paper); ``"batch"`` sums over the outputs and averages over the batch
-    (``torch.nn.functional.cross_entropy``'s convention).
+    ``mean_over="elements"`` (a learned loss, as in the paper): ``"mean"`` averages over
+    batch and outputs, ``"none"`` returns the (B, C) values. ``mean_over="batch"``
+    (``torch.nn.CrossEntropyLoss``'s convention): the loss of a sample is the sum over its
+    outputs; ``"mean"`` averages those over the batch, ``"none"`` returns them, shape (B,).
+    ``"sum"`` is the sum of all elements either way.
     """
     check_choice("reduction", reduction, REDUCTIONS)
     check_choice("mean_over", mean_over, MEAN_OVER)
@@ -168,7 +210,7 @@ def reduce_loss(per_element: Tensor, reduction: str, *, mean_over: str = "elemen
         return per_element.mean()
     if reduction == "sum":
         return per_element.sum()
-    return per_element
+    return per_element.sum(dim=1) if mean_over == "batch" else per_element
 
 
 class LearnedLoss(nn.Module, abc.ABC):
@@ -181,20 +223,33 @@ class LearnedLoss(nn.Module, abc.ABC):
     values (only the CPU label-range check reads values), so both are safe for
     ``torch.autograd.grad(create_graph=True)`` and ``torch.func.functional_call``.
 
+    ``reduction`` is set once, in the constructor, as in ``torch.nn``'s criteria:
+    ``"mean"`` (default) averages the per-element loss over batch and outputs (the
+    paper's M_φ), ``"sum"`` adds them up, ``"none"`` returns the (B, C) per-element values.
+    The cross-entropy overrides this with PyTorch's convention (``mean_over``). Training
+    (:mod:`toolkit.lookahead`) differentiates the loss's own forward, so a ``"sum"`` loss
+    trains exactly, with a base step as many times its mean's as the mean averages terms
+    (B·C; B for the cross-entropy), which is what a sum criterion means; ``"none"`` is not
+    a scalar and is refused there (:func:`require_scalar`).
+
     Attributes:
         kind: Name of the class in saved files (``losses.io``).
         task: ``"classification"`` or ``"regression"``.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``; what ``forward`` returns.
     """
 
     kind: ClassVar[str]
     mean_over: ClassVar[str] = "elements"
-    """What ``reduction="mean"`` averages over: ``"elements"`` (batch and outputs: learned
-    losses, the paper's convention) or ``"batch"`` (sum over outputs: PyTorch's cross-entropy)."""
+    """What ``reduction`` reduces over: ``"elements"`` (batch and outputs: learned losses, the
+    paper's convention) or ``"batch"`` (the loss of a sample sums its outputs; ``"mean"`` averages
+    samples and ``"none"`` gives one value per sample: PyTorch's cross-entropy)."""
 
-    def __init__(self, *, task: str) -> None:
+    def __init__(self, *, task: str, reduction: str = "mean") -> None:
         super().__init__()
         check_choice("task", task, TASKS)
+        check_choice("reduction", reduction, REDUCTIONS)
         self.task = task
+        self.reduction = reduction
 
     def elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         """Per-element loss of values already in the loss's space.
@@ -236,11 +291,15 @@ class LearnedLoss(nn.Module, abc.ABC):
         """``elementwise`` without the input checks."""
 
     def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
-        """Per-element loss from raw outputs; subclasses may override for stability."""
+        """Per-element loss (B, C) from raw outputs and encoded targets.
+
+        Subclasses may override it for stability, or to transform the targets first
+        (``CrossEntropyLoss``'s label smoothing).
+        """
         return self._elementwise(prediction_transform(outputs, self.task), y_true)
 
     def mean_and_output_gradient(self, outputs: Tensor, y_true: Tensor) -> tuple[Tensor, Tensor]:
-        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss, with ``outputs`` taken as constants.
+        """``(ℓ̄, ∂ℓ̄/∂outputs)`` of the mean loss (whatever ``reduction``), ``outputs`` taken as constants.
 
         Derived with ``torch.func.grad`` from the forward (no derivative is written out), so
         both stay differentiable with respect to the parameters under autograd and under
@@ -256,33 +315,35 @@ class LearnedLoss(nn.Module, abc.ABC):
         return value, gradient
 
     def value_and_output_gradient(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """``(M, ∂M/∂outputs)`` of ``forward(outputs, targets)`` (mean reduction), outputs taken as constants.
+        """``(M, ∂M/∂outputs)`` of ``forward(outputs, targets)``, outputs taken as constants.
 
-        ``torch.func.grad_and_value`` of the forward; differentiable in the parameters (what the
-        meta-gradient differentiates again, :func:`losses.derivatives.value_gradient_pullback`).
-        A subclass may override it only to share work between the value and the gradient, never
-        with a derivative written out by hand.
+        ``torch.func.grad_and_value`` of the forward, with the loss's own (scalar) reduction;
+        differentiable in the parameters (what the meta-gradient differentiates again,
+        :func:`losses.derivatives.value_gradient_pullback`). A subclass may override it only to
+        share work between the value and the gradient, never with a derivative written out by hand.
+
+        Raises:
+            ValueError: ``reduction="none"`` (see :func:`require_scalar`).
         """
+        require_scalar(self)
         gradient, value = torch.func.grad_and_value(lambda f: self(f, targets))(outputs.detach())
         return value, gradient
 
-    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
-        """Loss of raw model outputs against labels or regression targets.
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Loss of raw model outputs against labels or regression targets, reduced by ``self.reduction``.
 
         Args:
             outputs: Raw model outputs, shape (B, C).
-            targets: Integer labels (B,) for classification; floats (B,) or (B, C)
-                for regression.
-            reduction: ``"mean"`` (over batch and outputs, or over the batch after summing the
-                outputs where ``mean_over == "batch"``), ``"sum"``, or ``"none"``.
+            targets: Integer labels (B,) or class probabilities (B, C) for classification;
+                floats (B,) or (B, C) for regression (see :func:`encode_targets`).
 
         Returns:
-            A scalar, or the (B, C) per-element loss for ``reduction="none"``.
+            A scalar for ``"mean"`` and ``"sum"``; for ``"none"`` the (B, C) per-element loss
+            (one value per sample, (B,), where ``mean_over == "batch"``).
         """
-        check_choice("reduction", reduction, REDUCTIONS)
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
-        return reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction, mean_over=self.mean_over)
+        return reduce_loss(self._elementwise_from_outputs(outputs, y_true), self.reduction, mean_over=self.mean_over)
 
     @abc.abstractmethod
     def to_sympy(self) -> sympy.Expr:

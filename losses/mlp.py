@@ -88,6 +88,8 @@ class MLPLoss(LearnedLoss):
         gamma: Leak γ in [0, 1] of the smooth leaky ReLU.
         bias: Give the linear layers biases (AdaLFL has none).
         dtype: dtype of the parameters (default: torch's default dtype).
+        reduction: What ``forward`` returns: ``"mean"`` (default) over batch and outputs, the
+            paper's M_φ; ``"sum"``; ``"none"``, the per-element (B, C) values.
     """
 
     kind = "mlp"
@@ -103,8 +105,9 @@ class MLPLoss(LearnedLoss):
         gamma: float = 0.25,
         bias: bool = False,
         dtype: torch.dtype | None = None,
+        reduction: str = "mean",
     ) -> None:
-        super().__init__(task=task)
+        super().__init__(task=task, reduction=reduction)
         check_choice("activation", activation, HIDDEN_ACTIVATIONS)
         check_choice("output", output, OUTPUT_ACTIVATIONS)
         hidden = tuple(hidden)
@@ -156,4 +159,5 @@ class MLPLoss(LearnedLoss):
 
     def config(self) -> dict[str, Any]:
         return {"task": self.task, "hidden": list(self.hidden), "activation": self.activation,
-                "output": self.output, "beta": self.beta, "gamma": self.gamma, "bias": self.bias}
+                "output": self.output, "beta": self.beta, "gamma": self.gamma, "bias": self.bias,
+                "reduction": self.reduction}

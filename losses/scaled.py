@@ -19,6 +19,11 @@ of the base step (the gradient with respect to f is exactly k·∂ℓ̄_φ/∂f)
 still depends on φ and ρ, so meta-gradients see how the shape and the scale move
 the step. The per-element formula (``elementwise``, ``to_sympy``) is the inner
 loss's shape; ``scale`` reports s.
+
+``reduction`` reduces the per-element values k·ℓ_φ as the inner loss would (``mean_over``):
+``"mean"`` (default) is M above, ``"sum"`` adds them up (its gradient is the mean's times
+the number of terms), ``"none"`` returns them. The inner loss's own reduction must stay
+the default: only its mean enters k.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import sympy
 import torch
 from torch import Tensor, nn
 
-from losses.base import LearnedLoss, REDUCTIONS, check_choice, encode_targets, reduce_loss
+from losses.base import LearnedLoss, encode_targets, reduce_loss, require_scalar
 from losses.standard import task_gradient
 
 
@@ -42,6 +47,8 @@ class GradientScaledLoss(LearnedLoss):
         shape: the inner learned loss ℓ_φ (e.g. ``MLPLoss()``); its task is used.
         max_scale: bound B >= 1 on the learned multiplier: s ∈ [1/B, B]; s starts at 1
             (B = 1 fixes s = 1: the learned loss sets the direction only).
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` of the per-element k·ℓ_φ
+            (see the module docstring).
 
     Attributes:
         scale_logit: ρ, the unconstrained scalar behind s = B ** tanh(ρ).
@@ -50,11 +57,18 @@ class GradientScaledLoss(LearnedLoss):
     kind = "gradient_scaled"
 
     def __init__(self, shape: LearnedLoss | Mapping[str, Any] | None = None, *, max_scale: float = 1.0,
-                 task: str | None = None) -> None:
+                 task: str | None = None, reduction: str = "mean") -> None:
         shape = self._build_shape(shape, task)
-        super().__init__(task=shape.task)
+        super().__init__(task=shape.task, reduction=reduction)
         if task is not None and task != shape.task:
             raise ValueError(f"task {task!r} differs from the inner loss's task {shape.task!r}")
+        if shape.reduction != "mean":
+            raise ValueError(
+                f"the inner loss's reduction={shape.reduction!r} would be ignored (only its mean sets the "
+                f"direction); build the inner loss with the default and pass reduction={shape.reduction!r} "
+                "to GradientScaledLoss"
+            )
+        self.mean_over = shape.mean_over  # reduce k·ℓ_φ as the inner loss reduces ℓ_φ
         if not (isinstance(max_scale, (int, float)) and math.isfinite(max_scale) and max_scale >= 1):
             raise ValueError(f"max_scale must be a finite number >= 1 (e.g. 2.0; 1 fixes the scale); "
                              f"got {max_scale!r}")
@@ -116,19 +130,23 @@ class GradientScaledLoss(LearnedLoss):
         """``(k·ℓ̄_φ, k·∂ℓ̄_φ/∂f)``: the forward and its output gradient from one derived inner gradient.
 
         The same numbers as ``torch.func.grad`` of :meth:`forward` (k is a constant of f), which
-        would differentiate the inner loss twice: once inside k and once for the gradient.
+        would differentiate the inner loss twice: once inside k and once for the gradient. For
+        ``"sum"`` both are the mean's times the number of terms the mean averages.
         """
+        require_scalar(self)
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
         k, inner, direction = self._normalised(outputs, y_true)
+        if self.reduction == "sum":
+            k = k * (outputs.shape[0] if self.mean_over == "batch" else outputs.numel())
         return k * inner, k * direction
 
-    def forward(self, outputs: Tensor, targets: Tensor, *, reduction: str = "mean") -> Tensor:
-        """k · ℓ_φ on a batch; ∂/∂outputs has the task loss's norm times ``scale`` (``reduction="mean"``)."""
-        check_choice("reduction", reduction, REDUCTIONS)
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """k · ℓ_φ on a batch, reduced; with ``"mean"`` ∂/∂outputs has the task loss's norm times ``scale``."""
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
-        return self.factor(outputs, y_true) * reduce_loss(self._elementwise_from_outputs(outputs, y_true), reduction)
+        per_element = self._elementwise_from_outputs(outputs, y_true)
+        return self.factor(outputs, y_true) * reduce_loss(per_element, self.reduction, mean_over=self.mean_over)
 
     def to_sympy(self) -> sympy.Expr:
         """The inner loss's per-element shape (the scale is set per batch; see the class docstring)."""
@@ -136,10 +154,10 @@ class GradientScaledLoss(LearnedLoss):
 
     def config(self) -> dict[str, Any]:
         return {"shape": {"kind": self.shape.kind, "config": self.shape.config()}, "max_scale": self.max_scale,
-                "task": self.task}
+                "task": self.task, "reduction": self.reduction}
 
     def extra_repr(self) -> str:
-        return f"max_scale={self.max_scale!r}"
+        return f"max_scale={self.max_scale!r}, reduction={self.reduction!r}"
 
 
 __all__ = ["GradientScaledLoss", "task_gradient"]

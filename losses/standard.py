@@ -28,13 +28,21 @@ def _log_clamped(p: Tensor) -> Tensor:
 
 
 class CrossEntropyLoss(LearnedLoss):
-    """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``.
+    """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``; a drop-in ``nn.CrossEntropyLoss``.
 
-    ``forward`` with the default ``reduction="mean"`` sums over the C outputs and
-    averages over the batch: it *is* ``torch.nn.functional.cross_entropy(outputs,
-    labels)`` (``binary_cross_entropy_with_logits`` for ``binary``), so it is a drop-in
-    baseline at the learning rate a PyTorch user would choose. (A learned loss averages
-    over batch and outputs instead, as in the paper; see ``LearnedLoss.mean_over``.)
+    ``forward(outputs, targets)`` is ``torch.nn.CrossEntropyLoss(reduction=reduction,
+    label_smoothing=label_smoothing)(outputs, targets)`` in value and gradient, for class
+    indices (B,) and class probabilities (B, C) alike: the loss of a sample sums ℓ over
+    the C outputs; ``"mean"`` averages samples, ``"sum"`` adds them, ``"none"`` returns one
+    value per sample, shape (B,). So it is a baseline at the learning rate a PyTorch user
+    would choose. (A learned loss averages over batch *and* outputs instead, as in the
+    paper; see ``LearnedLoss.mean_over``.) With ``binary`` it is
+    ``torch.nn.BCEWithLogitsLoss(reduction=reduction)`` on the squeezed logits (B,).
+
+    Label smoothing ε is a change of targets, not of the formula: ``forward`` evaluates
+    the same per-element ``-y·log(y_pred)`` at ``y' = (1 - ε)·y + ε/C`` (C = 2 for
+    ``binary``, so binary smoothing equals two-class smoothing: ``y' = (1 - ε)·y + ε/2``).
+    ``elementwise``, ``to_sympy`` and ``to_python`` stay the unsmoothed ℓ.
 
     ``elementwise`` clamps the probability at ``tiny = torch.finfo(dtype).tiny``
     (1.2e-38 in float32, 2.2e-308 in float64) so that it is finite on all of
@@ -50,14 +58,30 @@ class CrossEntropyLoss(LearnedLoss):
         binary: Binary cross-entropy ``-y·log(y_pred) - (1-y)·log(1-y_pred)`` for a
             single sigmoid output (C == 1). Plain cross-entropy with C == 1 would
             only see the positive class, so ``forward`` refuses it.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, as in ``nn.CrossEntropyLoss``.
+        label_smoothing: ε in [0, 1]; 0 (default) is no smoothing. Classification only.
     """
 
     kind = "cross_entropy"
     mean_over = "batch"
 
-    def __init__(self, *, task: str = "classification", binary: bool = False) -> None:
-        super().__init__(task=task)
+    def __init__(self, *, task: str = "classification", binary: bool = False, reduction: str = "mean",
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__(task=task, reduction=reduction)
+        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
+                or not 0 <= label_smoothing <= 1:
+            raise ValueError(f"label_smoothing must be a number in [0, 1] (0: none, e.g. 0.1); got {label_smoothing!r}")
+        if label_smoothing and task != "classification":
+            raise ValueError("label_smoothing smooths class targets; use label_smoothing=0 for regression")
         self.binary = bool(binary)
+        self.label_smoothing = float(label_smoothing)
+
+    def smooth_targets(self, y_true: Tensor) -> Tensor:
+        """``(1 - ε)·y + ε/C`` of encoded targets (B, C), C = 2 for ``binary``; y itself when ε = 0."""
+        if not self.label_smoothing:
+            return y_true
+        classes = 2 if self.binary else y_true.shape[1]
+        return (1 - self.label_smoothing) * y_true + self.label_smoothing / classes
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         loss = -y_true * _log_clamped(y_pred)
@@ -75,6 +99,7 @@ class CrossEntropyLoss(LearnedLoss):
                 "CrossEntropyLoss with a single output (C == 1) would only see the positive class; "
                 "use CrossEntropyLoss(binary=True), or two outputs with softmax"
             )
+        y_true = self.smooth_targets(y_true)
         if self.binary:
             return -y_true * F.logsigmoid(outputs) - (1 - y_true) * F.logsigmoid(-outputs)
         return -y_true * torch.log_softmax(outputs, dim=1)
@@ -101,24 +126,27 @@ class CrossEntropyLoss(LearnedLoss):
         )
 
     def config(self) -> dict[str, Any]:
-        return {"task": self.task, "binary": self.binary}
+        return {"task": self.task, "binary": self.binary, "reduction": self.reduction,
+                "label_smoothing": self.label_smoothing}
 
 
 class SquaredErrorLoss(LearnedLoss):
-    """Squared error, per element ``ℓ(y_pred, y) = (y_pred - y)**2``.
+    """Squared error, per element ``ℓ(y_pred, y) = (y_pred - y)**2``; a drop-in ``nn.MSELoss``.
 
-    With ``reduction="mean"`` ``forward`` equals ``torch.nn.functional.mse_loss``.
-    For classification it is the Brier score per element (probabilities against
-    one-hot targets).
+    For regression ``forward`` equals ``torch.nn.MSELoss(reduction=reduction)`` in value and
+    gradient: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"`` with the outputs'
+    shape (B, C). For classification it is the Brier score per element (probabilities
+    against one-hot targets), reduced the same way.
 
     Args:
         task: ``"regression"`` (default) or ``"classification"``.
+        reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
     """
 
     kind = "squared_error"
 
-    def __init__(self, *, task: str = "regression") -> None:
-        super().__init__(task=task)
+    def __init__(self, *, task: str = "regression", reduction: str = "mean") -> None:
+        super().__init__(task=task, reduction=reduction)
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         return (y_pred - y_true) ** 2
@@ -127,7 +155,7 @@ class SquaredErrorLoss(LearnedLoss):
         return (Y_PRED - Y_TRUE) ** 2
 
     def config(self) -> dict[str, Any]:
-        return {"task": self.task}
+        return {"task": self.task, "reduction": self.reduction}
 
 
 def task_loss_module(task: str, num_outputs: int) -> CrossEntropyLoss | SquaredErrorLoss:
@@ -160,7 +188,8 @@ def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     2(f − y)/(B·C). Tests compare it with autograd through :func:`task_loss`.
 
     Args:
-        outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype.
+        outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype (class
+            probabilities must sum to 1 per row, as one-hot labels do).
         task: "classification" or "regression".
     """
     batch = outputs.shape[0]

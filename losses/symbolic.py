@@ -39,6 +39,8 @@ class SymbolicLoss(LearnedLoss):
         dtype: dtype of ``constants`` (default: torch's default dtype). Pass
             ``torch.float64`` to keep float64 values exactly; ``loss.double()``
             after construction only casts values already rounded to float32.
+        reduction: What ``forward`` returns: ``"mean"`` (default) over batch and outputs;
+            ``"sum"``; ``"none"``, the per-element (B, C) values.
 
     Attributes:
         expression: The expression as given (its Floats are the initial values).
@@ -56,8 +58,9 @@ class SymbolicLoss(LearnedLoss):
         task: str = "classification",
         trainable: bool = True,
         dtype: torch.dtype | None = None,
+        reduction: str = "mean",
     ) -> None:
-        super().__init__(task=task)
+        super().__init__(task=task, reduction=reduction)
         if isinstance(expression, str):
             expression = parse_formula(expression)
         if not isinstance(expression, sympy.Expr):
@@ -82,14 +85,16 @@ class SymbolicLoss(LearnedLoss):
         return python_source(self.program, self.constants.detach().double().cpu().tolist())
 
     def config(self) -> dict[str, Any]:
-        """Task, trainable, and ``graph``: the initial expression as an exact node table (``losses.graph``)."""
-        return {"graph": expression_to_graph(self.expression), "task": self.task, "trainable": self.trainable}
+        """Task, trainable, reduction, and ``graph``: the initial expression as an exact node table."""
+        return {"graph": expression_to_graph(self.expression), "task": self.task, "trainable": self.trainable,
+                "reduction": self.reduction}
 
     def extra_repr(self) -> str:
         steps = len(self.program.steps)
         text = formula_string(self.expression) if steps <= 100 else f"<formula of {steps} steps>"
         text = text if len(text) <= 80 else text[:77] + "..."
-        return f"{text!r}, task={self.task!r}, trainable={self.trainable}, constants={len(self.program.constants)}"
+        return (f"{text!r}, task={self.task!r}, trainable={self.trainable}, reduction={self.reduction!r}, "
+                f"constants={len(self.program.constants)}")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SymbolicLoss:

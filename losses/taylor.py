@@ -75,6 +75,8 @@ class TaylorLoss(LearnedLoss):
         order: Total degree of the polynomial, >= 1.
         drop_pred_free_terms: Leave out terms without ``y_pred``.
         dtype: dtype of the parameters (default: torch's default dtype).
+        reduction: What ``forward`` returns: ``"mean"`` (default) over batch and outputs
+            (TaylorGLO's ``1/n Σ``); ``"sum"``; ``"none"``, the per-element (B, C) values.
     """
 
     kind = "taylor"
@@ -86,8 +88,9 @@ class TaylorLoss(LearnedLoss):
         order: int = 3,
         drop_pred_free_terms: bool = False,
         dtype: torch.dtype | None = None,
+        reduction: str = "mean",
     ) -> None:
-        super().__init__(task=task)
+        super().__init__(task=task, reduction=reduction)
         self.order = order
         self.drop_pred_free_terms = bool(drop_pred_free_terms)
         self.terms = taylor_terms(order, drop_pred_free_terms=self.drop_pred_free_terms)
@@ -95,13 +98,14 @@ class TaylorLoss(LearnedLoss):
         self.coefficients = nn.Parameter(torch.randn(len(self.terms), dtype=dtype))
 
     @classmethod
-    def taylorglo(cls, *, task: str = "classification", dtype: torch.dtype | None = None) -> TaylorLoss:
+    def taylorglo(cls, *, task: str = "classification", dtype: torch.dtype | None = None,
+                  reduction: str = "mean") -> TaylorLoss:
         """TaylorGLO's third-order loss with 8 parameters (arXiv 2002.00059, Eq. 5).
 
         ``-[θ2(ŷ-θ1) + ½θ3(ŷ-θ1)² + ⅙θ4(ŷ-θ1)³ + θ5(ŷ-θ1)(y-θ0) + ½θ6(ŷ-θ1)²(y-θ0)
         + ½θ7(ŷ-θ1)(y-θ0)²]`` with ``centre = [θ0, θ1]`` and ``coefficients = [θ2 … θ7]``.
         """
-        return cls(task=task, order=3, drop_pred_free_terms=True, dtype=dtype)
+        return cls(task=task, order=3, drop_pred_free_terms=True, dtype=dtype, reduction=reduction)
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         dy = y_true - self.centre[0]
@@ -130,7 +134,8 @@ class TaylorLoss(LearnedLoss):
             return -sympy.Add(*terms)
 
     def config(self) -> dict[str, Any]:
-        return {"task": self.task, "order": self.order, "drop_pred_free_terms": self.drop_pred_free_terms}
+        return {"task": self.task, "order": self.order, "drop_pred_free_terms": self.drop_pred_free_terms,
+                "reduction": self.reduction}
 
 
 def _product(coefficient: Tensor, *factors: Tensor | None) -> Tensor:

@@ -379,3 +379,34 @@ def test_frozen_parts_of_lenet_are_exact(name):
     FROZEN[name](model)
     fast = _fast_equals_naive(model, (4, 1, 12, 12), rule=RULES["adamw"])
     assert set(fast.params) == {k for k, p in model.named_parameters() if p.requires_grad}
+
+
+def test_a_sum_reduced_loss_trains_as_its_mean_at_a_proportionally_larger_lr():
+    """The lookahead differentiates the loss as reduced: "sum" at lr α is "mean" at lr α·B·C, meta-gradient too."""
+    torch.manual_seed(0)
+    mean = losses.MLPLoss(hidden=(4, 4)).double()
+    total = losses.MLPLoss(hidden=(4, 4), reduction="sum").double()
+    total.load_state_dict(mean.state_dict())
+    model = tiny_mlp()
+    params, _ = _state(model, 0)
+    train, valid = batch(16, (5,), 3, seed=1), batch(12, (5,), 3, seed=2)
+    count = 16 * 3
+    got = {fn.__name__: fn(model, params, {}, total, dict(total.named_parameters()), train, valid, SGDRule(lr=1e-3))
+           for fn in (meta_gradient_fast, meta_gradient_naive)}
+    want = meta_gradient_fast(model, params, {}, mean, dict(mean.named_parameters()), train, valid,
+                              SGDRule(lr=1e-3 * count))
+    for result in got.values():
+        torch.testing.assert_close(result.train_loss, count * want.train_loss, rtol=1e-12, atol=0)
+        torch.testing.assert_close(result.params, want.params, rtol=1e-12, atol=1e-14)
+        assert_meta_gradients_close(result, want)
+
+
+@pytest.mark.parametrize("fn", [meta_gradient_fast, meta_gradient_naive])
+def test_a_loss_without_a_scalar_reduction_is_refused(fn):
+    loss = losses.MLPLoss(hidden=(3,), reduction="none").double()
+    params, _ = _state(tiny_mlp(), 0)
+    train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
+    with pytest.raises(ValueError, match=r"reduction='none'.*construct it with reduction='mean'"):
+        fn(tiny_mlp(), params, {}, loss, dict(loss.named_parameters()), train, valid, RULES["plain"])
+    with pytest.raises(ValueError, match=r"MSELoss\(reduction='none'\)"):
+        fn(tiny_mlp(), params, {}, torch.nn.MSELoss(reduction="none"), {}, train, valid, RULES["plain"])

@@ -32,6 +32,7 @@ def _symbolic(task: str) -> SymbolicLoss:
 CASES: dict[str, Callable[[], losses.LearnedLoss]] = {
     "ce": lambda: CrossEntropyLoss(),
     "ce-binary": lambda: CrossEntropyLoss(binary=True),
+    "ce-smoothed": lambda: CrossEntropyLoss(label_smoothing=0.1),
     "mse": lambda: SquaredErrorLoss(),
     "mse-classification": lambda: SquaredErrorLoss(task="classification"),
     "mlp": lambda: MLPLoss(hidden=(6, 5), dtype=F64),

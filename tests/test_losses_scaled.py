@@ -107,7 +107,7 @@ def test_works_without_grad_and_has_no_gradient_without_it():
     with torch.no_grad():
         value = loss(outputs, targets)
     assert torch.isfinite(value) and value.grad_fn is None
-    assert loss(outputs, targets, reduction="none").shape == (5, 3)
+    assert GradientScaledLoss(loss.shape, reduction="none")(outputs, targets).shape == (5, 3)
 
 
 def test_formula_is_the_inner_shape_and_round_trips():

@@ -1,13 +1,15 @@
-"""Cross-entropy and squared error against torch's references; forward's transforms and reductions."""
+"""Cross-entropy and squared error against torch's references (drop-in criteria); forward's transforms."""
 
 from __future__ import annotations
 
 import pytest
+import sympy
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from losses import (CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform, task_gradient,
-                    task_loss, task_loss_module)
+from losses import (Y_PRED, Y_TRUE, CrossEntropyLoss, MLPLoss, SquaredErrorLoss, encode_targets, prediction_transform,
+                    task_gradient, task_loss, task_loss_module)
 
 F64 = torch.float64
 
@@ -63,30 +65,22 @@ def test_cross_entropy_derived_gradient_matches_forward() -> None:
     torch.testing.assert_close((value, m), _value_and_gradient(F.cross_entropy, logits, labels))
 
 
-def test_cross_entropy_reductions() -> None:
-    logits, labels = _batch()
-    loss = CrossEntropyLoss()
-    torch.testing.assert_close(loss(logits, labels, reduction="sum"), F.cross_entropy(logits, labels, reduction="sum"))
-    per_element = loss(logits, labels, reduction="none")
-    assert per_element.shape == (6, 4)
-    torch.testing.assert_close(per_element.sum(dim=1), F.cross_entropy(logits, labels, reduction="none"))
-
-
 def test_cross_entropy_forward_equals_elementwise_definition() -> None:
+    """Per sample, forward is the per-element ℓ summed over the classes (PyTorch's (B,) for "none")."""
     logits, labels = _batch(scale=10.0)
-    loss = CrossEntropyLoss()
+    loss = CrossEntropyLoss(reduction="none")
     y = encode_targets(labels, logits, "classification")
-    expected = loss.elementwise(prediction_transform(logits, "classification"), y)
-    torch.testing.assert_close(loss(logits, labels, reduction="none"), expected, rtol=1e-12, atol=1e-12)
+    expected = loss.elementwise(prediction_transform(logits, "classification"), y).sum(dim=1)
+    torch.testing.assert_close(loss(logits, labels), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_binary_cross_entropy_matches_torch() -> None:
     logits, labels = _batch(classes=1)
-    loss = CrossEntropyLoss(binary=True)
     expected = F.binary_cross_entropy_with_logits(logits.squeeze(1), labels.to(F64))
-    torch.testing.assert_close(loss(logits, labels), expected)
+    torch.testing.assert_close(CrossEntropyLoss(binary=True)(logits, labels), expected)
     y = encode_targets(labels, logits, "classification")
-    torch.testing.assert_close(loss(logits, labels, reduction="none"), loss.elementwise(torch.sigmoid(logits), y))
+    torch.testing.assert_close(CrossEntropyLoss(binary=True, reduction="none")(logits, labels),
+                               CrossEntropyLoss(binary=True).elementwise(torch.sigmoid(logits), y).squeeze(1))
 
 
 def test_cross_entropy_refuses_a_single_output_without_binary() -> None:
@@ -138,3 +132,124 @@ def test_forward_leaves_inputs_untouched() -> None:
     for loss in (CrossEntropyLoss(), MLPLoss(hidden=(3,), dtype=F64), SquaredErrorLoss(task="classification")):
         loss(logits, labels)
     assert torch.equal(logits, logits_copy) and torch.equal(labels, labels_copy)
+
+
+# Drop-in criteria: every reduction, target kind and smoothing against torch.nn, value and gradient.
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _probabilities(batch: int, classes: int, seed: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.softmax(2 * torch.randn(batch, classes, generator=generator, dtype=F64), dim=1)
+
+
+def _value_and_vjp(fn, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value (any shape) and the gradient of its weighted sum, so "none" is checked element by element."""
+    outputs = outputs.detach().requires_grad_(True)
+    value = fn(outputs, targets)
+    weights = torch.linspace(0.5, 1.5, value.numel(), dtype=F64).reshape(value.shape)
+    (gradient,) = torch.autograd.grad((value * weights).sum(), outputs)
+    return value.detach(), gradient
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1, 0.35, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["indices", "probabilities"])
+@pytest.mark.parametrize("classes", [2, 5])
+def test_cross_entropy_is_nn_cross_entropy_loss(classes: int, kind: str, reduction: str, smoothing: float) -> None:
+    """Same value, shape ((B,) for "none") and gradient as nn.CrossEntropyLoss for each combination."""
+    logits, labels = _batch(classes=classes, batch=7)
+    targets = labels if kind == "indices" else _probabilities(7, classes)
+    ours = _value_and_vjp(CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing), logits, targets)
+    reference = _value_and_vjp(nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing), logits, targets)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+    assert ours[0].shape == ((7,) if reduction == "none" else ())
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("kind", ["labels", "probabilities", "probability-column"])
+def test_binary_cross_entropy_is_bce_with_logits_loss(kind: str, reduction: str) -> None:
+    """One output: nn.BCEWithLogitsLoss on the squeezed logits (B,), for 0/1 labels or probabilities."""
+    logits, labels = _batch(classes=1, batch=7)
+    probabilities = _probabilities(7, 2)[:, 1]
+    targets = {"labels": labels, "probabilities": probabilities, "probability-column": probabilities[:, None]}[kind]
+    reference_targets = labels.to(F64) if kind == "labels" else probabilities
+    ours = _value_and_vjp(CrossEntropyLoss(binary=True, reduction=reduction), logits, targets)
+    bce = nn.BCEWithLogitsLoss(reduction=reduction)
+    reference = _value_and_vjp(lambda f, y: bce(f.squeeze(1), y), logits, reference_targets)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("smoothing", [0.1, 0.35, 1.0])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_binary_label_smoothing_is_two_class_label_smoothing(reduction: str, smoothing: float) -> None:
+    """A sigmoid output z is the two-class softmax of (0, z), and is smoothed as that: y' = (1 − ε)·y + ε/2."""
+    logits, labels = _batch(classes=1, batch=7)
+    ours = _value_and_vjp(CrossEntropyLoss(binary=True, reduction=reduction, label_smoothing=smoothing),
+                          logits, labels)
+    two_class = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    reference = _value_and_vjp(lambda f, y: two_class(torch.cat([torch.zeros_like(f), f], dim=1), y), logits, labels)
+    torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(6, 3), (6, 1)])
+def test_squared_error_is_nn_mse_loss(shape: tuple[int, int], reduction: str) -> None:
+    """Same value, shape (the outputs' for "none") and gradient as nn.MSELoss; (B,) targets for one output."""
+    generator = torch.Generator().manual_seed(5)
+    outputs, targets = (torch.randn(shape, generator=generator, dtype=F64) for _ in range(2))
+    reference = _value_and_vjp(nn.MSELoss(reduction=reduction), outputs, targets)
+    loss = SquaredErrorLoss(reduction=reduction)
+    torch.testing.assert_close(_value_and_vjp(loss, outputs, targets), reference, rtol=1e-12, atol=1e-12)
+    if shape[1] == 1:
+        torch.testing.assert_close(_value_and_vjp(loss, outputs, targets[:, 0]), reference, rtol=1e-12, atol=1e-12)
+    assert reference[0].shape == (shape if reduction == "none" else ())
+
+
+def test_label_smoothing_changes_the_targets_not_the_formula() -> None:
+    """forward is the per-element -y·log(y_pred) at y' = (1 − ε)·y + ε/C; to_sympy stays -y·log(y_pred)."""
+    logits, labels = _batch(classes=4, batch=6)
+    loss = CrossEntropyLoss(label_smoothing=0.2, reduction="none")
+    assert loss.to_sympy() == CrossEntropyLoss().to_sympy() == -Y_TRUE * sympy.log(Y_PRED)
+    smoothed = 0.8 * F.one_hot(labels, 4).to(F64) + 0.2 / 4
+    torch.testing.assert_close(loss.smooth_targets(encode_targets(labels, logits, "classification")), smoothed)
+    expected = loss.elementwise(torch.softmax(logits, dim=1), smoothed).sum(dim=1)
+    torch.testing.assert_close(loss(logits, labels), expected, rtol=1e-12, atol=1e-12)
+    formula = sympy.lambdify((Y_PRED, Y_TRUE), loss.to_sympy(), "math")
+    p, y = torch.softmax(logits, dim=1), smoothed
+    by_formula = torch.tensor([[formula(float(a), float(b)) for a, b in zip(r, s)] for r, s in zip(p, y)], dtype=F64)
+    torch.testing.assert_close(by_formula.sum(dim=1), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), "0.1", True, None])
+def test_label_smoothing_must_be_a_number_in_the_unit_interval(value) -> None:
+    with pytest.raises(ValueError, match=r"label_smoothing must be a number in \[0, 1\]"):
+        CrossEntropyLoss(label_smoothing=value)
+
+
+def test_label_smoothing_is_for_classification() -> None:
+    with pytest.raises(ValueError, match="label_smoothing=0 for regression"):
+        CrossEntropyLoss(task="regression", label_smoothing=0.1)
+    assert CrossEntropyLoss(task="regression").label_smoothing == 0.0
+
+
+@pytest.mark.parametrize("targets, error, message", [
+    (torch.full((4, 2), 0.5), ValueError, r"probability targets must have shape \(B, C\) = \(4, 3\).*got \(4, 2\)"),
+    (torch.full((4, 3, 1), 0.5), ValueError, r"shape \(B, C\) = \(4, 3\)"),
+    (torch.zeros(3, 3), ValueError, r"shape \(B, C\) = \(4, 3\)"),
+    (torch.tensor([0.0, 1.0, 2.0, 1.0]), TypeError, r"integer class labels.*targets.long\(\)"),
+    (torch.ones(4, 3, dtype=torch.long), ValueError, r"shape \(B,\) = \(4,\).*as floats.*argmax"),
+    (torch.ones(4, 3, dtype=torch.bool), TypeError, "integer class labels"),
+])
+def test_probability_targets_are_checked(targets: torch.Tensor, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        CrossEntropyLoss()(torch.zeros(4, 3, dtype=F64), targets)
+
+
+def test_probability_targets_take_the_outputs_dtype_and_one_hot_rows_equal_labels() -> None:
+    logits, labels = _batch(classes=4, batch=6)
+    one_hot = F.one_hot(labels, 4).to(torch.float32)
+    assert encode_targets(one_hot, logits, "classification").dtype == F64
+    torch.testing.assert_close(CrossEntropyLoss()(logits, one_hot), CrossEntropyLoss()(logits, labels),
+                               rtol=1e-14, atol=1e-15)

@@ -199,3 +199,13 @@ def test_bench_reports_ratios_and_a_breakdown_that_adds_up():
     assert sum(parts["phases_ms"].values()) == pytest.approx(parts["fast_step_ms"], rel=1e-9)
     with pytest.raises(ValueError, match="--device cpu"):
         benchmark_steps(model="mlp", input_shape=(12,), num_outputs=3, device=torch.device("meta"), breakdown=True)
+
+
+def test_learners_refuse_a_loss_without_a_scalar_reduction():
+    """Per-element values cannot be differentiated as one loss: refused when the learner is built."""
+    loss = losses.MLPLoss(hidden=(3,), reduction="none").double()
+    with pytest.raises(ValueError, match=r"MLPLoss\(reduction='none'\).*reduction='mean' \(the default\) or 'sum'"):
+        OnlineLossLearner(tiny_mlp(), loss, rule=SGDRule(lr=0.1))
+    with pytest.raises(ValueError, match=r"reduction='none'"):
+        offline_initialise(tiny_mlp(), loss, lambda s: (batch(8, (5,), 3, seed=s), batch(8, (5,), 3, seed=s + 1)),
+                           steps=1, rule=SGDRule(lr=0.1))

@@ -20,11 +20,26 @@ def test_readme_example_runs_and_prints_the_formula():
     assert "y_pred" in printed[1] and "y" in printed[1].replace("y_pred", "")
 
 
+def _block(containing: str) -> str:
+    """The README's Python block that contains ``containing``."""
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S) if containing in b]
+    assert blocks, f"the README lost its Python example with {containing!r}"
+    return blocks[0]
+
+
 def test_readme_training_loop_example_runs():
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) >= 2, "the README lost its training-loop example"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(blocks[1], str(README), "exec"), {})
+        exec(compile(_block("OnlineLossLearner("), str(README), "exec"), {})
     record = out.getvalue()
     assert "meta_loss" in record and "'skipped_base': 0" in record and "'step': 20" in record
+
+
+def test_readme_criterion_example_is_torchs_cross_entropy():
+    import torch
+
+    import losses
+    logits, labels = torch.randn(5, 4, dtype=torch.float64), torch.tensor([3, 1, 0, 1, 2])
+    namespace = {"losses": losses, "logits": logits, "labels": labels}
+    exec(compile(_block("label_smoothing"), str(README), "exec"), namespace)
+    torch.testing.assert_close(namespace["loss"], torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels))

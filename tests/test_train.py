@@ -192,6 +192,12 @@ def test_bad_loss_sources_name_the_problem(source, adapt, match, digits):
         train(small(loss_from=source, adapt=adapt), progress=False, dataset=digits)
 
 
+def test_a_reused_loss_without_a_scalar_reduction_is_refused(tmp_path, digits):
+    path = losses.save_loss(losses.MLPLoss(hidden=(3,), reduction="none"), tmp_path / "loss.json")
+    with pytest.raises(ConfigError, match=r"reduction 'none'.*\"reduction\": \"mean\""):
+        train(small(loss_from=str(path)), progress=False, dataset=digits)
+
+
 def test_adalfl_on_regression_reports_test_mse(tmp_path):
     data = load_dataset("diabetes", seed=0)
     results = train(small(dataset="diabetes", loss="adalfl", init_steps=10, steps=30, lr=0.01),

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from losses import encode_targets
-from losses.base import fill_missing_gradients
+from losses.base import fill_missing_gradients, require_scalar
 from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
@@ -133,7 +133,11 @@ def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
 
 
 def loss_value_and_gradient(loss: nn.Module, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """(M, m = ∂M/∂f) of a loss at detached outputs f, derived from its forward (no graph to f)."""
+    """(M, m = ∂M/∂f) of a loss at detached outputs f, derived from its forward (no graph to f).
+
+    The loss's own reduction is differentiated: ``"mean"`` or ``"sum"``; ``"none"`` is refused.
+    """
+    require_scalar(loss)
     f = outputs.detach()
     if hasattr(loss, "value_and_output_gradient"):
         value, m = loss.value_and_output_gradient(f, targets)
@@ -243,7 +247,8 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         params: θ, name → tensor (e.g. ``dict(model.named_parameters())``).
         buffers: the model's buffers; with ``update_buffers`` the training forward
             updates them in place (BatchNorm running statistics), exactly once.
-        loss: the learned loss module, called as ``loss(outputs, targets)``.
+        loss: the learned loss module, called as ``loss(outputs, targets)``; a scalar (``reduction``
+            "mean", the paper's, or "sum": its own forward is differentiated; "none" is refused).
         loss_params: φ, name → tensor (e.g. ``dict(loss.named_parameters())``).
         train: (x, y) training batch; valid: (x_v, y_v) meta-objective batch (global batches in a
             data-parallel run: each process takes its rows, :mod:`toolkit.distributed`).
@@ -259,6 +264,7 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
     Returns:
         A :class:`Lookahead`, identical on every process of a data-parallel run.
     """
+    require_scalar(loss)
     x_all, y = train
     x = replicas.shard(x_all)
     state = _as_state(rule, params, state)
@@ -322,6 +328,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     Same arguments and result as :func:`meta_gradient`; holds the whole second-order graph of
     the base model while it runs.
     """
+    require_scalar(loss)
     x, y = train
     x_v, y_v = valid
     theta = {k: p.detach() for k, p in params.items()}

@@ -17,6 +17,8 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from losses.base import require_scalar
+
 from .adam import adam_init, all_finite, apply_meta_update
 from .lookahead import get_meta_gradient
 from .distributed import SINGLE, Replicas
@@ -51,7 +53,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
 
     Args:
         model: the base model architecture (copied; the original is untouched).
-        loss: the learned loss; its parameters are updated in place.
+        loss: the learned loss, returning a scalar (``reduction`` "mean", the default, or "sum");
+            its parameters are updated in place.
         batches: ``batches(s)`` gives the (train, valid) batches of meta step s.
         steps: number of meta steps S_init (paper: 2500).
         rule: the base optimiser's rule in the lookahead (its state starts fresh each step).
@@ -70,6 +73,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
     """
     if steps < 0:
         raise ValueError(f"offline steps must be >= 0, got {steps}")
+    require_scalar(loss)
     scratch = copy.deepcopy(model)
     meta_gradient_fn = get_meta_gradient(meta_gradient)
     loss_params = dict(loss.named_parameters())

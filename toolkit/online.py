@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from losses import task_loss
+from losses.base import require_scalar
 
 from .adam import AdamState, adam_init, all_finite, apply_meta_update
 from .distributed import SINGLE, Replicas
@@ -56,7 +57,9 @@ class OnlineLossLearner:
 
     Args:
         model: the base model; its parameters are updated in place.
-        loss: the learned loss (any ``nn.Module`` called as ``loss(outputs, targets)``).
+        loss: the learned loss (any ``nn.Module`` called as ``loss(outputs, targets)``), returning a
+            scalar: a learned loss's default ``reduction="mean"`` is the paper's; ``"sum"`` trains
+            exactly too (with steps B·C times larger at the same lr); ``"none"`` is refused.
         rule: the base optimiser: an :class:`~toolkit.rules.SGDRule` or :class:`~toolkit.rules.AdamRule`,
             or a ``torch.optim.SGD``/``Adam``/``AdamW`` over the model's parameters (its
             hyperparameters and any state it holds are read once; it is not stepped).
@@ -84,6 +87,7 @@ class OnlineLossLearner:
             raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
         if not has_trainable_parameters(loss):
             raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
+        require_scalar(loss)
         self.rule, state = as_rule(rule, model)
         self.model, self.loss = model, loss
         self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip

@@ -172,6 +172,9 @@ def reused_loss(source: str, task: str) -> nn.Module:
             raise ConfigError(f"{where}: {exc}") from None
     if loss.task != task:
         raise ConfigError(f"--loss-from {source}: a {loss.task} loss cannot train a {task} dataset")
+    if loss.reduction == "none":
+        raise ConfigError(f"--loss-from {source}: the loss has reduction 'none' (per-element values) but training "
+                          'needs a scalar; set "reduction": "mean" in its config')
     return loss
 
 
