@@ -1,13 +1,15 @@
 """TaylorGLO: the CMA-ES wrapper, the invariant, and a short search on digits."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import losses
 from toolkit.data import load_dataset
-from toolkit.run import train
+from toolkit.run import load_run_dataset, train
 from toolkit.taylorglo import cma_minimise, satisfies_invariant, search_taylorglo, taylorglo_loss
 from toolkit.train import TrainConfig
 
@@ -46,8 +48,10 @@ def test_short_search_beats_its_starting_point_on_digits():
     data = load_dataset("digits", seed=0)
     config = TrainConfig(dataset="digits", model="mlp", steps=100, batch_size=64, lr=1.0, device="cpu",
                          checkpoint_every=0, model_options={"hidden": (32,)})
-    start = train(config, progress=False, dataset=data, initial_loss=taylorglo_loss([0.0] * 8))
-    loss, result = search_taylorglo(config, generations=4, population=8, fitness_steps=100)
+    unguarded = dataclasses.replace(config, descent_guard=False)  # the candidate alone, as the fitness sees it
+    start = train(unguarded, progress=False, dataset=data, initial_loss=taylorglo_loss([0.0] * 8))
+    loss, result = search_taylorglo(config, trainer=train, load_data=load_run_dataset, generations=4,
+                                    population=8, fitness_steps=100)
     assert start["valid_error"] > 0.8  # the all-zero loss does not train: chance level
     assert result.best_fitness < 0.2   # measured 0.049 (seed 0)
     assert [h["best"] for h in result.history] == sorted((h["best"] for h in result.history), reverse=True)
@@ -58,5 +62,6 @@ def test_short_search_beats_its_starting_point_on_digits():
 def test_parallel_evaluation_gives_the_same_search_as_sequential():
     config = TrainConfig(dataset="digits", model="mlp", steps=20, batch_size=64, lr=0.1, device="cpu",
                          checkpoint_every=0, model_options={"hidden": (16,)})
-    runs = [search_taylorglo(config, generations=2, population=4, fitness_steps=20, jobs=jobs)[1] for jobs in (1, 2)]
+    runs = [search_taylorglo(config, trainer=train, load_data=load_run_dataset, generations=2, population=4,
+                             fitness_steps=20, jobs=jobs)[1] for jobs in (1, 2)]
     assert runs[0].history == runs[1].history and runs[0].best == runs[1].best

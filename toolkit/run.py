@@ -507,7 +507,8 @@ def _search(config: TrainConfig, task: str, history: History, progress: bool) ->
         bar.update(1)
         bar.set_postfix(best=f"{record['best']:.4f}", refresh=False)
 
-    loss, _ = search_taylorglo(config, task=task, generations=config.generations, population=config.population,
+    loss, _ = search_taylorglo(config, trainer=train, load_data=load_run_dataset, task=task,
+                               generations=config.generations, population=config.population,
                                fitness_steps=config.fitness_steps, jobs=config.search_jobs, seed=config.seed,
                                invariant=config.invariant,
                                on_generation=report)

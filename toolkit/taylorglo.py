@@ -115,33 +115,41 @@ def satisfies_invariant(loss: losses.LearnedLoss, *, points: int = 64) -> bool:
 _WORKER: dict = {}
 
 
-def _worker_init(config, threads: int) -> None:
-    from .run import load_run_dataset
+def _worker_init(config, threads: int, trainer: Callable, load_data: Callable) -> None:
     torch.set_num_threads(threads)
     _WORKER["config"] = config
-    _WORKER["data"] = load_run_dataset(config)
+    _WORKER["trainer"] = trainer
+    _WORKER["data"] = load_data(config)
 
 
 def _fitness(params: Sequence[float], fitness_steps: int, invariant: bool) -> float:
-    from .run import train
-    config, data = _WORKER["config"], _WORKER["data"]
+    config, data, train = _WORKER["config"], _WORKER["data"], _WORKER["trainer"]
     loss = taylorglo_loss(params, task=data.task)
     if invariant and data.task == "classification" and not satisfies_invariant(loss):
         return 1.0
+    # The fitness is the candidate's own: no descent guard, which would replace its bad steps by the
+    # task loss's and make a useless candidate look as good as cross-entropy.
     short = dataclasses.replace(config, loss="ce" if data.task == "classification" else "mse", loss_from=None,
-                                adapt=False, steps=fitness_steps, checkpoint_every=0, eval_every=0)
+                                adapt=False, steps=fitness_steps, checkpoint_every=0, eval_every=0,
+                                descent_guard=False)
     results = train(short, progress=False, dataset=data, initial_loss=loss)
     value = results["valid_error"] if data.task == "classification" else results["valid_mse"]
     return value if np.isfinite(value) else 1e30
 
 
-def search_taylorglo(config, *, task: str = "classification", generations: int = 10, population: int | None = None, fitness_steps: int = 200,
+def search_taylorglo(config, *, trainer: Callable, load_data: Callable, task: str = "classification",
+                     generations: int = 10, population: int | None = None, fitness_steps: int = 200,
                      invariant: bool = True, jobs: int = 1, seed: int = 0,
                      on_generation: Callable[[dict], None] | None = None) -> tuple[losses.TaylorLoss, SearchResult]:
     """Search a TaylorGLO loss for ``config``'s dataset and model.
 
     Args:
         config: a :class:`toolkit.train.TrainConfig` (dataset, model, optimiser, seed).
+        trainer: trains one candidate, called as ``trainer(config, progress=False, dataset=data,
+            initial_loss=loss)`` and returning results with ``valid_error``/``valid_mse``
+            (``toolkit.run.train``; passed in so the search does not import the training loop).
+        load_data: ``load_data(config)`` gives the dataset (``toolkit.run.load_run_dataset``).
+            Both must be module-level functions when ``jobs > 1`` (they go to worker processes).
         task: the dataset's task.
         generations, population: CMA-ES budget (population None: CMA-ES's default, 10 for n = 8).
         fitness_steps: base training steps per candidate evaluation.
@@ -156,14 +164,14 @@ def search_taylorglo(config, *, task: str = "classification", generations: int =
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
     threads = max(1, (os.cpu_count() or 1) // jobs)
     if jobs == 1:
-        _worker_init(config, torch.get_num_threads())
+        _worker_init(config, torch.get_num_threads(), trainer, load_data)
         evaluate = lambda xs: [_fitness(x, fitness_steps, invariant) for x in xs]  # noqa: E731
         result = cma_minimise(evaluate, [0.0] * TAYLORGLO_SIZE, population=population, generations=generations,
                               seed=seed, on_generation=on_generation)
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                                 initargs=(config, threads)) as pool:
+                                 initargs=(config, threads, trainer, load_data)) as pool:
             evaluate = lambda xs: list(pool.map(_fitness, xs, [fitness_steps] * len(xs),  # noqa: E731
                                                 [invariant] * len(xs)))
             result = cma_minimise(evaluate, [0.0] * TAYLORGLO_SIZE, population=population,
