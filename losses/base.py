@@ -213,6 +213,10 @@ def reduce_loss(per_element: Tensor, reduction: str, *, mean_over: str = "elemen
     return per_element.sum(dim=1) if mean_over == "batch" else per_element
 
 
+LOSS_CLASSES: dict[str, type] = {}
+"""Every LearnedLoss subclass by its ``kind`` (the name saved files record), filled as subclasses are defined."""
+
+
 class LearnedLoss(nn.Module, abc.ABC):
     """Base class: a per-element loss ``ℓ(y_pred, y)`` with an exact SymPy form.
 
@@ -243,6 +247,12 @@ class LearnedLoss(nn.Module, abc.ABC):
     """What ``reduction`` reduces over: ``"elements"`` (batch and outputs: learned losses, the
     paper's convention) or ``"batch"`` (the loss of a sample sums its outputs; ``"mean"`` averages
     samples and ``"none"`` gives one value per sample: PyTorch's cross-entropy)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if isinstance(kind, str):
+            LOSS_CLASSES[kind] = cls
 
     def __init__(self, *, task: str, reduction: str = "mean") -> None:
         super().__init__()

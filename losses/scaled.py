@@ -36,7 +36,7 @@ import sympy
 import torch
 from torch import Tensor, nn
 
-from losses.base import LearnedLoss, encode_targets, reduce_loss, require_scalar
+from losses.base import LOSS_CLASSES, LearnedLoss, encode_targets, reduce_loss, require_scalar
 from losses.standard import task_gradient
 
 
@@ -79,7 +79,6 @@ class GradientScaledLoss(LearnedLoss):
 
     @staticmethod
     def _build_shape(shape: LearnedLoss | Mapping[str, Any] | None, task: str | None) -> LearnedLoss:
-        from losses.registry import LOSS_KINDS  # the registry imports this module
 
         if shape is None:
             from losses.mlp import MLPLoss
@@ -89,9 +88,9 @@ class GradientScaledLoss(LearnedLoss):
                 raise ValueError("the inner loss is already a GradientScaledLoss; wrap its .shape instead")
             return shape
         if isinstance(shape, Mapping) and set(shape) == {"kind", "config"}:
-            cls = LOSS_KINDS.get(shape["kind"])
+            cls = LOSS_CLASSES.get(shape["kind"])
             if cls is None or cls is GradientScaledLoss:
-                raise ValueError(f"unknown inner loss kind {shape['kind']!r}; known kinds: {', '.join(LOSS_KINDS)}")
+                raise ValueError(f"unknown inner loss kind {shape['kind']!r}; known kinds: {', '.join(LOSS_CLASSES)}")
             return cls.from_config(shape["config"])
         raise TypeError(f"shape must be a LearnedLoss or {{'kind': ..., 'config': ...}}; got {type(shape).__name__}")
 

@@ -206,16 +206,15 @@ def _stable_pattern(node: sympy.Basic) -> tuple[Callable[..., Any], sympy.Basic]
     return (softplus if isinstance(node, sympy.log) else sigmoid_of_negative), other.args[0]
 
 
-def compile_expression(expr: sympy.Basic | str | int | float) -> ExpressionProgram:
+def compile_expression(expr: sympy.Basic | int | float) -> ExpressionProgram:
     """Compile a SymPy expression in ``Y_PRED`` and ``Y_TRUE`` into an ``ExpressionProgram``.
 
-    A string is read by ``losses.formula.parse_formula``, which never evaluates
-    it (``sympy.sympify`` would run it as Python); a Python number becomes a
-    SymPy number.
+    A Python number becomes a SymPy number. Text is not taken here: read it with
+    ``losses.parse_formula``, which never evaluates it (``sympy.sympify`` would run
+    it as Python).
 
     Raises:
-        TypeError: Neither a SymPy object, a number nor a string.
-        FormulaError: A string that is not a valid formula.
+        TypeError: Neither a SymPy object nor a number.
         UnsupportedFunctionError: A function missing from ``SYMPY_TO_TORCH``.
         ValueError: Other free symbols, or a non-real constant.
     """
@@ -271,18 +270,15 @@ def compile_expression(expr: sympy.Basic | str | int | float) -> ExpressionProgr
     return program
 
 
-def _as_expression(expr: sympy.Basic | str | int | float) -> sympy.Basic:
+def _as_expression(expr: sympy.Basic | int | float) -> sympy.Basic:
     if isinstance(expr, sympy.Basic):
         return expr
-    if isinstance(expr, str):
-        from losses.formula import parse_formula  # Here, not at the top: losses.formula imports this module.
-
-        return parse_formula(expr)
     if isinstance(expr, int) and not isinstance(expr, bool):
         return sympy.Integer(expr)
     if isinstance(expr, float):
         return sympy_float(expr)
-    raise TypeError(f"expected a SymPy expression, a number or a formula string; got {type(expr).__name__}")
+    hint = " (read text with losses.parse_formula first)" if isinstance(expr, str) else ""
+    raise TypeError(f"expected a SymPy expression or a number{hint}; got {type(expr).__name__}")
 
 
 def _fold(node: sympy.Basic) -> Literal:

@@ -269,8 +269,8 @@ WAYS_IN: dict[str, Callable[[str], object]] = {
     "from_config": lambda text: SymbolicLoss.from_config({"expression": text}),
     "build_loss": lambda text: losses.build_loss("symbolic", expression=text),
     "loss_from_dict": lambda text: losses.loss_from_dict(_loss_dict(text)),
-    "compile_expression": compile_expression,
 }
+"""Every way text reaches a formula (compile_expression takes no text at all)."""
 
 
 @pytest.mark.parametrize("way", list(WAYS_IN))
@@ -297,12 +297,14 @@ def test_loss_files_with_a_bad_expression_give_a_one_line_loss_file_error(tmp_pa
     assert isinstance(loss, SymbolicLoss) and str(loss.to_sympy()) == "0.5*(-y + y_pred)**2"
 
 
-def test_compile_expression_takes_sympy_objects_numbers_and_safe_text() -> None:
+def test_compile_expression_takes_sympy_objects_and_numbers_never_text() -> None:
     y_pred = torch.tensor([0.5, 2.0], dtype=F64)
-    for given in (Y_PRED**2, "y_pred**2"):
+    for given in (Y_PRED**2, parse_formula("y_pred**2")):
         program = compile_expression(given)
         torch.testing.assert_close(program.evaluate(y_pred, y_pred, torch.zeros(0, dtype=F64)), y_pred**2)
     assert compile_expression(3).output.value == 3 and compile_expression(0.25).constants == [0.25]
     for wrong in (True, None, object(), [Y_PRED]):
-        with pytest.raises(TypeError, match="expected a SymPy expression, a number or a formula string"):
+        with pytest.raises(TypeError, match="expected a SymPy expression or a number"):
             compile_expression(wrong)
+    with pytest.raises(TypeError, match="parse_formula"):
+        compile_expression("y_pred**2")
