@@ -210,16 +210,20 @@ def cli() -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write the history's numbers as TensorBoard scalars under --out/tensorboard "
+                   "(pip install tensorboard).")
 @click.option("--sync-batchnorm/--no-sync-batchnorm", default=False, show_default=True,
               help="Under torchrun: BatchNorm statistics of the global batch instead of each process's share.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(**options) -> None:
-    """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out."""
+    """Train a model with a fixed or learned loss; write results.json, loss.json, history.jsonl and metrics.csv
+    under --out."""
     from toolkit.run import train as run_training
     from toolkit.train import TrainConfig
 
     out, resume, quiet = options.pop("out"), options.pop("resume"), options.pop("quiet")
-    overwrite = options.pop("overwrite")
+    overwrite, tensorboard = options.pop("overwrite"), options.pop("tensorboard")
     seeds_text, jobs = options.pop("seeds"), options.pop("jobs")
     seeds = _int_list(seeds_text, what="seeds")
     if seeds_text is not None and not seeds:
@@ -228,6 +232,8 @@ def train(**options) -> None:
         raise click.BadParameter("--resume needs --out DIR of the run to continue", param_hint="--resume")
     if resume and overwrite:
         raise click.BadParameter("choose one of --resume and --overwrite", param_hint="--overwrite")
+    if tensorboard and out is None:
+        raise click.BadParameter("--tensorboard writes under --out DIR: add --out", param_hint="--tensorboard")
     options["milestones"] = _int_list(options["milestones"])
     options["model_options"] = _model_options(options.pop("model_option"))
     config = TrainConfig(**options)
@@ -239,7 +245,7 @@ def train(**options) -> None:
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
         from toolkit.sweep import run_seeds
         summary = run_seeds(config, list(seeds), out_dir=out, jobs=jobs, resume=resume, overwrite=overwrite,
-                            progress=not quiet)
+                            progress=not quiet, tensorboard=tensorboard)
         metric = "test_mse" if "test_mse" in summary else "test_error"
         stats = summary[metric]
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
@@ -257,7 +263,7 @@ def train(**options) -> None:
         distributed.initialise(replicas, device)
     try:
         results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet,
-                               replicas=replicas)
+                               replicas=replicas, tensorboard=tensorboard)
     except RuntimeError as exc:
         if not replicas.active:
             raise
