@@ -53,10 +53,14 @@ def cli() -> None:
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
+@click.option("--tensorboard", is_flag=True,
+              help="Also write the history's numbers as TensorBoard scalars under --out/tensorboard "
+                   "(pip install tensorboard).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: int, out: str | None, resume: bool,
-          overwrite: bool, quiet: bool, **options) -> None:
-    """Train a model with a fixed or learned loss; write results.json, loss.json and history under --out.
+          overwrite: bool, tensorboard: bool, quiet: bool, **options) -> None:
+    """Train a model with a fixed or learned loss; write results.json, loss.json, history.jsonl and metrics.csv
+    under --out.
 
     Every option is declared once in toolkit.config.TrainConfig; defaults < --preset < --config file <
     options typed here (toolkit.config.resolve_config, which the Python API uses too).
@@ -72,6 +76,8 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
         raise click.BadParameter("--resume needs --out DIR of the run to continue", param_hint="--resume")
     if resume and overwrite:
         raise click.BadParameter("choose one of --resume and --overwrite", param_hint="--overwrite")
+    if tensorboard and out is None:
+        raise click.BadParameter("--tensorboard writes under --out DIR: add --out", param_hint="--tensorboard")
     explicit = {k: v for k, v in options.items() if v is not None}
     if "milestones" in explicit:
         explicit["milestones"] = parse_int_list(explicit["milestones"])
@@ -87,7 +93,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
         from toolkit.sweep import run_seeds
         summary = run_seeds(config, list(seed_list), out_dir=out, jobs=jobs, resume=resume, overwrite=overwrite,
-                            progress=not quiet)
+                            progress=not quiet, tensorboard=tensorboard)
         metric = "test_mse" if "test_mse" in summary else "test_error"
         stats = summary[metric]
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
@@ -105,7 +111,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
         distributed.initialise(replicas, device)
     try:
         results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet,
-                               replicas=replicas)
+                               replicas=replicas, tensorboard=tensorboard)
     except RuntimeError as exc:
         if not replicas.active:
             raise

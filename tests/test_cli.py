@@ -141,6 +141,7 @@ def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
     ({}, ["bench", "--batch-size", "0"], ["--batch-size must be >= 1"]),
     ({}, ["train", "--optimizer", "adam", "--momentum", "0.9"], ["--momentum and --nesterov belong to --optimizer sgd"]),
     ({}, ["train", "--optimizer", "lion"], ["--optimizer", "lion"]),
+    ({}, ["train", "--dataset", "digits", "--tensorboard"], ["--tensorboard writes under --out"]),
     ({"c.toml": 'optimizer = "rmsprop"\n'}, ["train", "--config", "c.toml"], ["--optimizer", "rmsprop"]),
 ])
 def test_user_errors_in_process_are_one_line(tmp_path, monkeypatch, capsys, files, args, fragments):
@@ -161,6 +162,31 @@ def test_a_second_run_into_the_same_out_is_refused_and_overwrite_replaces_it(tmp
     assert code == 2 and "already holds a run" in err and "--overwrite" in err
     assert run_in_process([*TRAIN, "--steps", "6", "--out", out, "--overwrite"], capsys)[0] == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 6
+
+
+def test_tensorboard_without_the_package_exits_2_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert run_in_process([*TRAIN, "--steps", "5", "--out", str(out)], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    for extra in ([], ["--seeds", "0,1"]):
+        code, _, err = run_in_process([*TRAIN, "--steps", "6", "--out", str(out), "--overwrite", "--tensorboard",
+                                       *extra], capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "pip install tensorboard" in lines[0], err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_overwrite_replaces_metrics_csv_and_tensorboard_events(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "run"
+    run = [*TRAIN, "--log-every", "10", "--out", str(out)]
+    assert run_in_process([*run, "--steps", "20", "--tensorboard"], capsys)[0] == 0
+    assert any(p.name.startswith("events.out.tfevents") for p in (out / "tensorboard").iterdir())
+    assert run_in_process([*run, "--steps", "10", "--overwrite"], capsys)[0] == 0
+    assert not (out / "tensorboard").exists()
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "phase,step,name,value" and {r.split(",")[1] for r in rows[1:]} == {"10"}
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])

@@ -1,4 +1,5 @@
-"""Figures (toolkit.plots): titles, axis labels and non-empty PNG/SVG files, on small synthetic runs."""
+"""Figures (toolkit.plots): titles, axis labels, readable scales and ticks, non-empty PNG/SVG files, on small
+synthetic runs shaped like real ones (a learned loss in the thousands beside cross-entropy below 1)."""
 from __future__ import annotations
 
 import json
@@ -12,13 +13,15 @@ from toolkit.plots import (plot_diagnostics, plot_final_errors, plot_gradient_ma
 from toolkit.rundir import AnalysisError, find_runs
 
 
-def _write_run(path, *, loss: str, seed: int, error: float, learned: bool) -> None:
+def _write_run(path, *, loss: str, seed: int, error: float, learned: bool, grad_ratios=(1.5, 1.5, 1.5),
+               config: dict | None = None) -> None:
     path.mkdir(parents=True)
     results = {"dataset": "digits", "model": "mlp", "loss": loss, "seed": seed, "steps": 30,
-               "task": "classification", "test_error": error, "config": {"loss_param": "mlp"}}
+               "task": "classification", "test_error": error, "config": {"loss_param": "mlp", **(config or {})}}
     (path / "results.json").write_text(json.dumps(results))
-    history = [{"phase": "train", "step": s, "lr": 0.1, "train_loss": 2.0 / s + 0.01 * seed, "grad_ratio": 1.5}
-               for s in (10, 20, 30)]
+    scale = 1000.0 if learned else 1.0  # AdaLFL's learned loss M runs in the thousands, cross-entropy below 1
+    history = [{"phase": "train", "step": s, "lr": 0.1, "train_loss": scale * (2.0 / s + 0.01 * seed), "grad_ratio": g}
+               for s, g in zip((10, 20, 30), grad_ratios)]
     if learned:
         history = [{"phase": "init", "step": s, "meta_loss": 3.0 - s / 50, "skipped": 0} for s in (25, 50)] + [
             {**r, "meta_loss": 1.0 / r["step"], "skipped_base": 0, "skipped_meta": int(r["step"] == 30)}
@@ -56,7 +59,7 @@ def _labels(ax) -> tuple[str, str, str]:
 def test_loss_evolution(runs):
     run = next(r for r in runs if r.method == "adalfl-mlp")
     fig = plot_loss_evolution(run, checkpoints=3)
-    assert fig.get_suptitle() == f"Learned loss during training: {run.name}"
+    assert fig.get_suptitle() == "Learned loss during training: adalfl/seed-0"  # seed-N alone names no method
     (ax1, ax0) = fig.axes
     assert _labels(ax1) == ("target class (y = 1)", "predicted probability ŷ", "loss ℓ(ŷ | y = 1)")
     assert _labels(ax0)[0] == "other classes (y = 0)"
@@ -76,15 +79,17 @@ def test_loss_surface_and_regression_curves():
 
 def test_learning_curves_gradient_and_final_errors(runs):
     curves = plot_learning_curves(runs)
-    train, valid = curves.axes
+    valid, train_ce, train_learned = curves.axes
     assert curves.get_suptitle() == "Learning curves (mean ± std over seeds)"
-    assert _labels(train) == ("training loss (the loss being minimised)", "step", "training loss")
-    assert _labels(valid) == ("validation error (◆ final test error)", "step", "valid error")
-    assert sorted(t.get_text() for t in valid.get_legend().get_texts()) == ["adalfl-mlp", "ce"]
-    assert len(train.collections) >= 2  # a ±1 std band per method
+    assert _labels(valid) == ("validation error (◆ final test error)", "step", "validation error (fraction wrong)")
+    assert _labels(train_ce) == ("training loss: cross-entropy", "step", "cross-entropy")
+    assert _labels(train_learned) == ("training loss: adalfl-mlp", "step", "learned loss M (its own scale)")
+    assert sorted(t.get_text() for t in curves.legends[0].get_texts()) == ["adalfl-mlp", "ce"]
+    assert all(len(ax.collections) >= 1 for ax in (train_ce, train_learned))  # a ±1 std band per method
     run = next(r for r in runs if r.method == "adalfl-mlp")
     gradient = plot_gradient_magnitude(run)
-    assert [ax.get_ylabel() for ax in gradient.axes] == ["mean |∂ℓ/∂ŷ|", "‖∂M/∂f‖ / ‖∂L_task/∂f‖"]
+    assert [ax.get_ylabel() for ax in gradient.axes] == ["mean |∂ℓ/∂ŷ| (log scale)",
+                                                         "‖∂M/∂f‖ / ‖∂L_task/∂f‖ (log scale)"]
     assert gradient.axes[0].get_yscale() == "log"
     diagnostics = plot_diagnostics(run)
     assert [ax.get_title() for ax in diagnostics.axes] == [
@@ -95,8 +100,63 @@ def test_learning_curves_gradient_and_final_errors(runs):
     with pytest.raises(AnalysisError, match="not a learned-loss run"):
         plot_diagnostics(next(r for r in runs if r.method == "ce"))
     final = plot_final_errors(runs)
-    assert _labels(final.axes[0]) == ("Final test error per method (mean ± std over seeds)", "method", "test error")
-    assert [t.get_text() for t in final.axes[0].get_xticklabels()] == ["adalfl-mlp", "ce"]
+    assert _labels(final.axes[0]) == ("Final test error per method", "test error (bar: mean ± std over seeds; "
+                                      "dots: seeds)", "")
+    assert [t.get_text() for t in final.axes[0].get_yticklabels()] == ["adalfl-mlp", "ce"]  # long labels fit
+
+
+def test_each_training_loss_fills_its_own_axis(runs):
+    """A learned loss in the thousands and cross-entropy below 1 never share a linear axis (a flat line)."""
+    curves = plot_learning_curves(runs)
+    checked = 0
+    for ax in (ax for ax in curves.axes if ax.get_title().startswith("training loss")):
+        low, high = ax.get_ylim()
+        for line in ax.get_lines():
+            values = line.get_ydata()
+            assert (values.max() - values.min()) / (high - low) > 0.3, (ax.get_title(), line.get_label())
+            checked += 1
+    assert checked == 2  # one mean curve per method
+
+
+def test_long_method_labels_neither_overlap_nor_cover_the_curves(tmp_path):
+    """Runs of one method with other settings get labels like 'adalfl-mlp [descent_guard=false, ...]'."""
+    for i, (guard, scale) in enumerate([(False, "free"), (True, "normalised")]):
+        _write_run(tmp_path / f"adalfl-{i}", loss="adalfl", seed=0, error=0.1, learned=True,
+                   config={"descent_guard": guard, "loss_scale": scale, "online_meta_lr": 10.0 ** -(3 + i)})
+    _write_run(tmp_path / "ce", loss="ce", seed=0, error=0.12, learned=False)
+    runs = find_runs([tmp_path])
+    final = plot_final_errors(runs)
+    final.draw_without_rendering()
+    boxes = [t.get_window_extent() for t in final.axes[0].get_yticklabels()]
+    assert len(boxes) == 3 and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    curves = plot_learning_curves(runs)
+    curves.draw_without_rendering()
+    legend = curves.legends[0].get_window_extent()
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in curves.axes if ax.get_visible())
+
+
+def _visible_tick_texts(ax) -> tuple[list[str], list[str]]:
+    """The labels of the y ticks inside the view, major and minor, as drawn."""
+    ax.figure.draw_without_rendering()
+    low, high = ax.get_ylim()
+    texts = []
+    for minor in (False, True):
+        ticks = ax.yaxis.get_minor_ticks() if minor else ax.yaxis.get_major_ticks()
+        texts.append([t.label1.get_text() for t in ticks if low <= t.get_loc() <= high and t.label1.get_visible()])
+    return texts[0], texts[1]
+
+
+@pytest.mark.parametrize("ratios", [(1.0, 1.0, 1.0), (1.0, 0.9999999, 1.0), (0.8, 1.1, 1.4), (1e-3, 0.02, 30.0)],
+                         ids=["constant", "barely-moving", "within-a-decade", "five-decades"])
+def test_log_axes_have_distinct_readable_tick_labels(tmp_path, ratios):
+    """A gradient ratio held at 1 once printed "1×10⁰" five times and "10×10⁻¹" on its log axis."""
+    _write_run(tmp_path / "adalfl", loss="adalfl", seed=0, error=0.1, learned=True, grad_ratios=ratios)
+    (run,) = find_runs([tmp_path])
+    for ax in (plot_gradient_magnitude(run).axes[1], plot_diagnostics(run).axes[2]):
+        major, minor = _visible_tick_texts(ax)
+        assert len(major) >= 2 and len(set(major)) == len(major) and all(major), major
+        assert not any(minor), minor
+        assert not any("×10^{0}" in t or "10\\times" in t for t in major), major
 
 
 def test_save_and_plot_runs_write_non_empty_png_and_svg(runs, tmp_path):

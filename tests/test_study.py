@@ -307,3 +307,19 @@ def test_ray_backend_without_ray_names_the_install_hint(tmp_path, capsys, monkey
 def test_ray_is_imported_only_when_the_ray_backend_runs() -> None:
     code = "import sys, cli, toolkit.study, toolkit.backends; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_the_study_figure_keeps_every_seed_visible_and_its_legend_off_the_data(tmp_path):
+    """Seeds with equal values sat on one dot, and the legend sat inside the last panel."""
+    from toolkit.study_report import plot_study
+
+    study = load_study(write(tmp_path, CLASSIFICATION))
+    values = {"0": 0.1, "1": 0.1, "2": 0.3}
+    rows = [{"setting": "sgd", "method": m, "test_error_values": values, "test_error_mean": 0.5 / 3}
+            for m in ("ce-tuned", "ce-small")]
+    fig = plot_study(study, rows)
+    (ax,) = [a for a in fig.axes if a.get_visible()]
+    xs = [line.get_xdata()[0] for line in ax.get_lines()]
+    assert len(xs) == 3 and len(set(xs)) == 3  # one dot per seed, side by side
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    assert ax.get_ylabel() == "test error (fraction wrong)"

@@ -8,8 +8,8 @@ stays light.
 
 * :func:`plot_loss_evolution`: the learned loss at several training checkpoints.
 * :func:`plot_loss_surface`: the loss over (y_pred, y).
-* :func:`plot_learning_curves`: training loss and validation error over steps,
-  mean and ±1 std band over seeds per method, final test error as a marker.
+* :func:`plot_learning_curves`: validation error over steps (final test error as a
+  marker) and training loss, one panel per loss scale; mean and ±1 std band over seeds.
 * :func:`plot_gradient_magnitude`: mean |∂ℓ/∂y_pred| over training (the learned
   loss's implicit learning-rate schedule) and the logged gradient-scale ratio.
 * :func:`plot_final_errors`: final test error per method, mean ± std over seeds.
@@ -43,6 +43,79 @@ def _figure(ncols: int = 1, *, width: float = 5.0, height: float = 3.8):
 def _palette(n: int) -> list:
     import seaborn as sns
     return sns.color_palette("viridis", n)
+
+
+def _wrap(text: str, width: int = 36) -> str:
+    """``text`` broken at spaces into lines of about ``width`` characters (long method labels in titles and legends)."""
+    import textwrap
+    return "\n".join(textwrap.wrap(text, width, break_long_words=False, break_on_hyphens=False)) or text
+
+
+def _markers(points: list) -> dict:
+    """Dots on a line of few points: a phase with a single record is otherwise invisible."""
+    return dict(marker="o", markersize=3) if len(points) <= 30 else {}
+
+
+def _run_name(run: Run) -> str:
+    """``parent/name`` of a run directory: runs are often named seed-N, so the parent says which method it is."""
+    return f"{run.path.parent.name}/{run.name}" if run.path.parent.name else run.name
+
+
+def _tick_text(value: float, _position=None) -> str:
+    """A log-axis tick as a plain number (0.002, 0.5, 20, 5000), or as m×10ⁿ far from 1."""
+    if value <= 0 or not np.isfinite(value):
+        return ""
+    if 1e-3 <= value < 1e4:
+        return f"{value:g}"
+    exponent = int(np.floor(np.log10(value) + 1e-9))
+    mantissa = round(value / 10.0 ** exponent, 6)
+    return f"$10^{{{exponent}}}$" if mantissa == 1 else f"${mantissa:g}\\times10^{{{exponent}}}$"
+
+
+MIN_LOG_SPAN = 10.0
+"""A log axis spans at least this factor, so it always has two or more labelled ticks."""
+
+
+def _log_axis(ax, values: Iterable[float], *, include: Iterable[float] = ()) -> None:
+    """Log-scale y axis whose tick labels are distinct and readable.
+
+    matplotlib's default labels the minor ticks of an axis spanning less than a decade with
+    rounded mantissas, which repeat ("1×10⁰, 1×10⁰", "10×10⁻¹") when the data barely move (a
+    gradient ratio held at 1). Here the axis spans at least :data:`MIN_LOG_SPAN` around the data
+    (and ``include``, e.g. a reference line at 1), major ticks sit at 1, 2 and 5 per decade (only
+    at powers of ten over more than three decades) and only they are labelled.
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    positive = [float(v) for v in (*values, *include) if v is not None and np.isfinite(v) and v > 0]
+    if positive:
+        lo, hi = min(positive), max(positive)
+        if hi / lo < MIN_LOG_SPAN:
+            centre, half = np.sqrt(lo * hi), np.sqrt(MIN_LOG_SPAN)
+            lo, hi = centre / half, centre * half
+        else:
+            lo, hi = lo / 1.3, hi * 1.3
+        ax.set_ylim(lo, hi)
+    lo, hi = ax.get_ylim()
+    subs = (1.0, 2.0, 5.0) if np.log10(hi / lo) <= 3 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(_tick_text))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs="auto"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+LOG_LOSS_SPAN = 30.0
+"""A loss axis turns logarithmic when its positive values span more than this factor."""
+
+
+def _loss_axis(ax, values: Iterable[float], label: str) -> None:
+    """Label a loss axis; log scale when one early spike (a first step 1,000× the rest) would flatten the curve."""
+    values = [float(v) for v in values if v is not None and np.isfinite(v)]
+    if values and min(values) > 0 and max(values) / min(values) > LOG_LOSS_SPAN:
+        _log_axis(ax, values)
+        label += " (log scale)"
+    ax.set_ylabel(label)
 
 
 def save_figure(fig, stem: str | Path, formats: Iterable[str] = FORMATS) -> list[Path]:
@@ -98,7 +171,7 @@ def plot_loss_evolution(snapshots: Run | list[tuple[int, losses.LearnedLoss]], *
         ax.set_xlabel("predicted probability ŷ" if task == "classification" else "prediction ŷ")
         ax.set_ylabel(f"loss ℓ(ŷ | {name.replace('=', ' = ')})")
     axes[-1].legend(title="training step", fontsize="small")
-    name = f": {snapshots.name}" if isinstance(snapshots, Run) else ""
+    name = f": {_run_name(snapshots)}" if isinstance(snapshots, Run) else ""
     fig.suptitle(title or f"Learned loss during training{name}")
     return fig
 
@@ -124,13 +197,38 @@ def _metric_name(runs: list[Run], prefix: str) -> str:
     return f"{prefix}_mse" if regression else f"{prefix}_error"
 
 
-def plot_learning_curves(runs: list[Run], *, title: str | None = None):
-    """Training loss and validation error over steps; mean and ±1 std band over the runs of each method.
+FIXED_LOSS_NAMES = {"ce": "cross-entropy", "mse": "squared error"}
+DASHES = [(1, 0), (5, 2), (1.5, 1.5), (6, 2, 1.5, 2), (3, 1)]
 
-    The final test error of each method is drawn at the last step (mean ± std).
+
+def _training_loss_panels(runs: list[Run], labels: list[str]) -> dict[str, list[str]]:
+    """Panel title → the method labels drawn there: one panel per scale of the loss being minimised.
+
+    The fixed task losses (``ce``, ``mse``) of every method share a panel, so their values compare; a
+    learned loss M has a scale of its own (often 1,000× cross-entropy's), so each such method gets its own.
+    """
+    panels: dict[tuple[bool, str], list[str]] = {}
+    for run, label in zip(runs, labels):
+        fixed = FIXED_LOSS_NAMES.get(run.results.get("loss")) if not run.results.get("loss_from") else None
+        members = panels.setdefault((fixed is None, f"training loss: {fixed or label}"), [])
+        if label not in members:
+            members.append(label)
+    return {title: sorted(members) for (_, title), members in sorted(panels.items())}  # fixed losses first
+
+
+def plot_learning_curves(runs: list[Run], *, title: str | None = None):
+    """Validation error and training loss over steps; mean and ±1 std band over the runs of each method.
+
+    Validation error (one shared axis: every method is measured the same way) comes first, with each
+    method's final test error at the last step (mean ± std). The training loss is drawn on one panel
+    per scale (:func:`_training_loss_panels`): cross-entropy runs together, each learned loss alone,
+    so that a learned loss in the thousands does not flatten cross-entropy's curve. One legend below
+    the panels names the methods by colour.
     """
     import pandas as pd
     import seaborn as sns
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
 
     if not runs:
         raise AnalysisError("give at least one run")
@@ -146,27 +244,53 @@ def plot_learning_curves(runs: list[Run], *, title: str | None = None):
         raise AnalysisError("the runs have no history records (history.jsonl) to draw")
     methods = sorted(set(labels))
     colours = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
-    fig, (ax_train, ax_valid) = _figure(2)
-    for ax, data in ((ax_train, train), (ax_valid, valid)):
-        if not data.empty:
-            sns.lineplot(data=data, x="step", y="value", hue="method", hue_order=methods, palette=colours,
-                         errorbar="sd", ax=ax)
+    dashes = dict(zip(methods, DASHES * len(methods)))  # colour and line style: neighbours in hue still differ
+    panels = {t: ms for t, ms in _training_loss_panels(runs, labels).items()
+              if not train.empty and train["method"].isin(ms).any()}
+    count = 1 + len(panels)
+    columns = min(count, 3)
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5.0 * columns, 3.8 * -(-count // columns) + 0.3 * len(methods)), layout="constrained")
+        axes = list(fig.subplots(-(-count // columns), columns, squeeze=False).flat)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    ax_valid = axes[0]
+    if not valid.empty:
+        sns.lineplot(data=valid, x="step", y="value", hue="method", hue_order=methods, palette=colours,
+                     style="method", style_order=methods, dashes=dashes, errorbar="sd", ax=ax_valid, legend=False)
+    _final_test_markers(ax_valid, runs, labels, methods, colours)
+    ax_valid.set_title("validation error (◆ final test error)" if metric.endswith("error")
+                       else "validation MSE (◆ final test MSE)")
+    ax_valid.set_xlabel("step")
+    ax_valid.set_ylabel("validation error (fraction wrong)" if metric.endswith("error") else "validation MSE")
+    for ax, (panel_title, members) in zip(axes[1:], panels.items()):
+        data = train[train["method"].isin(members)]
+        sns.lineplot(data=data, x="step", y="value", hue="method", hue_order=members, palette=colours,
+                     style="method", style_order=members, dashes=dashes, errorbar="sd", ax=ax, legend=False)
+        fixed = panel_title.removeprefix("training loss: ") in FIXED_LOSS_NAMES.values()
+        ax.set_title(_wrap(panel_title, 44))
+        ax.set_xlabel("step")
+        _loss_axis(ax, data["value"], panel_title.removeprefix("training loss: ") if fixed
+                   else "learned loss M (its own scale)")
+    handles = [Line2D([], [], color=colours[m], linewidth=2, dashes=dashes[m]) for m in methods]
+    fig.legend(handles, [_wrap(m, 60) for m in methods], loc="outside lower center", title="method",
+               ncols=min(len(methods), 2 if max(len(m) for m in methods) > 30 else 4), fontsize="small")
+    fig.suptitle(title or "Learning curves (mean ± std over seeds)")
+    return fig
+
+
+def _final_test_markers(ax, runs: list[Run], labels: list[str], methods: list[str], colours: dict) -> None:
+    """Each method's final test metric (mean ± std) just right of its last step, side by side, not on top."""
     test_metric = _metric_name(runs, "test")
-    for method in methods:
+    longest = max((r.results.get("steps", 0) for r in runs), default=0)
+    offsets = np.linspace(-0.5, 0.5, len(methods)) * 0.04 * longest if len(methods) > 1 else [0.0]
+    for offset, method in zip(offsets, methods):
         finals = [r.results.get(test_metric) for r, m in zip(runs, labels) if m == method]
         finals = [v for v in finals if v is not None]
         last = max((r.results.get("steps", 0) for r, m in zip(runs, labels) if m == method), default=0)
         if finals:
-            ax_valid.errorbar([last], [np.mean(finals)], yerr=[np.std(finals)], fmt="D", color=colours[method],
-                              capsize=4, markersize=6)
-    ax_train.set_title("training loss (the loss being minimised)")
-    ax_train.set_xlabel("step")
-    ax_train.set_ylabel("training loss")
-    ax_valid.set_title("validation error (◆ final test error)")
-    ax_valid.set_xlabel("step")
-    ax_valid.set_ylabel(metric.replace("_", " "))
-    fig.suptitle(title or "Learning curves (mean ± std over seeds)")
-    return fig
+            ax.errorbar([last + 0.02 * longest + offset], [np.mean(finals)], yerr=[np.std(finals)], fmt="D",
+                        color=colours[method], capsize=4, markersize=6)
 
 
 def gradient_magnitudes(snapshots: Iterable[tuple[int, losses.LearnedLoss]], *, points: int = 401) -> list[dict]:
@@ -194,23 +318,25 @@ def plot_gradient_magnitude(run: Run, *, snapshots: list[tuple[int, losses.Learn
     fig, axes = _figure(2 if rows and ratios else 1)
     if rows:
         ax = axes[0]
-        for name in (k for k in rows[0] if k != "step"):
+        parts = [k for k in rows[0] if k != "step"]
+        for name in parts:
             ax.plot([r["step"] for r in rows], [r[name] for r in rows], marker="o", markersize=3,
                     label=PART_TITLES.get(name, name))
-        ax.set_yscale("log")
+        _log_axis(ax, [r[name] for r in rows for name in parts])
         ax.set_title("mean |∂ℓ/∂ŷ| over the domain")
         ax.set_xlabel("step")
-        ax.set_ylabel("mean |∂ℓ/∂ŷ|")
-        ax.legend(fontsize="small")
+        ax.set_ylabel("mean |∂ℓ/∂ŷ| (log scale)")
+        if len(parts) > 1:
+            ax.legend(fontsize="small", loc="best")
     if ratios:
         ax = axes[-1]
         ax.plot(*zip(*ratios), marker="o", markersize=3, color="tab:red")
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-        ax.set_yscale("log")
-        ax.set_title("gradient scale vs the task loss")
+        _log_axis(ax, [v for _, v in ratios], include=(1.0,))
+        ax.set_title("gradient scale vs the task loss (1 = equal)")
         ax.set_xlabel("step")
-        ax.set_ylabel("‖∂M/∂f‖ / ‖∂L_task/∂f‖")
-    fig.suptitle(title or f"Learned-loss gradient over training: {run.name}")
+        ax.set_ylabel("‖∂M/∂f‖ / ‖∂L_task/∂f‖ (log scale)")
+    fig.suptitle(title or f"Learned-loss gradient over training: {_run_name(run)}")
     return fig
 
 
@@ -224,34 +350,47 @@ def plot_diagnostics(run: Run, *, title: str | None = None):
     init = [r for r in run.records("init") if r.get("meta_loss") is not None]
     if not records and not init:
         raise AnalysisError(f"{run.path} has no meta-objective records: it is not a learned-loss run")
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = _figure(4, width=4.2)
     ax = axes[0]
     if init:
         ax.plot([r["step"] - init[-1]["step"] for r in init], [r["meta_loss"] for r in init],
-                color="tab:grey", label="offline phase")
-    ax.plot([r["step"] for r in records], [r["meta_loss"] for r in records], color="tab:blue", label="online")
+                color="tab:grey", label="offline phase", **_markers(init))
+    ax.plot([r["step"] for r in records], [r["meta_loss"] for r in records], color="tab:blue", label="online",
+            **_markers(records))
     ax.set_title("meta-objective L_task(θ')")
     ax.set_xlabel("step (offline phase before 0)")
+    _loss_axis(ax, [r["meta_loss"] for r in [*init, *records]],
+               f"{'squared error' if run.task == 'regression' else 'cross-entropy'} after the step")
     ax.legend(fontsize="small")
-    panels = (("train_loss", "training loss M (learned)", "tab:green", False),
-              ("grad_ratio", "‖∂M/∂f‖ / ‖∂L_task/∂f‖", "tab:red", True))
-    for ax, (key, label, colour, log) in zip(axes[1:3], panels):
-        points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
-        if points:
-            ax.plot(*zip(*points), color=colour)
-        if log:
-            ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-            ax.set_yscale("log")
-        ax.set_title(label)
-        ax.set_xlabel("step")
+    ax = axes[1]
+    points = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
+    if points:
+        ax.plot(*zip(*points), color="tab:green", **_markers(points))
+    ax.set_title("training loss M (learned)")
+    _loss_axis(ax, [v for _, v in points], "learned loss M (its own scale)")
+    ax = axes[2]
+    points = [(r["step"], r["grad_ratio"]) for r in records if r.get("grad_ratio") is not None]
+    if points:
+        ax.plot(*zip(*points), color="tab:red", **_markers(points))
+    ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
+    _log_axis(ax, [v for _, v in points], include=(1.0,))
+    ax.set_title("‖∂M/∂f‖ / ‖∂L_task/∂f‖")
+    ax.set_ylabel("gradient-norm ratio (log scale, 1 = equal)")
     ax = axes[3]
-    for key, colour in (("skipped_base", "tab:orange"), ("skipped_meta", "tab:purple")):
+    counts = [r.get(k, 0) for r in records for k in ("skipped_base", "skipped_meta")]
+    for key, colour, style in (("skipped_base", "tab:orange", "-"), ("skipped_meta", "tab:purple", "--")):
         ax.step([r["step"] for r in records], [r.get(key, 0) for r in records], where="post", color=colour,
-                label=key.replace("_", " "))
+                linestyle=style, label=key.replace("_", " "))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(-0.05 * max(counts + [1]), 1.1 * max(counts + [1]))  # counts: no negative or fractional ticks
     ax.set_title("skipped non-finite updates (total)")
-    ax.set_xlabel("step")
+    ax.set_ylabel("updates skipped so far")
     ax.legend(fontsize="small")
-    fig.suptitle(title or f"Learned-loss diagnostics: {run.name}")
+    for ax in axes[1:]:
+        ax.set_xlabel("step")
+    fig.suptitle(title or f"Learned-loss diagnostics: {_run_name(run)}")
     return fig
 
 
@@ -267,13 +406,16 @@ def plot_final_errors(runs: list[Run], *, title: str | None = None):
     if data.empty:
         raise AnalysisError(f"no finished runs with {metric} in results.json")
     order = sorted(data["method"].unique())
-    fig, (ax,) = _figure(1, width=max(4.0, 1.2 * len(order) + 2))
-    sns.barplot(data=data, x="method", y="value", order=order, errorbar="sd", capsize=0.2, alpha=0.6, ax=ax,
-                hue="method", hue_order=order, palette="colorblind", legend=False)
-    sns.stripplot(data=data, x="method", y="value", order=order, color="black", size=4, ax=ax)
-    ax.set_xlabel("method")
-    ax.set_ylabel(metric.replace("_", " "))
-    ax.set_title(title or "Final test error per method (mean ± std over seeds)")
+    data["method"] = data["method"].map(lambda m: _wrap(m, 30))  # method labels grow with differing settings
+    order = [_wrap(m, 30) for m in order]
+    lines = sum(m.count("\n") + 1 for m in order)
+    fig, (ax,) = _figure(1, width=7.0, height=1.6 + 0.28 * lines + 0.25 * len(order))
+    sns.barplot(data=data, y="method", x="value", order=order, errorbar="sd", capsize=0.2, alpha=0.6, ax=ax,
+                hue="method", hue_order=order, palette="colorblind", legend=False, orient="h")
+    sns.stripplot(data=data, y="method", x="value", order=order, color="black", size=4, ax=ax, orient="h")
+    ax.set_ylabel("")
+    ax.set_xlabel(f"{metric.replace('_', ' ')} (bar: mean ± std over seeds; dots: seeds)")
+    ax.set_title(title or ("Final test error per method" if metric.endswith("error") else "Final test MSE per method"))
     return fig
 
 
@@ -296,13 +438,13 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, formats: Iterable[str] = 
         snapshots = list(run.snapshots())
         if not snapshots:
             continue
-        written += _save(plot_loss_evolution(snapshots, title=f"Learned loss during training: {run.name}"),
+        written += _save(plot_loss_evolution(snapshots, title=f"Learned loss during training: {_run_name(run)}"),
                          out / f"loss_evolution_{label}", formats)
         written += _save(plot_gradient_magnitude(run, snapshots=snapshots), out / f"loss_gradient_{label}", formats)
         if any(r.get("meta_loss") is not None for r in run.records("train")):
             written += _save(plot_diagnostics(run), out / f"diagnostics_{label}", formats)
         final = run.loss_at() if (run.path / "loss.json").exists() else snapshots[-1][1]
-        written += _save(plot_loss_surface(final, title=f"Learned loss surface ℓ(y, ŷ): {run.name}"),
+        written += _save(plot_loss_surface(final, title=f"Learned loss surface ℓ(y, ŷ): {_run_name(run)}"),
                          out / f"loss_surface_{label}", formats)
     return written
 

@@ -5,6 +5,8 @@ Output directory layout (the ``lfl train --out DIR`` contract):
     loss.json            the loss that trained the model (kind, config, parameters, formula)
     history.jsonl        one JSON object per line: training records every ``log_every``
                          steps, evaluation records, offline-phase records
+    metrics.csv          the same numbers, one ``phase,step,name,value`` row each (toolkit.run_log)
+    tensorboard/         the same numbers as TensorBoard scalars (``tensorboard=True`` only)
     loss_snapshots.jsonl the learned loss every ``snapshot_every`` steps (learned losses)
     checkpoint.pt        the latest checkpoint (written atomically)
 """
@@ -32,7 +34,8 @@ from .distributed import SINGLE, Replicas, convert_sync_batchnorm
 from .lookahead import batch_gradients, loss_value_and_gradient
 from .rules import torch_optimizer
 from .run_directory import RunDirectory
-from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, dumps_strict, evaluate, lr_at,
+from .run_log import History, RunLog, summary_writer_class
+from .train import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at,
                     progress_bar, resolve_device, seed_everything, write_json)
 
 CHECKPOINT_VERSION = 1
@@ -223,38 +226,6 @@ def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module
     return shape
 
 
-class History:
-    """Appends strict JSON lines; on resume, drops what came after the checkpoint.
-
-    A line that does not parse (the torn last line of a killed run) is dropped on resume.
-    """
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-
-    def truncate_after(self, step: int, phases: str | tuple[str, ...]) -> None:
-        """Drop the records of ``phases`` after ``step`` (and any unparsable line)."""
-        if self.path is None or not self.path.exists():
-            return
-        phases = (phases,) if isinstance(phases, str) else phases
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict):
-                continue
-            if rec.get("phase", "train") not in phases or rec.get("step", 0) <= step:
-                kept.append(line)
-        atomic_write(self.path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
-
-    def append(self, record: dict) -> None:
-        if self.path is not None:
-            with self.path.open("a") as f:
-                f.write(dumps_strict(record) + "\n")
-
-
 def _rng_state(device: torch.device) -> dict:
     state = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
@@ -279,7 +250,7 @@ MIN_EVALUATION_SAMPLES = 10
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
           on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None,
-          replicas: Replicas = SINGLE) -> dict:
+          replicas: Replicas = SINGLE, tensorboard: bool = False) -> dict:
     """Run one training job and return its results (also written to ``out_dir``).
 
     Args:
@@ -296,6 +267,9 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         replicas: this process's place in a data-parallel run (:mod:`toolkit.distributed`; the
             caller has joined the process group). Only process 0 writes ``out_dir``; the others
             read its checkpoint on ``resume``.
+        tensorboard: also write the history's numbers as TensorBoard scalars under
+            ``out_dir/tensorboard`` (:mod:`toolkit.run_log`; needs the tensorboard package).
+            An output choice, not part of the run: the config (results.json) does not hold it.
 
     Raises:
         NonFiniteError: training diverged; results.json then holds ``"status": "diverged"``.
@@ -307,12 +281,14 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         return _train(config, out=None, resume=False, **kwargs)
     if not replicas.is_main:  # process 0 owns the run directory; the others only read its checkpoint
         return _train(config, out=None, resume=resume, read_from=Path(out_dir), **kwargs)
+    if tensorboard:
+        summary_writer_class()  # a missing package is reported before --overwrite removes anything
     out = Path(out_dir)
     created = not out.exists()
     started: list[bool] = []
-    with RunDirectory(out, resume=resume, overwrite=overwrite):
+    with RunDirectory(out, resume=resume, overwrite=overwrite), RunLog(out, tensorboard=tensorboard) as log:
         try:
-            return _train(config, out=out, resume=resume, started=started, **kwargs)
+            return _train(config, out=out, resume=resume, started=started, log=log, **kwargs)
         except KeyboardInterrupt:
             raise  # the checkpoint stays for --resume
         except Exception as exc:
@@ -348,10 +324,12 @@ def _check_splits(data: Dataset) -> None:
 
 def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: bool, dataset: Dataset | None,
            on_step: Callable[[int], None] | None, initial_loss: nn.Module | None,
-           started: list[bool] | None = None, replicas: Replicas = SINGLE, read_from: Path | None = None) -> dict:
+           started: list[bool] | None = None, replicas: Replicas = SINGLE, read_from: Path | None = None,
+           log: RunLog | None = None) -> dict:
     """The run itself; ``started`` gets an entry once setup is done and files may be written.
 
     ``read_from``: the run directory whose checkpoint a process other than 0 resumes from.
+    ``log``: where the records go (history.jsonl and its CSV and TensorBoard views, under ``out``).
     """
     started_at = time.perf_counter()
     elapsed = lambda: (time.perf_counter() - started_at  # noqa: E731
@@ -387,7 +365,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     meta_x, meta_y = (valid_x, valid_y) if config.meta_source == "valid" else (train_x, train_y)
     meta_batches = (BatchStream(meta_x, meta_y, config.batch_size, seed=config.seed + 7919)
                     if config.online or config.offline_phase else None)
-    history = History(out / "history.jsonl" if out is not None else None)
+    history = log if log is not None else RunLog(None)
     snapshots = History(out / "loss_snapshots.jsonl" if out is not None else None)
     checkpoint_path = out / "checkpoint.pt" if out is not None else None
     read_path = checkpoint_path if read_from is None else read_from / "checkpoint.pt"
@@ -396,8 +374,8 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     if resume and read_path is not None and read_path.exists():
         checkpoint = _load_checkpoint(read_path, config)
     elif out is not None:
-        for name in ("history.jsonl", "loss_snapshots.jsonl"):
-            (out / name).unlink(missing_ok=True)
+        (out / "loss_snapshots.jsonl").unlink(missing_ok=True)
+    history.start(resume=checkpoint is not None)
     if started is not None:
         started.append(True)
 
@@ -495,7 +473,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     return results
 
 
-def _search(config: TrainConfig, task: str, history: History, progress: bool) -> nn.Module:
+def _search(config: TrainConfig, task: str, history: RunLog, progress: bool) -> nn.Module:
     """The TaylorGLO phase: CMA-ES over the 8 Taylor parameters, records in the history."""
     from .taylorglo import search_taylorglo
 

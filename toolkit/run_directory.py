@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 from .train import ConfigError
 
 # What a run writes: an existing one is refused, and --overwrite removes these (and nothing else).
-RUN_OUTPUTS = ("results.json", "loss.json", "history.jsonl", "loss_snapshots.jsonl", "checkpoint.pt")
+RUN_OUTPUTS = ("results.json", "loss.json", "history.jsonl", "metrics.csv", "tensorboard", "loss_snapshots.jsonl",
+               "checkpoint.pt")
 LOCK_NAME = ".lock"
 
 
@@ -50,7 +52,11 @@ class RunDirectory:
                                   "continue it, --overwrite to replace it, or choose another --out")
             if self.overwrite and not self.resume:
                 for name in existing:
-                    (self.path / name).unlink()
+                    target = self.path / name
+                    if target.is_dir() and not target.is_symlink():
+                        shutil.rmtree(target)  # tensorboard/: event files only this toolkit writes
+                    else:
+                        target.unlink()
         except BaseException:
             self._unlock()
             raise

@@ -132,7 +132,11 @@ def format_markdown(study: Study, rows: list[dict[str, Any]], *, command: str | 
 
 
 def plot_study(study: Study, rows: list[dict[str, Any]]):
-    """Per-seed test metric per method (dots, one colour per seed, lines joining a seed), one panel per setting."""
+    """Per-seed test metric per method (dots, one colour per seed, lines joining a seed), one panel per setting.
+
+    Each seed's dots sit slightly apart, so seeds with equal values stay visible; the legend goes
+    below the panels, where it hides no data.
+    """
     import seaborn as sns
     from matplotlib.figure import Figure
 
@@ -147,19 +151,21 @@ def plot_study(study: Study, rows: list[dict[str, Any]]):
         for ax in axes[len(study.settings):]:
             ax.set_visible(False)
     colours = sns.color_palette("colorblind", len(study.seeds))
+    offsets = np.linspace(-0.12, 0.12, len(study.seeds)) if len(study.seeds) > 1 else [0.0]
     for ax, setting in zip(axes, study.settings):
         setting_rows = [r for r in rows if r["setting"] == setting]
-        for colour, seed in zip(colours, study.seeds):
+        for colour, seed, offset in zip(colours, study.seeds, offsets):
             xs = [i for i, r in enumerate(setting_rows) if str(seed) in r[f"{metric}_values"]]
             ys = [setting_rows[i][f"{metric}_values"][str(seed)] for i in xs]
-            ax.plot(xs, ys, "o-", color=colour, alpha=0.6, lw=0.8, ms=5, label=f"seed {seed}")
+            ax.plot([x + offset for x in xs], ys, "o-", color=colour, alpha=0.7, lw=0.8, ms=5, label=f"seed {seed}")
         means = [r.get(f"{metric}_mean") for r in setting_rows]
         ax.scatter([i for i, m in enumerate(means) if m is not None], [m for m in means if m is not None],
-                   marker="_", s=600, color="black", zorder=3, label="mean")
+                   marker="_", s=600, color="black", zorder=3, label="mean over seeds")
         ax.set_xticks(range(len(setting_rows)), [r["method"] for r in setting_rows], rotation=30, ha="right")
         ax.set_title(setting)
-        ax.set_ylabel(metric.replace("_", " "))
-    axes[len(study.settings) - 1].legend(fontsize="small", loc="best")
+        ax.set_ylabel("test error (fraction wrong)" if metric == "test_error" else "test MSE")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize="small")
     fig.suptitle(f"{study.path.name}: {metric.replace('_', ' ')} per seed")
     return fig
 

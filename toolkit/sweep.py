@@ -30,13 +30,14 @@ def process_pool(jobs: int) -> ProcessPoolExecutor:
 
 
 def run_one(config: TrainConfig, out_dir: str, resume: bool, overwrite: bool, progress: bool,
-            threads: int | None) -> dict:
+            threads: int | None, *, tensorboard: bool = False) -> dict:
     """Worker (picklable): train one run with ``threads`` CPU threads (None: leave torch's setting)."""
     if threads is not None:
         import torch
         torch.set_num_threads(threads)
     from .run import train
-    return train(config, out_dir=out_dir, resume=resume, overwrite=overwrite, progress=progress)
+    return train(config, out_dir=out_dir, resume=resume, overwrite=overwrite, progress=progress,
+                 tensorboard=tensorboard)
 
 
 def summarise(results: list[dict]) -> dict:
@@ -52,7 +53,8 @@ def summarise(results: list[dict]) -> dict:
 
 
 def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, jobs: int = 1,
-              resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+              resume: bool = False, overwrite: bool = False, progress: bool = True,
+              tensorboard: bool = False) -> dict:
     """Train ``config`` once per seed; return (and write) the summary.
 
     Args:
@@ -63,21 +65,27 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
         resume: resume each seed's run from its checkpoint where one exists.
         overwrite: replace runs already in the seed directories.
         progress: progress bars (only when running in this process).
+        tensorboard: each run also writes TensorBoard event files (:mod:`toolkit.run_log`).
     """
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError("--seeds needs distinct seeds, e.g. --seeds 0,1,2,3,4")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    if tensorboard:
+        from .run_log import summary_writer_class
+        summary_writer_class()  # a missing package is reported once, before any run starts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     dirs = [str(out / f"seed-{s}") for s in seeds]
     if jobs == 1:
-        results = [run_one(c, d, resume, overwrite, progress, None) for c, d in zip(configs, dirs)]
+        results = [run_one(c, d, resume, overwrite, progress, None, tensorboard=tensorboard)
+                   for c, d in zip(configs, dirs)]
     else:
         threads = threads_per_job(jobs)
         with process_pool(jobs) as pool:
-            futures = [pool.submit(run_one, c, d, resume, overwrite, False, threads) for c, d in zip(configs, dirs)]
+            futures = [pool.submit(run_one, c, d, resume, overwrite, False, threads, tensorboard=tensorboard)
+                       for c, d in zip(configs, dirs)]
             results = [f.result() for f in futures]
     summary = {"config": {**config.to_dict(), "seed": None}, "runs": dirs, **summarise(results)}
     write_json(out / "summary.json", summary)
