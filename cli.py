@@ -13,16 +13,16 @@ from pathlib import Path
 import click
 
 from toolkit import __version__
-from toolkit.config import PRESETS as PRESET_NAMES, click_options
+from toolkit.runs.config import PRESETS as PRESET_NAMES, click_options
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean 'the user asked for something wrong' (imported lazily)."""
     from losses import LossFileError
-    from toolkit.data import DataError
-    from toolkit.models import ModelError
-    from toolkit.online import NonFiniteError
-    from toolkit.train import ConfigError
-    from toolkit.rundir import AnalysisError
+    from toolkit.data.datasets import DataError
+    from toolkit.models.zoo import ModelError
+    from toolkit.meta.online import NonFiniteError
+    from toolkit.runs.common import ConfigError
+    from toolkit.analysis.rundir import AnalysisError
     return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError, AnalysisError)
 
 
@@ -35,7 +35,35 @@ def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated {what}, got {text!r}") from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LflGroup(click.Group):
+    """The ``lfl`` group: user errors become one line on stderr and exit status 2, never a traceback.
+
+    Handled in ``main`` itself, so the console script and click's ``CliRunner`` behave alike.
+    """
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            super().main(args=args, prog_name=prog_name or "lfl", complete_var=complete_var,
+                         standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
+            sys.exit(2)
+        except _user_errors() as exc:
+            rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+            click.echo((f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}").replace("\n", " "), err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; rerun with --resume to continue from the last checkpoint.", err=True)
+            sys.exit(130)
+        sys.exit(0)
+
+
+@click.group(cls=LflGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lfl")
 def cli() -> None:
     """Learn loss functions online (AdaLFL), read them as formulas, compare them."""
@@ -62,11 +90,11 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     """Train a model with a fixed or learned loss; write results.json, loss.json, history.jsonl and metrics.csv
     under --out.
 
-    Every option is declared once in toolkit.config.TrainConfig; defaults < --preset < --config file <
-    options typed here (toolkit.config.resolve_config, which the Python API uses too).
+    Every option is declared once in toolkit.runs.config.TrainConfig; defaults < --preset < --config file <
+    options typed here (toolkit.runs.config.resolve_config, which the Python API uses too).
     """
-    from toolkit.config import parse_int_list, parse_model_options, resolve_config
-    from toolkit.run import train as run_training
+    from toolkit.runs.config import parse_int_list, parse_model_options, resolve_config
+    from toolkit.runs.run import train as run_training
 
     seeds_text = seeds
     seed_list = _int_list(seeds_text, what="seeds")
@@ -91,7 +119,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     if seed_list:
         if out is None:
             raise click.BadParameter("--seeds needs --out DIR for the per-seed runs", param_hint="--seeds")
-        from toolkit.sweep import run_seeds
+        from toolkit.runs.sweep import run_seeds
         summary = run_seeds(config, list(seed_list), out_dir=out, jobs=jobs, resume=resume, overwrite=overwrite,
                             progress=not quiet, tensorboard=tensorboard)
         metric = "test_mse" if "test_mse" in summary else "test_error"
@@ -99,11 +127,11 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
         click.echo(f"{config.loss}: {metric} {stats['mean']:.4f} ± {stats['std']:.4f} over seeds "
                    f"{','.join(map(str, seed_list))} (worst {stats['max']:.4f})  -> {out}/summary.json")
         return
-    from toolkit import distributed
+    from toolkit.meta import distributed
 
     replicas, local_rank = distributed.from_environment()
     if replicas.active:  # launched by torchrun: one data-parallel run over WORLD_SIZE processes
-        from toolkit.train import resolve_device
+        from toolkit.runs.common import resolve_device
         device = resolve_device(config.device)
         if device.type == "cuda":
             import torch
@@ -143,8 +171,8 @@ def study(study_file: str, out: str, jobs: int, backend: str, address: str | Non
           quiet: bool) -> None:
     """A declared comparison: settings x methods, grids tuned on validation, paired tests over seeds."""
     if dry_run:
-        from toolkit.study import count_runs
-        from toolkit.study_spec import load_study
+        from toolkit.runs.study import count_runs
+        from toolkit.runs.study_spec import load_study
 
         spec = load_study(study_file)
         for group in spec.groups:
@@ -153,7 +181,7 @@ def study(study_file: str, out: str, jobs: int, backend: str, address: str | Non
         click.echo(f"{count_runs(spec)} runs at most (runs shared by methods train once); "
                    f"selection seed {spec.selection_seed}")
         return
-    from toolkit.study_report import study_command
+    from toolkit.runs.study_report import study_command
 
     command = (f"lfl study {study_file} --out {out}" + (f" --jobs {jobs}" if jobs != 1 else "")
                + (f" --backend {backend}" if backend != "local" else "") + (f" --address {address}" if address else ""))
@@ -170,7 +198,7 @@ def study(study_file: str, out: str, jobs: int, backend: str, address: str | Non
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def datasets(data_dir: str | None, as_json: bool) -> None:
     """List the datasets, whether their files were found, and where."""
-    from toolkit.data import dataset_status
+    from toolkit.data.datasets import dataset_status
 
     rows = dataset_status(data_dir=data_dir)
     if as_json:
@@ -198,8 +226,8 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 def bench(model: str, all_models: bool, dataset_shape: str, classes: int, batch_size: int, device: str,
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
-    from toolkit.bench import benchmark_all, benchmark_steps
-    from toolkit.train import resolve_device
+    from toolkit.runs.bench import benchmark_all, benchmark_steps
+    from toolkit.runs.common import resolve_device
 
     options = {"device": resolve_device(device), "loss_param": loss_param, "loss_scale": loss_scale,
                "breakdown": breakdown}
@@ -268,7 +296,7 @@ def export(source: str | None, fmt: str, approx: bool, step: int | None, max_ter
            domain: str | None, taylor_order: int | None, around: float, around_y: float | None,
            output: str | None) -> None:
     """Print a learned loss (a run directory or loss.json) as a formula: exact, --approx or --taylor."""
-    from toolkit.export import export_loss
+    from toolkit.analysis.export import export_loss
 
     if source is None:
         raise click.UsageError("lfl export needs RUN_OR_LOSS: a run directory or a loss .json file")
@@ -290,8 +318,8 @@ def export(source: str | None, fmt: str, approx: bool, step: int | None, max_ter
 @click.option("--format", "formats", default="png,svg", show_default=True, help="Comma-separated: png, svg.")
 def plot(runs: tuple[str, ...], out: str, formats: str) -> None:
     """Figures of runs: learning curves, final test errors, and for learned losses their evolution."""
-    from toolkit.plots import plot_runs
-    from toolkit.rundir import find_runs
+    from toolkit.analysis.plots import plot_runs
+    from toolkit.analysis.rundir import find_runs
 
     paths = plot_runs(find_runs(list(runs)), out, formats=[f.strip() for f in formats.split(",") if f.strip()])
     for path in paths:
@@ -306,36 +334,20 @@ def plot(runs: tuple[str, ...], out: str, formats: str) -> None:
 @click.option("--metric", default="test_error", show_default=True, help="A key of results.json.")
 def compare(runs: tuple[str, ...], fmt: str, baseline: str, metric: str) -> None:
     """Mean ± std of the test error per method across seeds, with paired tests against a baseline."""
-    from toolkit.compare import compare_runs, format_comparison
-    from toolkit.rundir import find_runs
+    from toolkit.analysis.compare import compare_runs, format_comparison
+    from toolkit.analysis.rundir import find_runs
 
     found = find_runs(list(runs))
     rows = compare_runs(found, baseline=baseline, metric=metric)
     if fmt == "text":
-        from toolkit.rundir import budget_note
+        from toolkit.analysis.rundir import budget_note
         click.echo(budget_note([r for r in found if r.results]))
     click.echo(format_comparison(rows, fmt, metric=metric), nl=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the group, turning user errors into one line and exit status 2."""
-    try:
-        cli.main(args=argv, prog_name="lfl", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
-        sys.exit(2)
-    except _user_errors() as exc:
-        rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
-        click.echo((f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}").replace("\n", " "), err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; rerun with --resume to continue from the last checkpoint.", err=True)
-        sys.exit(130)
+    """Entry point (the ``lfl`` console script): :meth:`LflGroup.main` with the process's arguments."""
+    cli.main(args=argv, prog_name="lfl")
 
 
 if __name__ == "__main__":

@@ -10,10 +10,10 @@ from torch import nn
 
 import losses
 from helpers import STRUCTURES, batch, tiny_mlp
-from toolkit.distributed import Replicas, convert_sync_batchnorm
-from toolkit.lookahead import meta_gradient
-from toolkit.online import OnlineLossLearner
-from toolkit.rules import AdamRule, SGDRule
+from toolkit.meta.distributed import Replicas, convert_sync_batchnorm
+from toolkit.meta.lookahead import meta_gradient
+from toolkit.meta.online import OnlineLossLearner
+from toolkit.meta.rules import AdamRule, SGDRule
 
 
 def join(rank: int, world: int, init_file: str) -> Replicas:

@@ -37,7 +37,7 @@ class Shared(nn.Module):
 
 
 def _build(name, **options):
-    from toolkit.models import build_model
+    from toolkit.models.zoo import build_model
     return build_model(name, **options)
 
 
@@ -137,7 +137,7 @@ def crash_once(config, out_dir: str, threads):
     import os
     from pathlib import Path
 
-    from toolkit.study import _train_one
+    from toolkit.runs.study import _train_one
 
     marker = Path(out_dir + ".crashed")
     if not marker.exists():
@@ -145,3 +145,18 @@ def crash_once(config, out_dir: str, threads):
         marker.touch()
         os._exit(1)
     return _train_one(config, out_dir, threads)
+
+
+def run_lfl(*args, cwd=None):
+    """``lfl ARGS`` in this process with click's CliRunner: an object with returncode, stdout and stderr
+    (as subprocess.run gives), through the same one-line error handling as the console script."""
+    import contextlib
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from toolkit.adam import adam_init, adam_update, all_finite, clip_by_global_norm
+from toolkit.meta.adam import adam_init, adam_update, all_finite, clip_by_global_norm
 
 
 def test_adam_matches_torch_optim_adam():

@@ -1,4 +1,4 @@
-"""Closed-form extraction, Taylor expansion and run-directory reading (toolkit.analysis, closed_form, rundir)."""
+"""Closed-form extraction, Taylor expansion and run-directory reading (toolkit.analysis.fit, closed_form, rundir)."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,8 @@ import torch
 
 import losses
 from losses import Y_PRED, Y_TRUE
-from toolkit.analysis import approximate_loss, fidelity, loss_values, taylor_expansion
-from toolkit.rundir import AnalysisError, find_runs, load_loss_source, read_run, run_labels
+from toolkit.analysis.fit import approximate_loss, fidelity, loss_values, taylor_expansion
+from toolkit.analysis.rundir import AnalysisError, find_runs, load_loss_source, read_run, run_labels
 
 
 def _grid_values(expression, task, p, y):

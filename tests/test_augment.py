@@ -11,11 +11,11 @@ import pytest
 import torch
 from test_data import write_cifar10, write_svhn
 
-from toolkit import run
-from toolkit.augment import (Augmentation, augment_batch, augmentation_draws, augmentation_for, augmentation_seed,
+from toolkit.runs import run
+from toolkit.data.augment import (Augmentation, augment_batch, augmentation_draws, augmentation_for, augmentation_seed,
                              crop_and_flip)
-from toolkit.data import load_dataset
-from toolkit.train import BatchStream, TrainConfig
+from toolkit.data.datasets import load_dataset
+from toolkit.runs.common import BatchStream, TrainConfig
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_augmentation_seeds_are_a_stream_apart_from_the_batch_permutations():
 
 
 def test_same_draws_in_a_fresh_process_and_torchvision_is_never_imported():
-    code = ("import sys, torch; from toolkit.augment import augmentation_draws; import toolkit.run; "
+    code = ("import sys, torch; from toolkit.data.augment import augmentation_draws; import toolkit.runs.run; "
             "o, f = augmentation_draws(16, seed=9, step=123, crop_padding=4, flip=True); "
             "print(o.tolist(), f.tolist(), 'torchvision' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPOSITORY, capture_output=True, text=True,

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import pytest
 
+from helpers import run_lfl
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def lfl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """In process, with click's CliRunner (helpers.run_lfl); the smoke test below runs the real script."""
+    return run_lfl(*args, cwd=cwd)
+
+
+def lfl_subprocess(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, env=env, timeout=300)
+                          cwd=ROOT, env=env, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -25,6 +32,12 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) 
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def test_the_console_script_runs_and_fails_with_one_line():
+    """The one subprocess smoke test: the real entry point, its help, and a user error's one line."""
+    assert lfl_subprocess("--version").stdout.startswith("lfl, version")
+    assert_one_line_error(lfl_subprocess("train", "--dataset", "imagenet"), "imagenet")
 
 
 def test_version_and_help():

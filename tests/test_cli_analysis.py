@@ -12,21 +12,21 @@ import pytest
 import torch
 
 import cli
+from helpers import run_lfl
 import losses
-from toolkit.run import train
-from toolkit.train import TrainConfig
+from toolkit.runs.run import train
+from toolkit.runs.common import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def lfl(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=300)
+    """In process, with click's CliRunner (the console script itself is smoke-tested in test_cli.py)."""
+    return run_lfl(*args, cwd=ROOT)
 
 
 def lfl_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """The same entry point without a new interpreter (the subprocess tests above cover the real one)."""
+    """The same entry point, called as the console script calls it."""
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*map(str, args)])
         raise SystemExit(0)
@@ -90,7 +90,7 @@ def test_export_formats(runs, capsys, tmp_path):
 
 
 def _snapshots(path: Path):
-    from toolkit.rundir import read_run
+    from toolkit.analysis.rundir import read_run
     return read_run(path).snapshots()
 
 

@@ -1,4 +1,4 @@
-"""Method comparison across seeds (toolkit.compare): summaries, paired tests against scipy, formats."""
+"""Method comparison across seeds (toolkit.analysis.compare): summaries, paired tests against scipy, formats."""
 from __future__ import annotations
 
 import csv
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from toolkit.compare import compare_runs, format_comparison
-from toolkit.rundir import AnalysisError, find_runs
+from toolkit.analysis.compare import compare_runs, format_comparison
+from toolkit.analysis.rundir import AnalysisError, find_runs
 
 CE = [0.120, 0.118, 0.125, 0.121, 0.119, 0.123]
 ADALFL = [0.110, 0.112, 0.115, 0.117, 0.109, 0.116]
@@ -97,7 +97,7 @@ def _write_config(path, *, loss, seed, error, config, dataset="digits", task="cl
 
 
 def test_runs_of_one_method_with_different_settings_are_never_pooled(tmp_path):
-    from toolkit.rundir import budget_note
+    from toolkit.analysis.rundir import budget_note
 
     for seed in range(3):
         _write_config(tmp_path / "a" / f"seed-{seed}", loss="ce", seed=seed, error=0.1 + seed / 100,
@@ -115,7 +115,7 @@ def test_runs_of_one_method_with_different_settings_are_never_pooled(tmp_path):
 
 
 def test_plots_refuse_runs_of_different_datasets(tmp_path):
-    from toolkit.plots import plot_final_errors
+    from toolkit.analysis.plots import plot_final_errors
 
     _write(tmp_path / "a", loss="ce", seed=0, error=0.1)
     _write(tmp_path / "b", loss="mse", seed=0, error=0.5, dataset="diabetes", task="regression")

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from toolkit.config import (OPTION_NAMES, PRESETS, ConfigError, TrainConfig, lr_at, read_config_file,
+from toolkit.runs.config import (OPTION_NAMES, PRESETS, ConfigError, TrainConfig, lr_at, read_config_file,
                             resolve_config)
 
 

@@ -1,4 +1,4 @@
-"""Tests for toolkit.data on small files written here in the real formats."""
+"""Tests for toolkit.data.datasets on small files written here in the real formats."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit import data, datasets_formats
-from toolkit.data import DATASET_NAMES, DataError, dataset_status, load_dataset, search_roots
+from toolkit.data import datasets, formats as datasets_formats
+from toolkit.data.datasets import DATASET_NAMES, DataError, dataset_status, load_dataset, search_roots
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

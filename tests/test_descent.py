@@ -1,4 +1,4 @@
-"""The descent guard (toolkit.descent): no sample's step goes uphill, and the meta-gradient stays exact."""
+"""The descent guard (toolkit.meta.descent): no sample's step goes uphill, and the meta-gradient stays exact."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 import losses
 from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
 from losses import encode_targets, task_gradient, task_loss
-from toolkit.descent import descent_reflection
-from toolkit.lookahead import SGDRule, meta_gradient_fast, meta_gradient_naive
+from toolkit.meta.descent import descent_reflection
+from toolkit.meta.lookahead import SGDRule, meta_gradient_fast, meta_gradient_naive
 
 F64 = torch.float64
 

@@ -12,8 +12,8 @@ import torch
 import torch.multiprocessing as mp
 
 from distributed_workers import lookahead_steps, run_failing_worker, run_lookahead_worker
-from toolkit.distributed import SINGLE, Replicas
-from toolkit.train import ConfigError
+from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.runs.common import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

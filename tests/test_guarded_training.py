@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 from losses import GradientScaledLoss, MLPLoss, task_loss
-from toolkit.data import load_dataset
-from toolkit.lookahead import SGDRule
-from toolkit.online import OnlineLossLearner, accept_or_fall_back
-from toolkit.run import train
-from toolkit.train import BatchStream, TrainConfig, evaluate
+from toolkit.data.datasets import load_dataset
+from toolkit.meta.lookahead import SGDRule
+from toolkit.meta.online import OnlineLossLearner, accept_or_fall_back
+from toolkit.runs.run import train
+from toolkit.runs.common import BatchStream, TrainConfig, evaluate
 
 
 @pytest.mark.parametrize("init_steps,loss_param", [(0, "mlp"), (60, "taylor")])
@@ -78,7 +78,7 @@ def test_without_the_guard_the_same_recipe_trains_backwards(digits) -> None:
 
 
 def test_a_step_that_raises_the_batch_loss_is_replaced_by_the_task_losses_own_step() -> None:
-    from toolkit.lookahead import sgd_update
+    from toolkit.meta.lookahead import sgd_update
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
@@ -111,7 +111,7 @@ def test_guarded_fixed_loss_steps_equal_torch_optim_sgd_when_nothing_is_reflecte
     import copy
 
     from losses import SymbolicLoss
-    from toolkit.run import FixedLossStepper
+    from toolkit.runs.run import FixedLossStepper
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
@@ -145,9 +145,9 @@ class _FlatLoss(nn.Module):
 def test_a_flat_learned_loss_cannot_stall_training() -> None:
     """Every zero step is rejected, so the guarded stepper takes exactly torch.optim.SGD's MSE steps."""
     import copy
-    from toolkit.online import frozen_copy
-    from toolkit.run import FixedLossStepper
-    from toolkit.train import TrainConfig
+    from toolkit.meta.online import frozen_copy
+    from toolkit.runs.run import FixedLossStepper
+    from toolkit.runs.common import TrainConfig
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1)).double()

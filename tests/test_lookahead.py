@@ -8,8 +8,8 @@ from torch.func import functional_call
 import losses
 from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv,
                      tiny_mlp)
-from toolkit.lookahead import _is_own_state, meta_gradient, meta_gradient_naive, sgd_update
-from toolkit.rules import AdamRule, SGDRule, torch_optimizer
+from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive, sgd_update
+from toolkit.meta.rules import AdamRule, SGDRule, torch_optimizer
 from losses import task_loss
 
 meta_gradient_fast = meta_gradient
@@ -221,7 +221,7 @@ def test_bad_rules_are_rejected():
 
 def test_fast_meta_gradient_with_frozen_layers_equals_naive():
     """Fine-tuning: θ holds only the trainable parameters; the frozen first convolution is a constant."""
-    from toolkit.models import build_model
+    from toolkit.models.zoo import build_model
     torch.manual_seed(0)
     model = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=3).double()
     model.features[0].requires_grad_(False)
@@ -280,7 +280,7 @@ def test_module_own_state_gives_the_functional_result(model_name):
     """Passing the module's own parameters and buffers runs the module directly (no functional_call):
     the lookahead, the buffer updates and the module's parameters must be exactly as with copies."""
     import copy
-    from toolkit.models import build_model
+    from toolkit.models.zoo import build_model
     if model_name == "frozen-lenet":
         torch.manual_seed(0)
         model, shape = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=3).double(), (1, 12, 12)
@@ -373,7 +373,7 @@ def test_varied_layer_stacks_are_exact(name):
 
 @pytest.mark.parametrize("name", FROZEN)
 def test_frozen_parts_of_lenet_are_exact(name):
-    from toolkit.models import build_model
+    from toolkit.models.zoo import build_model
     torch.manual_seed(0)
     model = build_model("lenet5", input_shape=(1, 12, 12), num_outputs=3).double()
     FROZEN[name](model)

@@ -151,7 +151,7 @@ def test_bad_arguments_name_the_fix():
 
 
 def test_a_frozen_copy_steps_identically_without_a_second_order_graph():
-    from toolkit.online import frozen_copy
+    from toolkit.meta.online import frozen_copy
 
     torch.manual_seed(6)
     loss = GradientScaledLoss(MLPLoss(hidden=(5, 5)), max_scale=2.0).double()

@@ -1,4 +1,4 @@
-"""Tests for toolkit.models: shapes, sizes, gradients, determinism and errors."""
+"""Tests for toolkit.models.zoo: shapes, sizes, gradients, determinism and errors."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from torch import nn
 from torch.autograd import forward_ad
 from torch.func import functional_call, jvp
 
-import toolkit.models
-from toolkit.models import MIN_IMAGE_SIZE, MODEL_NAMES, ModelError, build_model, model_options
+import toolkit.models.zoo
+from toolkit.models.zoo import MIN_IMAGE_SIZE, MODEL_NAMES, ModelError, build_model, model_options
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -221,11 +221,11 @@ def test_hessian_vector_product_matches_central_difference(name, shape):
 
 def test_aliases_and_case_insensitive_names():
     assert isinstance(build_model("LeNet", input_shape=MNIST, num_outputs=10),
-                      toolkit.models.LeNet5)
+                      toolkit.models.zoo.LeNet5)
     assert isinstance(build_model("Logistic", input_shape=TABULAR, num_outputs=3),
-                      toolkit.models.LogisticRegression)
+                      toolkit.models.zoo.LogisticRegression)
     wrn = build_model("WRN", input_shape=CIFAR, num_outputs=10, depth=10, width=1)
-    assert isinstance(wrn, toolkit.models.PreActResNet)
+    assert isinstance(wrn, toolkit.models.zoo.PreActResNet)
 
 
 def test_model_options_defaults():
@@ -308,7 +308,7 @@ def test_error_messages():
 
 
 def test_module_docstring_example():
-    result = doctest.testmod(toolkit.models, verbose=False)
+    result = doctest.testmod(toolkit.models.zoo, verbose=False)
     assert result.attempted > 0 and result.failed == 0
 
 

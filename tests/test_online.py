@@ -10,10 +10,10 @@ from torch import nn
 
 import losses
 from helpers import batch, tiny_bn_dropout, tiny_mlp
-from toolkit.adam import adam_init, adam_update
-from toolkit.lookahead import SGDRule, meta_gradient_naive
-from toolkit.offline import offline_initialise
-from toolkit.online import NonFiniteError, OnlineLossLearner
+from toolkit.meta.adam import adam_init, adam_update
+from toolkit.meta.lookahead import SGDRule, meta_gradient_naive
+from toolkit.meta.offline import offline_initialise
+from toolkit.meta.online import NonFiniteError, OnlineLossLearner
 
 
 def _learner(model=None, **kw):
@@ -164,8 +164,8 @@ def test_offline_initialisation_lowers_the_one_step_objective_and_leaves_model_a
 
 
 def test_reinitialise_trusts_a_model_level_reset():
-    from toolkit.models import build_model
-    from toolkit.offline import reinitialise
+    from toolkit.models.zoo import build_model
+    from toolkit.meta.offline import reinitialise
     torch.manual_seed(0)
     model = build_model("lenet5", input_shape=(1, 28, 28), num_outputs=10)
     reinitialise(model)
@@ -185,8 +185,8 @@ def test_batchnorm_running_statistics_are_updated_exactly_once_per_step():
 def test_bench_reports_ratios_and_a_breakdown_that_adds_up():
     """lfl bench's numbers on a tiny model: every route timed, the fast step's labelled parts
     all seen by the profiler and no larger than the step."""
-    from toolkit.bench import benchmark_steps
-    from toolkit.lookahead import PHASES
+    from toolkit.runs.bench import benchmark_steps
+    from toolkit.meta.lookahead import PHASES
 
     result = benchmark_steps(model="mlp", input_shape=(12,), num_outputs=3, batch_size=16, repeats=3, warmup=1,
                              breakdown=True)

@@ -1,4 +1,4 @@
-"""Figures (toolkit.plots): titles, axis labels, readable scales and ticks, non-empty PNG/SVG files, on small
+"""Figures (toolkit.analysis.plots): titles, axis labels, readable scales and ticks, non-empty PNG/SVG files, on small
 synthetic runs shaped like real ones (a learned loss in the thousands beside cross-entropy below 1)."""
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import losses
-from toolkit.plots import (plot_diagnostics, plot_final_errors, plot_gradient_magnitude, plot_learning_curves, plot_loss_evolution,
+from toolkit.analysis.plots import (plot_diagnostics, plot_final_errors, plot_gradient_magnitude, plot_learning_curves, plot_loss_evolution,
                            plot_loss_surface, plot_runs, save_figure)
-from toolkit.rundir import AnalysisError, find_runs
+from toolkit.analysis.rundir import AnalysisError, find_runs
 
 
 def _write_run(path, *, loss: str, seed: int, error: float, learned: bool, grad_ratios=(1.5, 1.5, 1.5),
@@ -178,6 +178,6 @@ def test_save_and_plot_runs_write_non_empty_png_and_svg(runs, tmp_path):
 def test_import_toolkit_plots_stays_light():
     import subprocess
     import sys
-    code = "import sys, toolkit.plots, toolkit.analysis, toolkit.compare; print('matplotlib' in sys.modules)"
+    code = "import sys, toolkit.analysis.plots, toolkit.analysis.fit, toolkit.analysis.compare; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

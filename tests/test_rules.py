@@ -9,8 +9,8 @@ import torch
 import losses
 from helpers import batch, tiny_mlp
 from losses import task_loss
-from toolkit.online import OnlineLossLearner
-from toolkit.rules import AdamRule, SGDRule, as_rule, make_rule, rule_from_optimizer, update_with_pullback
+from toolkit.meta.online import OnlineLossLearner
+from toolkit.meta.rules import AdamRule, SGDRule, as_rule, make_rule, rule_from_optimizer, update_with_pullback
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.1),

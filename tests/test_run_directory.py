@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolkit.online import NonFiniteError
-from toolkit.run import train
-from toolkit.run_directory import RunDirectory
-from toolkit.train import ConfigError, TrainConfig
+from toolkit.meta.online import NonFiniteError
+from toolkit.runs.run import train
+from toolkit.runs.run_directory import RunDirectory
+from toolkit.runs.common import ConfigError, TrainConfig
 
 
 def small(**options) -> TrainConfig:

@@ -1,4 +1,4 @@
-"""The run's records as CSV and TensorBoard scalars (toolkit.run_log): the same numbers as history.jsonl."""
+"""The run's records as CSV and TensorBoard scalars (toolkit.runs.log): the same numbers as history.jsonl."""
 from __future__ import annotations
 
 import csv
@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from toolkit.data import load_dataset
-from toolkit.run import train
-from toolkit.run_log import RunLog, read_metrics_csv
-from toolkit.train import TrainConfig
+from toolkit.data.datasets import load_dataset
+from toolkit.runs.run import train
+from toolkit.runs.log import RunLog, read_metrics_csv
+from toolkit.runs.common import TrainConfig
 
 
 class Interrupted(Exception):

@@ -12,9 +12,9 @@ from scipy import stats
 
 from cli import main
 from helpers import crash_once
-from toolkit.study import count_runs, run_study
-from toolkit.study_report import study_command
-from toolkit.study_spec import StudyError, load_study, run_key
+from toolkit.runs.study import count_runs, run_study
+from toolkit.runs.study_report import study_command
+from toolkit.runs.study_spec import StudyError, load_study, run_key
 
 SHARED = """
 [study]
@@ -232,9 +232,9 @@ lr = 0.1
 
 
 def test_a_run_failing_once_is_retried_and_one_failing_twice_is_reported(tmp_path, monkeypatch) -> None:
-    import toolkit.study
+    import toolkit.runs.study
 
-    real_run_one, calls = toolkit.study.run_one, {}
+    real_run_one, calls = toolkit.runs.study.run_one, {}
 
     def flaky(config, out_dir, *args):
         calls[config.seed] = calls.get(config.seed, 0) + 1
@@ -244,20 +244,20 @@ def test_a_run_failing_once_is_retried_and_one_failing_twice_is_reported(tmp_pat
             raise RuntimeError("out of memory")  # seed 2: fails every time
         return real_run_one(config, out_dir, *args)
 
-    monkeypatch.setattr(toolkit.study, "run_one", flaky)
+    monkeypatch.setattr(toolkit.runs.study, "run_one", flaky)
     path = write(tmp_path, ONE_METHOD)
     (row,) = study_command(path, tmp_path / "out", progress=False)["rows"]
-    assert calls == {0: 1, 1: 2, 2: toolkit.study.MAX_ATTEMPTS}
+    assert calls == {0: 1, 1: 2, 2: toolkit.runs.study.MAX_ATTEMPTS}
     assert row["n"] == 2 and row["seeds"] == [0, 1]
     assert row["failed"] == {"2": "RuntimeError: out of memory"}
-    monkeypatch.setattr(toolkit.study, "run_one", real_run_one)
+    monkeypatch.setattr(toolkit.runs.study, "run_one", real_run_one)
     again = study_command(path, tmp_path / "out", progress=False)
     assert again["reused_results"] == 2 and again["rows"][0]["n"] == 3  # the retried run is reused as it stands
 
 
 def test_a_diverged_run_is_not_retried(tmp_path, monkeypatch) -> None:
-    import toolkit.study
-    from toolkit.online import NonFiniteError
+    import toolkit.runs.study
+    from toolkit.meta.online import NonFiniteError
 
     calls = []
 
@@ -265,15 +265,15 @@ def test_a_diverged_run_is_not_retried(tmp_path, monkeypatch) -> None:
         calls.append(config.seed)
         raise NonFiniteError("the training loss is nan at step 3")
 
-    monkeypatch.setattr(toolkit.study, "run_one", diverge)
+    monkeypatch.setattr(toolkit.runs.study, "run_one", diverge)
     (row,) = study_command(write(tmp_path, ONE_METHOD), tmp_path / "out", progress=False)["rows"]
     assert sorted(calls) == [0, 1, 2] and row["n"] == 0 and set(row["failed"]) == {"0", "1", "2"}
 
 
 def test_a_dead_worker_process_is_replaced_and_its_run_retried(tmp_path, monkeypatch) -> None:
-    import toolkit.study
+    import toolkit.runs.study
 
-    monkeypatch.setattr(toolkit.study, "_train_one", crash_once)
+    monkeypatch.setattr(toolkit.runs.study, "_train_one", crash_once)
     path = write(tmp_path, ONE_METHOD.replace("seeds = [0, 1, 2]", "seeds = [0]"))
     (row,) = study_command(path, tmp_path / "out", jobs=2, progress=False)["rows"]
     assert row["n"] == 1 and "failed" not in row
@@ -305,13 +305,13 @@ def test_ray_backend_without_ray_names_the_install_hint(tmp_path, capsys, monkey
 
 
 def test_ray_is_imported_only_when_the_ray_backend_runs() -> None:
-    code = "import sys, cli, toolkit.study, toolkit.backends; assert 'ray' not in sys.modules"
+    code = "import sys, cli, toolkit.runs.study, toolkit.runs.backends; assert 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 
 
 def test_the_study_figure_keeps_every_seed_visible_and_its_legend_off_the_data(tmp_path):
     """Seeds with equal values sat on one dot, and the legend sat inside the last panel."""
-    from toolkit.study_report import plot_study
+    from toolkit.runs.study_report import plot_study
 
     study = load_study(write(tmp_path, CLASSIFICATION))
     values = {"0": 0.1, "1": 0.1, "2": 0.3}

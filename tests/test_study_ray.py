@@ -38,7 +38,7 @@ def without_wall_clock(report: dict, out: Path) -> dict:
 
 
 def test_ray_and_local_backends_write_the_same_report(tmp_path, capsys, monkeypatch) -> None:
-    from toolkit.backends import RayTasks
+    from toolkit.runs.backends import RayTasks
 
     submitted = []
     monkeypatch.setattr(RayTasks, "submit", lambda self, *args, submit=RayTasks.submit, **kwargs:
@@ -57,10 +57,10 @@ def test_ray_and_local_backends_write_the_same_report(tmp_path, capsys, monkeypa
 
 
 def test_a_dead_ray_worker_is_retried(tmp_path, monkeypatch) -> None:
-    import toolkit.study
-    from toolkit.study_report import study_command
+    import toolkit.runs.study
+    from toolkit.runs.study_report import study_command
 
-    monkeypatch.setattr(toolkit.study, "_train_one", crash_once)
+    monkeypatch.setattr(toolkit.runs.study, "_train_one", crash_once)
     # Ray workers cannot import tests/helpers.py (not on their path): send crash_once by value.
     ray.cloudpickle.register_pickle_by_value(helpers)
     path = write(tmp_path, ONE_METHOD.replace("seeds = [0, 1, 2]", "seeds = [0]"))

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import losses
-from toolkit.data import load_dataset
-from toolkit.run import load_run_dataset, train
-from toolkit.taylorglo import cma_minimise, satisfies_invariant, search_taylorglo, taylorglo_loss
-from toolkit.train import TrainConfig
+from toolkit.data.datasets import load_dataset
+from toolkit.runs.run import load_run_dataset, train
+from toolkit.meta.taylorglo import cma_minimise, satisfies_invariant, search_taylorglo, taylorglo_loss
+from toolkit.runs.common import TrainConfig
 
 
 def test_cma_finds_the_optimum_of_a_shifted_quadratic():

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import losses
-from toolkit.data import load_dataset
-from toolkit.run import train
-from toolkit.train import BatchStream, ConfigError, TrainConfig, lr_at
+from toolkit.data.datasets import load_dataset
+from toolkit.runs.run import train
+from toolkit.runs.common import BatchStream, ConfigError, TrainConfig, lr_at
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def test_adalfl_run_records_diagnostics_and_snapshots(tmp_path, digits):
 
 
 def test_learned_losses_are_gradient_normalised_unless_the_paper_preset_asks_otherwise():
-    from toolkit.run import make_loss
-    from toolkit.train import PRESETS
+    from toolkit.runs.run import make_loss
+    from toolkit.runs.common import PRESETS
     default = make_loss(small(loss="adalfl"), "classification")
     assert isinstance(default, losses.GradientScaledLoss) and isinstance(default.shape, losses.MLPLoss)
     assert default.max_scale == 1.0
@@ -144,7 +144,7 @@ def test_bad_options_name_the_fix(kw, match):
 
 
 def test_seeds_write_one_run_per_seed_and_a_summary(tmp_path):
-    from toolkit.sweep import run_seeds
+    from toolkit.runs.sweep import run_seeds
     summary = run_seeds(small(steps=20), [0, 1], out_dir=tmp_path, progress=False)
     one = json.loads((tmp_path / "seed-1" / "results.json").read_text())
     assert one["seed"] == 1
@@ -222,7 +222,7 @@ def test_online_updates_use_the_online_meta_learning_rate(tmp_path, digits, onli
 
 
 def test_online_meta_learning_rate_defaults_and_falls_back_to_the_offline_one():
-    from toolkit.train import PRESETS
+    from toolkit.runs.common import PRESETS
     assert TrainConfig().online_meta_lr == 1e-4 and TrainConfig().meta_lr == 1e-3
     assert TrainConfig(**PRESETS["paper"]).online_meta_lr == 1e-3  # the paper: one Adam rate, 1e-3, for both phases
     with pytest.raises(ConfigError, match="--online-meta-lr"):

@@ -62,8 +62,8 @@ def test_hostile_formulas_never_run_from_any_way_in(tmp_path, monkeypatch, capsy
 
 @pytest.fixture(scope="module")
 def learned_run(tmp_path_factory) -> Path:
-    from toolkit.run import train
-    from toolkit.train import TrainConfig
+    from toolkit.runs.run import train
+    from toolkit.runs.common import TrainConfig
 
     out = tmp_path_factory.mktemp("untrusted") / "run"
     train(TrainConfig(dataset="digits", model="mlp", model_options={"hidden": (16,)}, loss="adalfl", init_steps=3,

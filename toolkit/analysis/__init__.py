@@ -1,0 +1,33 @@
+"""Reading what was learned: exact and approximate closed forms, exports, run directories read
+back, comparisons with paired tests, and plots.
+
+The names below load their module on first use, so importing the package stays cheap."""
+from __future__ import annotations
+
+from importlib import import_module
+
+_WHERE = {
+    "exact_formula": "fit",
+    "approximate_loss": "fit",
+    "taylor_expansion": "fit",
+    "export_loss": "export",
+    "AnalysisError": "rundir",
+    "read_run": "rundir",
+    "find_runs": "rundir",
+    "compare_runs": "compare",
+    "format_comparison": "compare",
+    "plot_learning_curves": "plots",
+    "plot_loss_evolution": "plots",
+    "plot_loss_surface": "plots",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

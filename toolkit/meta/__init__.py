@@ -1,0 +1,43 @@
+"""Learning the loss: base optimisers as differentiable rules, the one-step lookahead and its exact
+meta-gradient, the online learner (AdaLFL), the offline phase (ML3), the descent guard, the TaylorGLO
+search, and data-parallel replicas.
+
+The names below load their module on first use, so importing the package stays cheap."""
+from __future__ import annotations
+
+from importlib import import_module
+
+_WHERE = {
+    "SGDRule": "rules",
+    "AdamRule": "rules",
+    "StepRule": "rules",
+    "make_rule": "rules",
+    "rule_from_optimizer": "rules",
+    "Lookahead": "lookahead",
+    "meta_gradient": "lookahead",
+    "meta_gradient_naive": "lookahead",
+    "jacobian_vector_product": "lookahead",
+    "OnlineLossLearner": "online",
+    "NonFiniteError": "online",
+    "frozen_copy": "online",
+    "offline_initialise": "offline",
+    "descent_reflection": "descent",
+    "parameter_reflection": "descent",
+    "search_taylorglo": "taylorglo",
+    "taylorglo_loss": "taylorglo",
+    "Replicas": "distributed",
+    "from_environment": "distributed",
+    "SyncBatchNorm": "distributed",
+    "convert_sync_batchnorm": "distributed",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})

@@ -1,0 +1,385 @@
+"""The one-step lookahead: the base step and its exact meta-gradient, for any model and base optimiser.
+
+Pure functions over explicit parameter dictionaries (``torch.func`` style): they never
+mutate a module's parameters, so the stateful wrappers in :mod:`toolkit.meta.online` and
+:mod:`toolkit.meta.offline` decide what to keep.
+
+Notation (DESIGN.md): g = ∇θ M_φ(y, f_θ(x)) on the training batch, θ' = U(θ, g, s) the base
+optimiser's step (:mod:`toolkit.meta.rules`: SGD with momentum, Nesterov and weight decay, Adam,
+AdamW; s its state, a constant of the step), and L(θ') the task loss on the validation
+batch. With v = ∇θ' L, w = (∂U/∂g)ᵀ v, u = J_f w (J_f = ∂f/∂θ on the training batch) and
+m(φ) = ∂M_φ/∂f, the meta-gradient is
+
+    dL/dφ = ∂/∂φ [ u · m(φ) ].
+
+:func:`meta_gradient` evaluates exactly this, with nothing that depends on the model's
+structure: the training forward and backward by autograd over ``functional_call``, w by
+autograd through the rule's own update (:func:`toolkit.meta.rules.update_with_pullback`; −lr·v
+for plain SGD), u by forward-mode AD (``torch.func.jvp``) through the model with the same
+buffers and the same random numbers (dropout masks), and m and its pullback derived from
+the loss's forward (:func:`losses.derivatives.value_gradient_pullback`). In-place
+operations, hooks, BatchNorm, residual blocks and dropout are all handled by autograd and
+forward-mode AD themselves. :func:`meta_gradient_naive` differentiates through the whole
+unrolled step (``create_graph=True``) and is the reference the tests compare against.
+
+References:
+    Raymond, Chen, Xue, Zhang. Online Loss Function Learning. arXiv 2301.13247.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, jvp
+
+from losses import encode_targets
+from losses.base import fill_missing_gradients, require_scalar
+from losses.derivatives import value_gradient_pullback
+from losses.standard import task_gradient, task_loss
+
+from toolkit.meta.descent import Reflection, descent_reflection, guarded_gradients, parameter_reflection
+from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
+
+TensorDict = dict[str, Tensor]
+Batch = tuple[Tensor, Tensor]
+
+
+def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+               momentum: Mapping[str, Tensor] | None, rule: SGDRule) -> tuple[TensorDict, TensorDict | None]:
+    """One SGD step with explicit momentum buffers (None before the first step, as in ``torch.optim.SGD``).
+
+    A convenience over ``rule.update`` for callers that hold the buffers themselves.
+    Returns (θ', b'), b' None when ``rule.momentum == 0``.
+    """
+    state = rule.init(params) if momentum is None else ({"momentum": dict(momentum)} if rule.momentum else {})
+    new_params, new_state = rule.update(params, grads, state)
+    return new_params, new_state.get("momentum")
+
+
+@dataclass(frozen=True)
+class Lookahead:
+    """What one lookahead computes.
+
+    Attributes:
+        params: θ', the next base iterate (detached).
+        state: the base optimiser's next state (momentum buffers, Adam moments; detached).
+        meta_grads: dL(θ')/dφ, name → tensor, for the loss parameters.
+        train_loss: M_φ on the training batch at θ (detached scalar).
+        meta_loss: L_task on the validation batch at θ' (detached scalar).
+        grad_ratio: ‖∂M/∂f‖ / ‖∂L_task/∂f‖ on the training batch (detached scalar):
+            how much larger a step the learned loss takes than the task loss would;
+            None unless asked for with ``diagnostics=True``.
+        guarded: how many training samples the descent guard reflected (0-d device tensor;
+            None when the guard is off; :mod:`toolkit.meta.descent`).
+        guarded_step: whether it reflected the batch step in parameter space (0-d bool tensor, or None).
+        task_grads: ∇θ L_task on the training batch at θ (with the guard only; for a fallback step).
+        train_task_loss: L_task on the training batch at θ (detached; with the guard only).
+    """
+
+    params: TensorDict
+    state: State
+    meta_grads: TensorDict
+    train_loss: Tensor
+    meta_loss: Tensor
+    grad_ratio: Tensor | None
+    guarded: Tensor | None = None
+    guarded_step: Tensor | None = None
+    task_grads: TensorDict | None = None
+    train_task_loss: Tensor | None = None
+
+
+PHASES = ("train_forward", "loss_gradient", "train_backward", "update", "valid_pass", "tangent", "meta_backward")
+"""The parts of :func:`meta_gradient`, labelled ``lookahead.<phase>`` for ``torch.profiler``
+(``lfl bench --breakdown`` reads them); the labels cost nothing measurable when no profiler runs."""
+
+
+def _phase(name: str) -> torch.profiler.record_function:
+    return torch.profiler.record_function(f"lookahead.{name}")
+
+
+def _rng_state(device: torch.device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+@contextlib.contextmanager
+def _replayed_rng(state: tuple, device: torch.device):
+    """Run a block with the RNG as it was (so dropout draws the same masks), then restore."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+def _cloned(buffers: Mapping[str, Tensor]) -> TensorDict:
+    """Copies of the buffers, so a functional forward's running-stat updates are discarded."""
+    return {k: b.clone() for k, b in buffers.items()}
+
+
+def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor]) -> bool:
+    """Whether ``params`` are leaf parameters of ``model`` that require grad, under their own names, and
+    ``buffers`` are all of the model's buffers: then calling the module equals the functional call."""
+    own = dict(model.named_parameters())
+    if not all(own.get(k) is p and p.requires_grad for k, p in params.items()):
+        return False
+    own_buffers = dict(model.named_buffers())
+    return len(own_buffers) == len(buffers) and all(own_buffers.get(k) is b for k, b in buffers.items())
+
+
+def loss_value_and_gradient(loss: nn.Module, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, m = ∂M/∂f) of a loss at detached outputs f, derived from its forward (no graph to f).
+
+    The loss's own reduction is differentiated: ``"mean"`` or ``"sum"``; ``"none"`` is refused.
+    """
+    require_scalar(loss)
+    f = outputs.detach()
+    if hasattr(loss, "value_and_output_gradient"):
+        value, m = loss.value_and_output_gradient(f, targets)
+    else:
+        m, value = torch.func.grad_and_value(lambda out: loss(out, targets))(f)
+    return value.detach(), m.detach()
+
+
+@dataclass(frozen=True)
+class BatchGradients:
+    """The base gradient of one batch, for the global batch of a data-parallel run.
+
+    Attributes:
+        value: M on the (global) batch; outputs: the model's outputs on it (detached).
+        grads: ∇θ M, after the descent guard's reflections when it is on.
+        task_grads, train_task_loss: ∇θ L_task and L_task on the batch (with the guard only).
+        reflect: the per-sample reflection, step_reflect: the parameter-space one (guard only).
+    """
+
+    value: Tensor
+    outputs: Tensor
+    grads: TensorDict
+    task_grads: TensorDict | None = None
+    train_task_loss: Tensor | None = None
+    reflect: Reflection | None = None
+    step_reflect: object | None = None
+
+
+def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor, targets: Tensor,
+                    task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = False,
+                    value: Tensor | None = None) -> BatchGradients:
+    """Jᵀm for the global batch: this process's rows of m back through its share, summed over processes.
+
+    Args:
+        local_outputs: the model's outputs on this process's rows, with their graph to ``leaves``.
+        m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
+        descent_guard: reflect m per sample, then the parameter gradient in parameter space
+            (:mod:`toolkit.meta.descent`), all on global quantities, so every process decides alike.
+    """
+    names = list(leaves)
+    tensors = [leaves[k] for k in names]
+    if not descent_guard:
+        grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(m))))
+        return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads))
+    reflect = descent_reflection(m, outputs, targets, task)
+    grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect(m)),
+                                                retain_graph=True)))
+    task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors,
+                                                     replicas.shard(reflect.task_gradient))))
+    replicas.sum_([*grads.values(), *task_grads.values()])
+    step_reflect = parameter_reflection(grads, task_grads)
+    return BatchGradients(value=value, outputs=outputs, grads=step_reflect(grads), task_grads=task_grads,
+                          train_task_loss=task_loss(outputs, targets, task), reflect=reflect,
+                          step_reflect=step_reflect)
+
+
+def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
+    f = outputs.detach()
+    reference = task_gradient(f, encode_targets(targets, f, task), task)
+    return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
+
+
+def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                            x: Tensor, tangents: Mapping[str, Tensor]) -> Tensor:
+    """u = J_f v: the directional derivative of the outputs f_θ(x) along v, by ``torch.func.jvp``.
+
+    The buffers are copied inside the transformed function, so BatchNorm's in-place running-stat
+    update touches neither the caller's buffers nor a tensor captured from outside the transform.
+
+    Args:
+        params: θ; tangents: v, same names and shapes; x: the input batch.
+
+    Returns:
+        u, shaped like the model's outputs.
+    """
+    names = list(params)
+
+    def outputs(*theta: Tensor) -> Tensor:
+        return functional_call(model, (dict(zip(names, theta)), _cloned(buffers)), (x,))
+
+    _, u = jvp(outputs, tuple(params[k].detach() for k in names), tuple(tangents[k] for k in names))
+    return u
+
+
+def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
+    """The rule's state: ``rule.init`` when None; a bare momentum dict (older callers) for SGD."""
+    if state is None:
+        return rule.init(params)
+    if isinstance(rule, SGDRule) and "momentum" not in state and rule.momentum and state:
+        return {"momentum": dict(state)}
+    return state
+
+
+def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                  loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                  rule: StepRule, state: State | None = None, *, task: str = "classification",
+                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                  replicas: Replicas = SINGLE) -> Lookahead:
+    """The base update and the exact meta-gradient (the default route).
+
+    Cost: a training step, a forward/backward on the validation batch, one forward-mode
+    JVP through the base model on the training batch, and second derivatives of the loss
+    network on (B, C) values. Nothing of the graph survives the call.
+
+    Args:
+        model: the base model (only its structure is used; ``params``/``buffers`` are its state).
+        params: θ, name → tensor (e.g. ``dict(model.named_parameters())``).
+        buffers: the model's buffers; with ``update_buffers`` the training forward
+            updates them in place (BatchNorm running statistics), exactly once.
+        loss: the learned loss module, called as ``loss(outputs, targets)``; a scalar (``reduction``
+            "mean", the paper's, or "sum": its own forward is differentiated; "none" is refused).
+        loss_params: φ, name → tensor (e.g. ``dict(loss.named_parameters())``).
+        train: (x, y) training batch; valid: (x_v, y_v) meta-objective batch (global batches in a
+            data-parallel run: each process takes its rows, :mod:`toolkit.meta.distributed`).
+        rule: the base optimiser's rule (:mod:`toolkit.meta.rules`); state: its state (None: fresh).
+        task: "classification" or "regression" (selects the task loss).
+        update_buffers: False evaluates the training forward on copies of the buffers.
+        diagnostics: also compute the gradient-scale ratio.
+        descent_guard: reflect each sample's learned gradient that points uphill for the task
+            loss, and the batch step if it still does (:mod:`toolkit.meta.descent`); the meta-gradient
+            goes through both reflections.
+        replicas: the processes of a data-parallel run (default: this one alone).
+
+    Returns:
+        A :class:`Lookahead`, identical on every process of a data-parallel run.
+    """
+    require_scalar(loss)
+    x_all, y = train
+    x = replicas.shard(x_all)
+    state = _as_state(rule, params, state)
+    rng = _rng_state(x.device)
+    with torch.enable_grad():
+        own = update_buffers and _is_own_state(model, params, buffers)
+        theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}
+        with _phase("train_forward"):
+            if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
+                local_outputs = model(x)
+            else:
+                local_outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)),
+                                                (x,))
+            outputs = replicas.gather(local_outputs.detach())
+        with _phase("loss_gradient"):
+            train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
+        with _phase("train_backward"):
+            step = batch_gradients(local_outputs, theta_leaf, m, outputs, y, task, replicas=replicas,
+                                   descent_guard=descent_guard, value=train_loss)
+        del local_outputs
+    if step.reflect is not None:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
+        unguarded, reflect = pullback, step.reflect
+        pullback = lambda u: unguarded(reflect(u))  # noqa: E731
+    with _phase("update"):
+        new_params, new_state, update_pullback = update_with_pullback(rule, params, step.grads, state)
+
+    x_v, y_v = valid
+    with _phase("valid_pass"), torch.enable_grad():
+        probe = {k: p.requires_grad_(True) for k, p in new_params.items()}
+        # The mean over the global batch is the sum over processes of each share's mean / world size.
+        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (replicas.shard(x_v),)),
+                              replicas.shard(y_v), task) / replicas.world_size
+        v = replicas.sum_dict(dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values())))))
+        meta_loss = replicas.sum_([meta_loss.detach()])[0]
+        new_params = {k: p.detach() for k, p in probe.items()}
+
+    with _phase("tangent"):
+        w = update_pullback(v)
+        if step.step_reflect is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
+            w = step.step_reflect(w)
+        with _replayed_rng(rng, x.device):
+            u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w))
+
+    with _phase("meta_backward"):
+        meta = pullback(u)
+        meta_grads = {k: meta[k] for k in loss_params}
+    return Lookahead(params=new_params, state=new_state, meta_grads=meta_grads, train_loss=train_loss,
+                     meta_loss=meta_loss, grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
+                     guarded=None if step.reflect is None else step.reflect.count,
+                     guarded_step=None if step.step_reflect is None else step.step_reflect.uphill,
+                     task_grads=step.task_grads, train_task_loss=step.train_task_loss)
+
+
+def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                        loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                        rule: StepRule, state: State | None = None, *,
+                        task: str = "classification", update_buffers: bool = True,
+                        diagnostics: bool = False, descent_guard: bool = False) -> Lookahead:
+    """The reference route: autograd through the unrolled step (``create_graph=True``).
+
+    Same arguments and result as :func:`meta_gradient`; holds the whole second-order graph of
+    the base model while it runs.
+    """
+    require_scalar(loss)
+    x, y = train
+    x_v, y_v = valid
+    theta = {k: p.detach() for k, p in params.items()}
+    state = detach_state(_as_state(rule, params, state))
+    with torch.enable_grad():
+        theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
+        outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+        train_loss = functional_call(loss, dict(loss_params), (outputs, y))
+        guarded = guarded_step = task_grads = train_task_loss = None
+        if descent_guard:  # θ' = U(H_θ Jᵀ H_f m(φ)), differentiated as written
+            grads, guarded, guarded_step, task_grads = guarded_gradients(train_loss, outputs, theta_leaf, y, task,
+                                                                         create_graph=True)
+            train_task_loss = task_loss(outputs.detach(), y, task)
+        else:
+            grads = dict(zip(theta_leaf, torch.autograd.grad(train_loss, list(theta_leaf.values()),
+                                                             create_graph=True)))
+        new_params, new_state = rule.update(theta, grads, state)
+        meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
+        names = [k for k, p in loss_params.items() if p.requires_grad]
+        meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
+        ratio = None
+        if diagnostics:
+            out_leaf = outputs.detach().requires_grad_(True)
+            m = torch.autograd.grad(functional_call(loss, dict(loss_params), (out_leaf, y)), out_leaf)[0]
+            ratio = _grad_ratio(m, outputs, y, task)
+    meta_grads = fill_missing_gradients(loss_params, dict(zip(names, meta)))
+    return Lookahead(params={k: p.detach() for k, p in new_params.items()}, state=detach_state(new_state),
+                     meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
+                     grad_ratio=ratio, guarded=guarded, guarded_step=guarded_step,
+                     task_grads=None if task_grads is None else {k: g.detach() for k, g in task_grads.items()},
+                     train_task_loss=train_task_loss)
+
+
+META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
+    "fast": meta_gradient,
+    "naive": meta_gradient_naive,
+}
+"""The routes by name: "fast" is :func:`meta_gradient` (JVP), "naive" the unrolled reference."""
+
+meta_gradient_fast = meta_gradient
+"""The default route under its older name."""
+
+
+def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
+    """The meta-gradient route by name ("fast" or "naive")."""
+    try:
+        return META_GRADIENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown meta-gradient {name!r}: choose one of {sorted(META_GRADIENTS)}") from None
+
+
+__all__ = ["SGDRule", "AdamRule", "sgd_update", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
+           "BatchGradients", "batch_gradients", "loss_value_and_gradient",
+           "meta_gradient_fast", "meta_gradient_naive", "META_GRADIENTS", "get_meta_gradient"]

@@ -1,0 +1,333 @@
+"""Online loss learning (AdaLFL, Algorithm 2): a thin stateful wrapper around the lookahead.
+
+Usable from any training loop::
+
+    learner = OnlineLossLearner(model, MLPLoss(), rule=SGDRule(lr=0.01))  # or a torch.optim.SGD/Adam/AdamW
+    for (x, y), (x_v, y_v) in zip(train_batches, valid_batches):
+        info = learner.step((x, y), (x_v, y_v))
+
+Each ``step`` takes the real base step with the learned loss (θ_{t+1} is kept) and,
+every ``meta_interval`` steps, the meta step on the loss parameters with Adam through
+the one-step lookahead. The hot path never reads a value on the host: non-finite
+losses or meta-gradients are detected on the device and the affected update is
+selected away with ``torch.where``; the counters are read only by :meth:`check`
+and :meth:`record`, which the caller runs every N steps.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from losses import task_loss
+from losses.base import require_scalar
+
+from toolkit.meta.adam import AdamState, adam_init, all_finite, apply_meta_update
+from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
+from toolkit.meta.rules import State, StepRule, as_rule, detach_state, select_state
+
+
+def has_trainable_parameters(module: nn.Module) -> bool:
+    """Whether ``module`` has a non-empty parameter that requires grad (something to learn)."""
+    return any(p.requires_grad and p.numel() for p in module.parameters())
+
+
+class NonFiniteError(RuntimeError):
+    """Too many consecutive non-finite updates: the run cannot continue."""
+
+
+@dataclass
+class LossHistory:
+    """Snapshots of the loss parameters and diagnostics, recorded every N steps.
+
+    ``snapshots``: list of {"step": int, "params": {name: CPU tensor}}.
+    ``records``: list of dicts of host numbers (step, meta_loss, train_loss, grad_ratio, skips).
+    """
+
+    snapshots: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+
+class OnlineLossLearner:
+    """Adapts a learned loss online while it trains a base model.
+
+    Args:
+        model: the base model; its parameters are updated in place.
+        loss: the learned loss (any ``nn.Module`` called as ``loss(outputs, targets)``), returning a
+            scalar: a learned loss's default ``reduction="mean"`` is the paper's; ``"sum"`` trains
+            exactly too (with steps B·C times larger at the same lr); ``"none"`` is refused.
+        rule: the base optimiser: an :class:`~toolkit.meta.rules.SGDRule` or :class:`~toolkit.meta.rules.AdamRule`,
+            or a ``torch.optim.SGD``/``Adam``/``AdamW`` over the model's parameters (its
+            hyperparameters and any state it holds are read once; it is not stepped).
+        meta_lr: Adam learning rate for the loss parameters (paper: 1e-3).
+        meta_interval: take a meta step every k base steps (1: every step).
+        meta_clip: clip the meta-gradient to this global L2 norm (None: no clipping).
+        meta_gradient: "fast" (JVP route, default) or "naive" (unrolled reference).
+        task: "classification" or "regression" (the meta-objective).
+        snapshot_every: copy the loss parameters into ``history`` every N steps.
+        max_nonfinite: raise :class:`NonFiniteError` from :meth:`check` after this many
+            consecutive skipped steps.
+        descent_guard: reflect each sample's learned gradient that points uphill for the task
+            loss, so no base step trains a sample backwards (:mod:`toolkit.meta.descent`); the
+            meta-gradient goes through it. ``False`` is the paper's method.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, *, rule: StepRule | torch.optim.Optimizer,
+                 meta_lr: float = 1e-3,
+                 meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
+                 task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
+                 descent_guard: bool = True, replicas: Replicas = SINGLE) -> None:
+        if meta_interval < 1:
+            raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
+        if meta_lr <= 0:
+            raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
+        if not has_trainable_parameters(loss):
+            raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
+        require_scalar(loss)
+        self.rule, state = as_rule(rule, model)
+        self.model, self.loss = model, loss
+        self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip
+        self._meta_gradient = get_meta_gradient(meta_gradient)
+        self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
+        self.adam: AdamState = adam_init(dict(loss.named_parameters()))
+        self.state: State = state if state is not None else self.rule.init(self._params())
+        self.steps = 0
+        device = next(model.parameters()).device
+        # [skipped base updates, skipped meta updates, consecutive skips], on the device.
+        self.skips = torch.zeros(3, dtype=torch.long, device=device)
+        self.history = LossHistory()
+        self.last: dict[str, Tensor] = {}
+        self.descent_guard = descent_guard
+        if replicas.active and meta_gradient != "fast":
+            raise ValueError("a data-parallel run uses the default meta-gradient route (meta_gradient='fast')")
+        self.replicas = replicas
+        self.guard_counts = GuardCounts(device)
+
+    # ------------------------------------------------------------------ hot path
+    def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
+             lr: float | None = None, diagnostics: bool = False) -> dict[str, Tensor]:
+        """One base step with the learned loss and, when due, one meta step.
+
+        Args:
+            train: (x, y) batch for the base step.
+            valid: (x_v, y_v) batch for the meta-objective (needed when a meta step is due).
+            lr: the base learning rate for this step (for schedules; default ``rule.lr``).
+            diagnostics: also compute the gradient-scale ratio ‖∂M/∂f‖ / ‖∂L_task/∂f‖.
+
+        Returns:
+            Device scalars: "train_loss", and on meta steps "meta_loss" (and "grad_ratio").
+        """
+        rule = self.rule if lr is None else self.rule.with_lr(lr)
+        if self.snapshot_every and self.steps % self.snapshot_every == 0:
+            self.snapshot()
+        if self.steps % self.meta_interval == 0:
+            if valid is None:
+                raise ValueError("a meta step is due: pass a validation batch to step(train, valid)")
+            info = self._lookahead_step(train, valid, rule, diagnostics)
+        else:
+            info = self._plain_step(train, rule)
+        self.steps += 1
+        self.last = info
+        return info
+
+    def _params(self) -> dict[str, Tensor]:
+        return {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+
+    def _lookahead_step(self, train, valid, rule: StepRule, diagnostics: bool) -> dict[str, Tensor]:
+        params = self._params()
+        loss_params = dict(self.loss.named_parameters())
+        result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
+                                     loss_params, train, valid, rule, self.state, task=self.task,
+                                     diagnostics=diagnostics, descent_guard=self.descent_guard,
+                                     **({"replicas": self.replicas} if self.replicas.active else {}))
+        new_params, new_state = result.params, result.state
+        if result.guarded is not None:
+            new_params, new_state, rejected = accept_or_fall_back(
+                self.model, train, params, result.params, result.state, result.task_grads,
+                result.train_task_loss, self.state, rule, self.task, replicas=self.replicas)
+            self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
+        base_ok = all_finite([result.train_loss, *new_params.values()])
+        meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
+        self._commit_base(params, new_params, new_state, base_ok)
+        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.meta_lr,
+                                      clip=self.meta_clip, apply=meta_ok)
+        self._count(base_ok, meta_ok)
+        info = {"train_loss": result.train_loss, "meta_loss": result.meta_loss}
+        if result.grad_ratio is not None:
+            info["grad_ratio"] = result.grad_ratio
+        return info
+
+    def _plain_step(self, train, rule: StepRule) -> dict[str, Tensor]:
+        params = self._params()
+        train_loss, new_params, new_state, guard = guarded_step(self.model, self.loss, train, params, self.state,
+                                                                rule, self.task, replicas=self.replicas,
+                                                                descent_guard=self.descent_guard)
+        if guard is not None:
+            self.guard_counts.add(*guard, len(train[1]))
+        ok = all_finite([train_loss, *new_params.values()])
+        self._commit_base(params, new_params, new_state, ok)
+        self._count(ok, torch.ones_like(ok))
+        return {"train_loss": train_loss.detach()}
+
+    def _commit_base(self, params, new_params, new_state: State, ok: Tensor) -> None:
+        with torch.no_grad():
+            for k, p in params.items():
+                torch.where(ok, new_params[k], p, out=p)
+            self.state = select_state(ok, detach_state(new_state), self.state)
+
+    def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
+        bad = (~base_ok).long()
+        meta_bad = (~meta_ok).long()
+        consecutive = (self.skips[2] + 1) * (bad | meta_bad)
+        self.skips = torch.stack([self.skips[0] + bad, self.skips[1] + meta_bad * (1 - bad), consecutive])
+
+    # ------------------------------------------------------------- every N steps
+    def snapshot(self) -> None:
+        """Copy the current loss parameters to the host history (a host sync)."""
+        params = {k: p.detach().cpu().clone() for k, p in self.loss.named_parameters()}
+        self.history.snapshots.append({"step": self.steps, "params": params})
+
+    def check(self) -> dict[str, int]:
+        """Read the skip counters (a host sync); raise after too many consecutive skips."""
+        base, meta, consecutive = (int(v) for v in self.skips.tolist())
+        if consecutive >= self.max_nonfinite:
+            raise NonFiniteError(
+                f"{consecutive} consecutive steps gave a non-finite learned loss or meta-gradient "
+                f"(step {self.steps}); lower --lr or --meta-lr, or set --meta-clip")
+        return {"skipped_base": base, "skipped_meta": meta}
+
+    def guard_record(self) -> dict[str, float]:
+        """What the descent guard reflected since the last call (a host sync): ``guarded``, the share
+        of samples, and ``guarded_steps``, the share of base steps reflected in parameter space."""
+        return self.guard_counts.read() if self.descent_guard else {}
+
+    def record(self) -> dict:
+        """A host record of the latest diagnostics (call every N steps)."""
+        rec = {"step": self.steps, **self.check(), **self.guard_record()}
+        rec.update({k: float(v) for k, v in self.last.items()})
+        self.history.records.append(rec)
+        return rec
+
+    # ------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
+                "rule_state": self.state, "skips": self.skips, "guard_counts": self.guard_counts.counts,
+                "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps = int(state["steps"])
+        self.loss.load_state_dict(state["loss"])
+        self.adam = AdamState.from_state_dict(state["adam"])
+        if "rule_state" in state:
+            self.state = state["rule_state"]
+        elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts
+            self.state = {"momentum": state["momentum"]}
+        self.skips = state["skips"]
+        self.guard_counts.load(state.get("guard_counts"))
+        self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
+                                   records=list(state["history"]["records"]))
+
+
+def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
+                        before: Tensor, state: State, rule: StepRule, task: str, *,
+                        replicas: Replicas = SINGLE) -> tuple[dict[str, Tensor], State, Tensor]:
+    """θ' if it lowers the training batch's task loss, else the task loss's own step.
+
+    The descent guard's step check (:mod:`toolkit.meta.descent`): one extra forward at θ' on the
+    training batch (buffers copied, so running statistics are untouched); the choice is a
+    device-side ``where``, with no host sync. Returns (θ, optimiser state, rejected).
+
+    Args:
+        params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ;
+        before: L_task on the (global) batch at θ; state: the optimiser state of the current step.
+        replicas: in a data-parallel run the loss at θ' is the global batch's (each process's
+            share, summed), so every process decides alike.
+    """
+    x, y = train
+    with torch.no_grad():
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        after = task_loss(functional_call(model, (new_params, buffers), (replicas.shard(x),)), replicas.shard(y),
+                          task) / replicas.world_size
+        after = replicas.sum_([after])[0]
+        # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
+        # does not move (a learned loss flat where the model is, e.g. saturated far from the targets) all fall back.
+        rejected = ~(after < before)
+        theta = {k: p.detach() for k, p in params.items()}
+        fallback, fallback_state = rule.update(theta, task_grads, state)
+        chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
+        chosen_state = select_state(rejected, fallback_state, new_state)
+    return chosen, chosen_state, rejected
+
+
+def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
+                 rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True):
+    """One step on a fixed loss, out of place: (M on the batch, θ', state', guard counts or None).
+
+    The loss and its output gradient are taken on the global batch (every process's outputs
+    gathered), each process back-propagates its rows, and the parameter gradients are summed
+    (:mod:`toolkit.meta.distributed`; one process: the ordinary step). With ``descent_guard``: the
+    two reflections of :mod:`toolkit.meta.descent`, the rule's update (equal to its ``torch.optim``
+    counterpart), then :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)``
+    go to :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
+    """
+    x, y = train
+    with torch.enable_grad():
+        local_outputs = model(replicas.shard(x))
+        outputs = replicas.gather(local_outputs.detach())
+        value, m = loss_value_and_gradient(loss, outputs, y)
+        step = batch_gradients(local_outputs, params, m, outputs, y, task, replicas=replicas,
+                               descent_guard=descent_guard, value=value)
+    theta = {k: p.detach() for k, p in params.items()}
+    with torch.no_grad():
+        new_params, new_state = rule.update(theta, step.grads, state)
+    if not descent_guard:
+        return value, new_params, new_state, None
+    new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
+                                                          step.task_grads, step.train_task_loss, state, rule, task,
+                                                          replicas=replicas)
+    return value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected)
+
+
+class GuardCounts:
+    """What the descent guard did since the last read, counted on the device (no host sync per step).
+
+    ``counts`` is [samples reflected, samples seen, steps reflected in parameter space, steps,
+    steps rejected by the step check]; :meth:`read` turns it into shares and starts afresh.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.counts = torch.zeros(5, dtype=torch.long, device=device)
+
+    def add(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
+        one = torch.ones((), dtype=torch.long, device=rows.device)
+        self.counts = self.counts + torch.stack([rows.long(), one * samples, step.long(), one, rejected.long()])
+
+    def read(self) -> dict[str, float]:
+        """Shares of samples reflected (``guarded``), of steps reflected in parameter space
+        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read."""
+        rows, samples, steps_reflected, steps, rejected = (int(v) for v in self.counts.tolist())
+        self.counts = torch.zeros_like(self.counts)
+        return {"guarded": rows / samples if samples else 0.0,
+                "guarded_steps": steps_reflected / steps if steps else 0.0,
+                "rejected_steps": rejected / steps if steps else 0.0}
+
+    def load(self, counts: Tensor | None) -> None:
+        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout)."""
+        if counts is not None and counts.shape == self.counts.shape:
+            self.counts = counts.to(self.counts.device)
+
+
+def frozen_copy(loss: nn.Module) -> nn.Module:
+    """A copy of a learned loss with its parameters frozen (for fixed-loss training)."""
+    fixed = copy.deepcopy(loss)
+    for p in fixed.parameters():
+        p.requires_grad_(False)
+    return fixed
+
+
+__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
+           "GuardCounts", "accept_or_fall_back", "guarded_step"]
