@@ -48,6 +48,7 @@ run: setup data
 
 test: setup data
 	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m slow
 
 bench: setup
 	$(LFL) bench --model lenet5 --batch-size 128

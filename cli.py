@@ -60,7 +60,8 @@ class LflGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted; rerun with --resume to continue from the last checkpoint.", err=True)
             sys.exit(130)
-        sys.exit(0)
+        if standalone_mode:
+            sys.exit(0)
 
 
 @click.group(cls=LflGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -346,8 +347,11 @@ def compare(runs: tuple[str, ...], fmt: str, baseline: str, metric: str) -> None
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point (the ``lfl`` console script): :meth:`LflGroup.main` with the process's arguments."""
-    cli.main(args=argv, prog_name="lfl")
+    """Entry point (the ``lfl`` console script): :meth:`LflGroup.main` with the process's arguments.
+
+    Given ``argv`` (from Python), it returns on success instead of exiting; errors exit as always.
+    """
+    cli.main(args=argv, prog_name="lfl", standalone_mode=argv is None)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,9 @@ def test_config_file_sets_options_and_command_line_overrides(tmp_path):
 
 
 def test_paper_preset_is_a_named_group_of_defaults(tmp_path):
-    common = ("train", "--dataset", "digits", "--model", "logreg", "--loss", "ml3", "--init-steps", "2",
-              "--steps", "2", "--quiet", "--checkpoint-every", "0")
+    # No training: zero offline and zero base steps still build, save and record the loss.
+    common = ("train", "--dataset", "digits", "--model", "logreg", "--loss", "ml3", "--init-steps", "0",
+              "--steps", "0", "--quiet", "--checkpoint-every", "0")
     config = tmp_path / "paper.toml"
     config.write_text('preset = "paper"\n')
     cases = {"preset": ["--preset", "paper"], "explicit-wins": ["--preset", "paper", "--loss-scale", "normalised"],
@@ -118,6 +119,7 @@ def test_datasets_lists_where_files_are():
     assert rows["digits"]["found"]
 
 
+@pytest.mark.slow
 def test_seeds_in_parallel_processes(tmp_path):
     result = lfl(*TRAIN, "--seeds", "0,1", "--jobs", "2", "--out", str(tmp_path / "sweep"))
     assert result.returncode == 0, result.stderr
@@ -203,6 +205,7 @@ def test_overwrite_replaces_metrics_csv_and_tensorboard_events(tmp_path, capsys)
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.slow
 def test_adam_base_optimisers_train_every_kind_of_loss(tmp_path, capsys, optimizer):
     """--optimizer reaches the CE baseline (torch.optim's own), AdaLFL's lookahead and the record."""
     for loss in ("ce", "adalfl"):

@@ -59,6 +59,7 @@ def test_export_approx_end_to_end(runs):
     assert "terms, R²" in result.stderr and "[0, 1]" in result.stderr
 
 
+@pytest.mark.slow
 def test_export_formats(runs, capsys, tmp_path):
     code, out, _ = lfl_in_process(capsys, "export", runs / "ce")
     assert code == 0 and out.strip() == "-y*log(y_pred)"

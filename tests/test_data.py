@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.data import datasets, formats as datasets_formats
+from toolkit.data import datasets as data, formats as datasets_formats
 from toolkit.data.datasets import DATASET_NAMES, DataError, dataset_status, load_dataset, search_roots
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

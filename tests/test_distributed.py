@@ -32,6 +32,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", CASES)
+@pytest.mark.slow
 def test_two_processes_take_the_single_process_steps(tmp_path, name):
     """Three AdaLFL steps (lookahead, guard, Adam/SGD) on 2 gloo processes, each holding half of every
     global batch, give the model, loss parameters, guard counts and meta-loss of one process on the
@@ -47,6 +48,7 @@ def test_two_processes_take_the_single_process_steps(tmp_path, name):
                                        msg=lambda m: f"rank {rank}: {k}: {m}")
 
 
+@pytest.mark.slow
 def test_a_failing_process_stops_the_other_instead_of_hanging(tmp_path):
     with pytest.raises(Exception, match="failed on purpose|process 1 terminated|exited"):
         _spawn(run_failing_worker, tmp_path, ())
@@ -73,6 +75,7 @@ def _lfl(*args: str, torchrun: bool = False, cwd: Path) -> subprocess.CompletedP
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_torchrun_matches_the_single_process_run_and_resumes(tmp_path):
     """lfl train under torchrun (2 processes): results match one process; only rank 0 writes; --resume
     continues a run that a checkpoint stopped half-way."""
@@ -94,6 +97,7 @@ def test_torchrun_matches_the_single_process_run_and_resumes(tmp_path):
     assert c["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5) and c["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_torchrun_with_a_bad_option_fails_with_one_line_per_rank(tmp_path):
     result = _lfl(*[t if t != "64" else "63" for t in TRAIN], "--out", "bad", torchrun=True, cwd=tmp_path)
     assert result.returncode != 0

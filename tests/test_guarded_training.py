@@ -16,6 +16,7 @@ from toolkit.runs.common import BatchStream, TrainConfig, evaluate
 
 
 @pytest.mark.parametrize("init_steps,loss_param", [(0, "mlp"), (60, "taylor")])
+@pytest.mark.slow
 def test_learned_losses_on_regression_stay_finite_and_near_squared_error(init_steps, loss_param) -> None:
     data = load_dataset("diabetes", seed=0)
     common = dict(dataset="diabetes", model="mlp", steps=200, lr=0.01, batch_size=64, device="cpu",
@@ -65,6 +66,7 @@ def _own_loop(digits, seed: int, *, steps: int, descent_guard: bool = True) -> t
 
 
 @pytest.mark.parametrize("seed", [0, 3])  # fresh MLPLoss() anti-aligned for (nearly) every sample
+@pytest.mark.slow
 def test_own_loop_recipe_trains_a_batchnorm_residual_cnn(digits, seed) -> None:
     error, shares = _own_loop(digits, seed, steps=100)
     assert shares["guarded"] > 0.5  # the guard was needed: the fresh loss pointed uphill

@@ -25,6 +25,7 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(path, tmp_path, monkeypatch):
     for key, value in {**BUDGET, "LFL_NOTEBOOK_OUT": str(tmp_path)}.items():
         monkeypatch.setenv(key, value)

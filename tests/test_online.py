@@ -55,6 +55,7 @@ def test_meta_interval_takes_plain_steps_between():
         learner.step(train)                      # step 3 is a meta step again
 
 
+@pytest.mark.slow
 def test_no_graph_survives_and_memory_stays_flat():
     learner = _learner(model=tiny_bn_dropout())
     train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)

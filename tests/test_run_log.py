@@ -66,6 +66,7 @@ def test_the_csv_holds_exactly_the_history_numbers(tmp_path, digits):
             ("eval", "valid_error")} <= names  # keys that appear only in some records still get their rows
 
 
+@pytest.mark.slow
 def test_resume_drops_the_csv_rows_after_the_checkpoint_as_the_history_does(tmp_path, digits):
     config = small(loss="adalfl", checkpoint_every=12)
     train(config, out_dir=tmp_path / "straight", progress=False, dataset=digits)
@@ -117,6 +118,7 @@ def scalar_events(run_dir) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_tensorboard_events_hold_the_history_scalars(tmp_path, digits):
     pytest.importorskip("tensorboard")
     config = small(loss="adalfl", checkpoint_every=12)

@@ -270,6 +270,7 @@ def test_a_diverged_run_is_not_retried(tmp_path, monkeypatch) -> None:
     assert sorted(calls) == [0, 1, 2] and row["n"] == 0 and set(row["failed"]) == {"0", "1", "2"}
 
 
+@pytest.mark.slow
 def test_a_dead_worker_process_is_replaced_and_its_run_retried(tmp_path, monkeypatch) -> None:
     import toolkit.runs.study
 

@@ -37,6 +37,7 @@ def without_wall_clock(report: dict, out: Path) -> dict:
     return report
 
 
+@pytest.mark.slow
 def test_ray_and_local_backends_write_the_same_report(tmp_path, capsys, monkeypatch) -> None:
     from toolkit.runs.backends import RayTasks
 
@@ -56,6 +57,7 @@ def test_ray_and_local_backends_write_the_same_report(tmp_path, capsys, monkeypa
     assert reports["ray"]["reused_results"] == 0 and all(row["n"] == 3 for row in reports["ray"]["rows"])
 
 
+@pytest.mark.slow
 def test_a_dead_ray_worker_is_retried(tmp_path, monkeypatch) -> None:
     import toolkit.runs.study
     from toolkit.runs.study_report import study_command

@@ -59,6 +59,7 @@ def test_short_search_beats_its_starting_point_on_digits():
     assert isinstance(loss, losses.TaylorLoss)
 
 
+@pytest.mark.slow
 def test_parallel_evaluation_gives_the_same_search_as_sequential():
     config = TrainConfig(dataset="digits", model="mlp", steps=20, batch_size=64, lr=0.1, device="cpu",
                          checkpoint_every=0, model_options={"hidden": (16,)})

@@ -65,6 +65,7 @@ def test_same_seed_gives_identical_numbers(digits):
 
 
 @pytest.mark.parametrize("loss", ["ce", "adalfl"])
+@pytest.mark.slow
 def test_resume_after_interruption_equals_uninterrupted_run(tmp_path, digits, loss):
     kw = dict(loss=loss, momentum=0.9, checkpoint_every=7, init_steps=5, snapshot_every=10,
               model_options={"hidden": (16,), "dropout": 0.2})
@@ -166,6 +167,7 @@ def test_taylorglo_run_searches_then_trains_with_the_best_loss(tmp_path, digits)
 
 
 @pytest.mark.parametrize("adapt", [False, True])
+@pytest.mark.slow
 def test_reuse_a_loss_json_and_a_formula(tmp_path, digits, adapt):
     first = tmp_path / "first"
     train(small(loss="ml3", init_steps=5), out_dir=first, progress=False, dataset=digits)
@@ -209,6 +211,7 @@ def test_adalfl_on_regression_reports_test_mse(tmp_path):
 
 
 @pytest.mark.parametrize("online_meta_lr", [1e-4, 3e-3])
+@pytest.mark.slow
 def test_online_updates_use_the_online_meta_learning_rate(tmp_path, digits, online_meta_lr):
     """Adam's first step moves every parameter with a non-zero gradient by the learning rate itself."""
     start = small(loss="adalfl", init_steps=0, steps=0, meta_lr=0.5, online_meta_lr=online_meta_lr)

@@ -99,6 +99,7 @@ ROUND_TRIPS = [(fmt, options) for fmt in SUFFIXES for options in (["--approx"], 
 
 
 @pytest.mark.parametrize("fmt,options", ROUND_TRIPS)
+@pytest.mark.slow
 def test_export_then_loss_from_round_trip(learned_run, tmp_path, capsys, fmt, options) -> None:
     """What `lfl export` writes in a readable format trains again; LaTeX and Python are refused in one line."""
     path = tmp_path / f"loss.{SUFFIXES[fmt]}"
