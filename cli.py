@@ -27,12 +27,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
-    if not text:
-        return ()
+    """Comma-separated integers (toolkit.runs.config.parse_int_list), as a click error naming the option."""
+    from toolkit.runs.config import ConfigError, parse_int_list
+
     try:
-        return tuple(int(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated {what}, got {text!r}") from None
+        return parse_int_list(text, what)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 class LflGroup(click.Group):

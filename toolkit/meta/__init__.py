@@ -5,7 +5,7 @@ search, and data-parallel replicas.
 The names below load their module on first use, so importing the package stays cheap."""
 from __future__ import annotations
 
-from importlib import import_module
+from toolkit._faces import lazy_names
 
 _WHERE = {
     "SGDRule": "rules",
@@ -30,14 +30,4 @@ _WHERE = {
     "SyncBatchNorm": "distributed",
     "convert_sync_batchnorm": "distributed",
 }
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_WHERE})
+__getattr__, __dir__, __all__ = lazy_names(__name__, _WHERE)
