@@ -25,7 +25,7 @@ def _learner(model=None, **kw):
 
 
 def test_step_equals_lookahead_plus_adam():
-    learner = _learner(meta_lr=0.01)
+    learner = _learner(online_meta_lr=0.01)
     model0, loss0 = copy.deepcopy(learner.model), copy.deepcopy(learner.loss)
     train, valid = batch(8, (5,), 3, seed=1), batch(8, (5,), 3, seed=2)
     learner.step(train, valid)

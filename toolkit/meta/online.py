@@ -36,6 +36,10 @@ def has_trainable_parameters(module: nn.Module) -> bool:
     return any(p.requires_grad and p.numel() for p in module.parameters())
 
 
+ONLINE_META_LR = 1e-4
+"""The default Adam rate of the online updates: a tenth of the offline phase's 1e-3 (the paper uses 1e-3 for both)."""
+
+
 class NonFiniteError(RuntimeError):
     """Too many consecutive non-finite updates: the run cannot continue."""
 
@@ -63,7 +67,8 @@ class OnlineLossLearner:
         rule: the base optimiser: an :class:`~toolkit.meta.rules.SGDRule` or :class:`~toolkit.meta.rules.AdamRule`,
             or a ``torch.optim.SGD``/``Adam``/``AdamW`` over the model's parameters (its
             hyperparameters and any state it holds are read once; it is not stepped).
-        meta_lr: Adam learning rate for the loss parameters (paper: 1e-3).
+        online_meta_lr: Adam learning rate of the loss parameters' online updates (the paper: 1e-3;
+            this toolkit's default, :data:`ONLINE_META_LR`, is a tenth of that; ``lfl train --online-meta-lr``).
         meta_interval: take a meta step every k base steps (1: every step).
         meta_clip: clip the meta-gradient to this global L2 norm (None: no clipping).
         meta_gradient: "fast" (JVP route, default) or "naive" (unrolled reference).
@@ -77,20 +82,20 @@ class OnlineLossLearner:
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, rule: StepRule | torch.optim.Optimizer,
-                 meta_lr: float = 1e-3,
+                 online_meta_lr: float = ONLINE_META_LR,
                  meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
                  task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
                  descent_guard: bool = True, replicas: Replicas = SINGLE) -> None:
         if meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
-        if meta_lr <= 0:
-            raise ValueError(f"meta learning rate must be positive, got {meta_lr}")
+        if online_meta_lr <= 0:
+            raise ValueError(f"online_meta_lr must be positive, got {online_meta_lr}")
         if not has_trainable_parameters(loss):
             raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
         require_scalar(loss)
         self.rule, state = as_rule(rule, model)
         self.model, self.loss = model, loss
-        self.meta_lr, self.meta_interval, self.meta_clip = meta_lr, meta_interval, meta_clip
+        self.online_meta_lr, self.meta_interval, self.meta_clip = online_meta_lr, meta_interval, meta_clip
         self._meta_gradient = get_meta_gradient(meta_gradient)
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
         self.adam: AdamState = adam_init(dict(loss.named_parameters()))
@@ -153,7 +158,7 @@ class OnlineLossLearner:
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, new_params, new_state, base_ok)
-        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.meta_lr,
+        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.online_meta_lr,
                                       clip=self.meta_clip, apply=meta_ok)
         self._count(base_ok, meta_ok)
         info = {"train_loss": result.train_loss, "meta_loss": result.meta_loss}

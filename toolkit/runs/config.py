@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit.errors import ConfigError
+from toolkit.meta.online import ONLINE_META_LR
 from toolkit.meta.rules import OPTIMIZERS, StepRule, make_rule
 
 
@@ -132,7 +133,7 @@ class TrainConfig:
     loss_param: str = option("mlp", choices=LOSS_PARAMS, help="Parameterisation of a learned loss.")
     init_steps: int = option(2500, help="Offline initialisation meta steps (adalfl, ml3).")
     meta_lr: float = option(1e-3, help="Adam learning rate of the loss in the offline phase.")
-    online_meta_lr: float = option(1e-4, help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
+    online_meta_lr: float = option(ONLINE_META_LR, help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
     meta_interval: int = option(1, help="Meta step every k base steps.")
     meta_clip: float | None = option(None, help="Clip the meta-gradient to this global norm.")
     meta_gradient: str = option("fast", choices=("fast", "naive"),

@@ -393,7 +393,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         raise ConfigError(f"the loss to adapt has no trainable parameters ({type(loss).__name__}): "
                           "give a formula with numeric constants, or drop --adapt")
     if config.online:
-        learner = OnlineLossLearner(model, loss, rule=config.rule(), meta_lr=config.online_meta_lr,
+        learner = OnlineLossLearner(model, loss, rule=config.rule(), online_meta_lr=config.online_meta_lr,
                                     meta_interval=config.meta_interval, meta_clip=config.meta_clip,
                                     meta_gradient=config.meta_gradient, task=task, descent_guard=config.descent_guard,
                                     snapshot_every=0,  # the run writes loss_snapshots.jsonl itself
