@@ -160,3 +160,45 @@ def run_lfl(*args, cwd=None):
     with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
         result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     return subprocess.CompletedProcess(args, result.exit_code, result.stdout, result.stderr)
+
+
+def write_run(path, *, loss: str, seed: int, error: float, steps: int = 10, dataset: str = "digits",
+              task: str = "classification", config: dict | None = None, history=(), snapshots=(),
+              final_loss=None, torn_snapshot: bool = False) -> None:
+    """A run directory as ``lfl train --out`` leaves it, with the numbers a test chooses.
+
+    results.json always; history.jsonl and loss_snapshots.jsonl (``snapshots``: (step, loss module)
+    pairs) when given; loss.json from ``final_loss``; ``torn_snapshot`` appends a half-written line,
+    as a killed run leaves it.
+    """
+    import json
+    from pathlib import Path
+
+    import losses
+
+    path = Path(path)
+    path.mkdir(parents=True)
+    results = {"dataset": dataset, "model": "mlp", "loss": loss, "seed": seed, "steps": steps, "task": task,
+               "test_error": error, "config": {"loss_param": "mlp", **(config or {})}}
+    (path / "results.json").write_text(json.dumps(results))
+    if history:
+        (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    if snapshots:
+        lines = "".join(json.dumps({"phase": "train", "step": s, "loss": losses.loss_to_dict(m)}) + "\n"
+                        for s, m in snapshots)
+        (path / "loss_snapshots.jsonl").write_text(lines + ('{"phase": "train", "st' if torn_snapshot else ""))
+    if final_loss is not None:
+        losses.save_loss(final_loss, path / "loss.json")
+
+
+def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``lfl ARGV`` as the console script runs it, in this process: (exit code, stdout, stderr)."""
+    from cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

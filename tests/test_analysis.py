@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from helpers import write_run
 import sympy
 import torch
 
@@ -153,16 +155,11 @@ def test_bad_domains_and_budgets_are_user_errors():
 
 # ---------------------------------------------------------------- run directories
 def _write_run(path, *, loss="adalfl", seed=0, snapshot_steps=(0, 10, 20), truncated=False) -> None:
-    path.mkdir(parents=True)
-    (path / "results.json").write_text(json.dumps({
-        "dataset": "digits", "model": "mlp", "loss": loss, "seed": seed, "steps": 20, "task": "classification",
-        "test_error": 0.1, "config": {"loss_param": "taylor"}}))
-    (path / "history.jsonl").write_text(json.dumps({"phase": "train", "step": 10, "train_loss": 1.0}) + "\n")
     torch.manual_seed(seed)
-    lines = [json.dumps({"phase": "train", "step": s, "loss": losses.loss_to_dict(losses.TaylorLoss(order=2))})
-             for s in snapshot_steps]
-    text = "\n".join(lines) + "\n"
-    (path / "loss_snapshots.jsonl").write_text(text + ('{"phase": "train", "st' if truncated else ""))
+    snapshot = losses.TaylorLoss(order=2)
+    write_run(path, loss=loss, seed=seed, error=0.1, steps=20, config={"loss_param": "taylor"},
+              history=[{"phase": "train", "step": 10, "train_loss": 1.0}],
+              snapshots=[(s, snapshot) for s in snapshot_steps], torn_snapshot=truncated)
 
 
 def test_run_directory_snapshots_and_errors(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_lfl
+from helpers import run_in_process, run_lfl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,19 +127,6 @@ def test_seeds_in_parallel_processes(tmp_path):
     assert summary["seeds"] == [0, 1] and "±" in result.stdout
     seeds = [json.loads((tmp_path / "sweep" / f"seed-{s}" / "results.json").read_text())["seed"] for s in (0, 1)]
     assert seeds == [0, 1]
-
-
-def run_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run `lfl ARGV` in this process; (exit code, stdout, stderr)."""
-    from cli import main
-
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("files, args, fragments", [

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import cli
-from helpers import run_lfl
+from helpers import run_in_process, run_lfl
 import losses
 from toolkit.runs.run import train
 from toolkit.runs.common import TrainConfig
@@ -26,12 +26,7 @@ def lfl(*args: str) -> subprocess.CompletedProcess:
 
 
 def lfl_in_process(capsys, *args: str) -> tuple[int, str, str]:
-    """The same entry point, called as the console script calls it."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main([*map(str, args)])
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exit_info.value.code or 0, out.out, out.err
+    return run_in_process([*map(str, args)], capsys)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+
+from helpers import write_run
 from scipy import stats
 
 from toolkit.analysis.compare import compare_runs, format_comparison
@@ -17,10 +19,7 @@ ADALFL = [0.110, 0.112, 0.115, 0.117, 0.109, 0.116]
 
 
 def _write(path, *, loss, seed, error, dataset="digits", loss_param="mlp", task="classification"):
-    path.mkdir(parents=True)
-    results = {"dataset": dataset, "model": "mlp", "loss": loss, "seed": seed, "steps": 10, "task": task,
-               "test_error": error, "config": {"loss_param": loss_param}}
-    (path / "results.json").write_text(json.dumps(results))
+    write_run(path, loss=loss, seed=seed, error=error, dataset=dataset, task=task, config={"loss_param": loss_param})
 
 
 @pytest.fixture()

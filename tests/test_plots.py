@@ -2,9 +2,13 @@
 synthetic runs shaped like real ones (a learned loss in the thousands beside cross-entropy below 1)."""
 from __future__ import annotations
 
+import copy
+
 import json
 
 import pytest
+
+from helpers import write_run
 import torch
 
 import losses
@@ -15,10 +19,6 @@ from toolkit.analysis.rundir import AnalysisError, find_runs
 
 def _write_run(path, *, loss: str, seed: int, error: float, learned: bool, grad_ratios=(1.5, 1.5, 1.5),
                config: dict | None = None) -> None:
-    path.mkdir(parents=True)
-    results = {"dataset": "digits", "model": "mlp", "loss": loss, "seed": seed, "steps": 30,
-               "task": "classification", "test_error": error, "config": {"loss_param": "mlp", **(config or {})}}
-    (path / "results.json").write_text(json.dumps(results))
     scale = 1000.0 if learned else 1.0  # AdaLFL's learned loss M runs in the thousands, cross-entropy below 1
     history = [{"phase": "train", "step": s, "lr": 0.1, "train_loss": scale * (2.0 / s + 0.01 * seed), "grad_ratio": g}
                for s, g in zip((10, 20, 30), grad_ratios)]
@@ -27,20 +27,19 @@ def _write_run(path, *, loss: str, seed: int, error: float, learned: bool, grad_
             {**r, "meta_loss": 1.0 / r["step"], "skipped_base": 0, "skipped_meta": int(r["step"] == 30)}
             for r in history]
     history += [{"phase": "eval", "step": s, "valid_error": error + 0.1 / s, "valid_loss": 1.0} for s in (10, 30)]
-    (path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    snapshots, loss_module = [], None
     if learned:
         torch.manual_seed(seed)
         loss_module = losses.MLPLoss(hidden=(4,))
         if seed == 1:  # the default normalised parameterisation, as lfl train writes it
             loss_module = losses.GradientScaledLoss(loss_module)
-        lines = []
         for step in (0, 10, 20, 30):
-            lines.append(json.dumps({"phase": "train", "step": step, "loss": losses.loss_to_dict(loss_module)}))
+            snapshots.append((step, copy.deepcopy(loss_module)))
             with torch.no_grad():
                 for p in loss_module.parameters():
                     p.mul_(1.2)
-        (path / "loss_snapshots.jsonl").write_text("\n".join(lines) + "\n")
-        losses.save_loss(loss_module, path / "loss.json")
+    write_run(path, loss=loss, seed=seed, error=error, steps=30, config=config, history=history,
+              snapshots=snapshots, final_loss=loss_module)
 
 
 @pytest.fixture(scope="module")

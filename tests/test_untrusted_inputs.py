@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import run_in_process
+from helpers import run_in_process
 
 TRAIN = ["train", "--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[16]", "--steps", "5",
          "--batch-size", "32", "--quiet", "--device", "cpu"]
