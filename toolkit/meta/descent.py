@@ -74,27 +74,6 @@ def descent_reflection(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -
         return Reflection(direction=direction, count=uphill.sum(), task_gradient=r)
 
 
-def guarded_gradients(value: Tensor, outputs: Tensor, params: dict[str, Tensor], targets: Tensor, task: str, *,
-                      create_graph: bool = False) -> tuple[dict[str, Tensor], Tensor, Tensor, dict[str, Tensor]]:
-    """The guarded base gradient by autograd: (H_θ Jᵀ H_f m, reflected samples, reflected step, ∇θ L_task).
-
-    Args:
-        value: the learned loss M on the batch; outputs: f (B, C), part of value's graph.
-        params: θ by name (what ``outputs`` depends on).
-        create_graph: keep the graph (the unrolled meta-gradient differentiates through it).
-    """
-    (m,) = torch.autograd.grad(value, outputs, create_graph=create_graph, retain_graph=True)
-    rows = descent_reflection(m, outputs, targets, task)
-    names = list(params)
-    grads = torch.autograd.grad(outputs, [params[k] for k in names], rows(m), create_graph=create_graph,
-                                retain_graph=True)
-    task_grads = torch.autograd.grad(outputs, [params[k] for k in names], rows.task_gradient,
-                                     retain_graph=create_graph)
-    task_grads = dict(zip(names, task_grads))
-    step = parameter_reflection(dict(zip(names, grads)), task_grads)
-    return step(dict(zip(names, grads))), rows.count, step.uphill, task_grads
-
-
 @dataclass(frozen=True)
 class ParameterReflection:
     """g ↦ H g = g − 2 (g · d) d over all parameters, d = ĝ_L when the batch step points uphill, else 0.
@@ -135,5 +114,5 @@ def parameter_reflection(grads: dict[str, Tensor], task_grads: dict[str, Tensor]
         return ParameterReflection(direction={k: task_grads[k] * scale for k in names}, uphill=uphill)
 
 
-__all__ = ["Reflection", "descent_reflection", "guarded_gradients", "ParameterReflection",
+__all__ = ["Reflection", "descent_reflection", "ParameterReflection",
            "parameter_reflection"]

@@ -40,7 +40,7 @@ from losses.base import fill_missing_gradients, require_scalar
 from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
-from toolkit.meta.descent import Reflection, descent_reflection, guarded_gradients, parameter_reflection
+from toolkit.meta.descent import Reflection, descent_reflection, parameter_reflection
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 
@@ -168,7 +168,7 @@ class BatchGradients:
 
 def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor, targets: Tensor,
                     task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = False,
-                    value: Tensor | None = None) -> BatchGradients:
+                    value: Tensor | None = None, create_graph: bool = False) -> BatchGradients:
     """Jᵀm for the global batch: this process's rows of m back through its share, summed over processes.
 
     Args:
@@ -176,17 +176,20 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
         m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
         descent_guard: reflect m per sample, then the parameter gradient in parameter space
             (:mod:`toolkit.meta.descent`), all on global quantities, so every process decides alike.
+        create_graph: keep the graph of the gradient (through m and the reflections) for the unrolled
+            route, which differentiates it; the task gradient and what reflects stay constants.
     """
     names = list(leaves)
     tensors = [leaves[k] for k in names]
     if not descent_guard:
-        grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(m))))
+        grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(m),
+                                                    create_graph=create_graph)))
         return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads))
     reflect = descent_reflection(m, outputs, targets, task)
     grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect(m)),
-                                                retain_graph=True)))
-    task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors,
-                                                     replicas.shard(reflect.task_gradient))))
+                                                retain_graph=True, create_graph=create_graph)))
+    task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect.task_gradient),
+                                                     retain_graph=create_graph)))
     replicas.sum_([*grads.values(), *task_grads.values()])
     step_reflect = parameter_reflection(grads, task_grads)
     return BatchGradients(value=value, outputs=outputs, grads=step_reflect(grads), task_grads=task_grads,
@@ -337,29 +340,22 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
-        guarded = guarded_step = task_grads = train_task_loss = None
-        if descent_guard:  # θ' = U(H_θ Jᵀ H_f m(φ)), differentiated as written
-            grads, guarded, guarded_step, task_grads = guarded_gradients(train_loss, outputs, theta_leaf, y, task,
-                                                                         create_graph=True)
-            train_task_loss = task_loss(outputs.detach(), y, task)
-        else:
-            grads = dict(zip(theta_leaf, torch.autograd.grad(train_loss, list(theta_leaf.values()),
-                                                             create_graph=True)))
+        # θ' = U(H_θ Jᵀ H_f m(φ)) (without the guard, U(Jᵀ m(φ))), differentiated as written.
+        (m,) = torch.autograd.grad(train_loss, outputs, create_graph=True)
+        step = batch_gradients(outputs, theta_leaf, m, outputs.detach(), y, task, descent_guard=descent_guard,
+                               create_graph=True)
+        grads = step.grads
         new_params, new_state = rule.update(theta, grads, state)
         meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
         meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
-        ratio = None
-        if diagnostics:
-            out_leaf = outputs.detach().requires_grad_(True)
-            m = torch.autograd.grad(functional_call(loss, dict(loss_params), (out_leaf, y)), out_leaf)[0]
-            ratio = _grad_ratio(m, outputs, y, task)
     meta_grads = fill_missing_gradients(loss_params, dict(zip(names, meta)))
     return Lookahead(params={k: p.detach() for k, p in new_params.items()}, state=detach_state(new_state),
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
-                     grad_ratio=ratio, guarded=guarded, guarded_step=guarded_step,
-                     task_grads=None if task_grads is None else {k: g.detach() for k, g in task_grads.items()},
-                     train_task_loss=train_task_loss)
+                     grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
+                     guarded=None if step.reflect is None else step.reflect.count,
+                     guarded_step=None if step.step_reflect is None else step.step_reflect.uphill,
+                     task_grads=step.task_grads, train_task_loss=step.train_task_loss)
 
 
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
