@@ -17,15 +17,28 @@ from torch.func import functional_call, grad_and_value, vjp
 from losses.base import LearnedLoss, Pullback
 
 
-class _ValueAndOutputGradient(nn.Module):
-    """Calls ``loss.value_and_output_gradient`` as a forward, so ``functional_call`` can swap φ in."""
+def value_and_gradient(loss: nn.Module, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(M, m = ∂M/∂f)`` at ``outputs`` f taken as constants, both differentiable in the loss's parameters.
 
-    def __init__(self, loss: LearnedLoss) -> None:
+    A LearnedLoss gives its own derived pair (``value_and_output_gradient``, which may share work
+    between the two); any other module gets ``torch.func.grad_and_value`` of its forward.
+    """
+    f = outputs.detach()
+    if isinstance(loss, LearnedLoss):
+        return loss.value_and_output_gradient(f, targets)
+    gradient, value = grad_and_value(lambda out: loss(out, targets))(f)
+    return value, gradient
+
+
+class _ValueAndGradient(nn.Module):
+    """Calls :func:`value_and_gradient` as a forward, so ``functional_call`` can swap φ in."""
+
+    def __init__(self, loss: nn.Module) -> None:
         super().__init__()
         self.loss = loss
 
     def forward(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-        return self.loss.value_and_output_gradient(outputs, targets)
+        return value_and_gradient(self.loss, outputs, targets)
 
 
 def value_gradient_pullback(loss: nn.Module, params: Mapping[str, Tensor], outputs: Tensor,
@@ -46,16 +59,12 @@ def value_gradient_pullback(loss: nn.Module, params: Mapping[str, Tensor], outpu
     phi = {k: p.detach() for k, p in params.items()}
     frozen = [k for k, p in params.items() if not p.requires_grad]
 
-    if isinstance(loss, LearnedLoss):  # its own derived (value, gradient), sharing work where it can
-        adapter = _ValueAndOutputGradient(loss)
-        phi = {f"loss.{k}": p for k, p in phi.items()}
+    adapter = _ValueAndGradient(loss)
+    phi = {f"loss.{k}": p for k, p in phi.items()}
 
-        def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            value, m = functional_call(adapter, phi, (f, targets))
-            return m, value
-    else:
-        def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-            return grad_and_value(lambda out: functional_call(loss, phi, (out, targets)))(f)
+    def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        value, m = functional_call(adapter, phi, (f, targets))
+        return m, value
 
     m, pull, value = vjp(gradient, phi, has_aux=True)
 
@@ -69,4 +78,4 @@ def value_gradient_pullback(loss: nn.Module, params: Mapping[str, Tensor], outpu
     return value.detach(), m.detach(), pullback
 
 
-__all__ = ["value_gradient_pullback"]
+__all__ = ["value_and_gradient", "value_gradient_pullback"]

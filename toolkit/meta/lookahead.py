@@ -37,7 +37,7 @@ from torch.func import functional_call, jvp
 
 from losses import encode_targets
 from losses.base import fill_missing_gradients, require_scalar
-from losses.derivatives import value_gradient_pullback
+from losses.derivatives import value_and_gradient, value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
 from toolkit.meta.descent import Reflection, descent_reflection, parameter_reflection
@@ -133,16 +133,8 @@ def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
 
 
 def loss_value_and_gradient(loss: nn.Module, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """(M, m = ∂M/∂f) of a loss at detached outputs f, derived from its forward (no graph to f).
-
-    The loss's own reduction is differentiated: ``"mean"`` or ``"sum"``; ``"none"`` is refused.
-    """
-    require_scalar(loss)
-    f = outputs.detach()
-    if hasattr(loss, "value_and_output_gradient"):
-        value, m = loss.value_and_output_gradient(f, targets)
-    else:
-        m, value = torch.func.grad_and_value(lambda out: loss(out, targets))(f)
+    """(M, m = ∂M/∂f) of a loss at detached outputs f (:func:`losses.derivatives.value_and_gradient`), detached."""
+    value, m = value_and_gradient(loss, outputs, targets)
     return value.detach(), m.detach()
 
 
@@ -167,13 +159,14 @@ class BatchGradients:
 
 
 def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor, targets: Tensor,
-                    task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = False,
+                    task: str | None, *, replicas: Replicas = SINGLE, descent_guard: bool = False,
                     value: Tensor | None = None, create_graph: bool = False) -> BatchGradients:
     """Jᵀm for the global batch: this process's rows of m back through its share, summed over processes.
 
     Args:
         local_outputs: the model's outputs on this process's rows, with their graph to ``leaves``.
         m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
+        task: the task loss's task, read by the descent guard only (None without it).
         descent_guard: reflect m per sample, then the parameter gradient in parameter space
             (:mod:`toolkit.meta.descent`), all on global quantities, so every process decides alike.
         create_graph: keep the graph of the gradient (through m and the reflections) for the unrolled

@@ -268,24 +268,35 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: 
     return chosen, chosen_state, rejected
 
 
-def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
-                 rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True):
-    """One step on a fixed loss, out of place: (M on the batch, θ', state', guard counts or None).
+def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], task: str | None, *,
+                         replicas: Replicas = SINGLE, descent_guard: bool = False):
+    """The base gradient of a fixed loss on the (global) batch, through the model's own forward.
 
     The loss and its output gradient are taken on the global batch (every process's outputs
     gathered), each process back-propagates its rows, and the parameter gradients are summed
-    (:mod:`toolkit.meta.distributed`; one process: the ordinary step). With ``descent_guard``: the
-    two reflections of :mod:`toolkit.meta.descent`, the rule's update (equal to its ``torch.optim``
-    counterpart), then :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)``
-    go to :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
+    (:mod:`toolkit.meta.distributed`; one process: the ordinary gradient). Returns
+    :class:`~toolkit.meta.lookahead.BatchGradients` (with the guard's reflections when asked).
     """
     x, y = train
     with torch.enable_grad():
         local_outputs = model(replicas.shard(x))
         outputs = replicas.gather(local_outputs.detach())
         value, m = loss_value_and_gradient(loss, outputs, y)
-        step = batch_gradients(local_outputs, params, m, outputs, y, task, replicas=replicas,
+        return batch_gradients(local_outputs, params, m, outputs, y, task, replicas=replicas,
                                descent_guard=descent_guard, value=value)
+
+
+def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
+                 rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True):
+    """One step on a fixed loss, out of place: (M on the batch, θ', state', guard counts or None).
+
+    The gradient is :func:`fixed_loss_gradients`'s. With ``descent_guard``: the two reflections of
+    :mod:`toolkit.meta.descent`, the rule's update (equal to its ``torch.optim`` counterpart), then
+    :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)`` go to
+    :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
+    """
+    step = fixed_loss_gradients(model, loss, train, params, task, replicas=replicas, descent_guard=descent_guard)
+    value = step.value
     theta = {k: p.detach() for k, p in params.items()}
     with torch.no_grad():
         new_params, new_state = rule.update(theta, step.grads, state)
@@ -335,4 +346,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "GuardCounts", "accept_or_fall_back", "guarded_step"]
+           "GuardCounts", "accept_or_fall_back", "guarded_step", "fixed_loss_gradients"]

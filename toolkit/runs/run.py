@@ -28,10 +28,9 @@ from toolkit.models.zoo import build_model
 from toolkit.meta.offline import offline_initialise
 from toolkit.meta.adam import all_finite
 from toolkit.data.augment import AugmentedBatches, augmentation_for
-from toolkit.meta.online import (GuardCounts, NonFiniteError, OnlineLossLearner, frozen_copy, guarded_step,
-                     has_trainable_parameters)
+from toolkit.meta.online import (GuardCounts, NonFiniteError, OnlineLossLearner, fixed_loss_gradients, frozen_copy,
+                                 guarded_step, has_trainable_parameters)
 from toolkit.meta.distributed import SINGLE, Replicas, convert_sync_batchnorm
-from toolkit.meta.lookahead import batch_gradients, loss_value_and_gradient
 from toolkit.meta.rules import torch_optimizer
 from toolkit.runs.run_directory import RunDirectory
 from toolkit.runs.log import History, RunLog, summary_writer_class
@@ -70,14 +69,10 @@ class FixedLossStepper:
             value.backward()
         else:  # the global batch's loss and gradient (toolkit.meta.distributed), then torch.optim's own step
             params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-            with torch.enable_grad():
-                local_outputs = self.model(self.replicas.shard(x))
-                outputs = self.replicas.gather(local_outputs.detach())
-                value, m = loss_value_and_gradient(self.loss, outputs, y)
-                grads = batch_gradients(local_outputs, params, m, outputs, y, "classification",
-                                        replicas=self.replicas).grads
+            step = fixed_loss_gradients(self.model, self.loss, train, params, None, replicas=self.replicas)
+            value = step.value
             for k, p in params.items():
-                p.grad = grads[k]
+                p.grad = step.grads[k]
         self.optimizer.step()
         return {"train_loss": value.detach()}
 
