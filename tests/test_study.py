@@ -324,3 +324,12 @@ def test_the_study_figure_keeps_every_seed_visible_and_its_legend_off_the_data(t
     assert len(xs) == 3 and len(set(xs)) == 3  # one dot per seed, side by side
     assert ax.get_legend() is None and len(fig.legends) == 1
     assert ax.get_ylabel() == "test error (fraction wrong)"
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_study_file_loads(path):
+    """The declared studies the README and docs cite are valid files (options, grids, baseline)."""
+    spec = load_study(path)
+    assert spec.groups and spec.seeds and count_runs(spec) > 0
+    assert any(group.method == spec.baseline for group in spec.groups)
