@@ -119,6 +119,19 @@ FROZEN = {
 """Ways to freeze parts of LeNet-5 (fine-tuning): name -> function of the model."""
 
 
+def central_differences(f, tensors: dict[str, torch.Tensor], *, eps: float = 1e-6):
+    """Yield ``(name, index, (f(t + eps·e) − f(t − eps·e)) / 2eps)`` for every coordinate of every tensor
+    in ``tensors`` (name → tensor; copies are perturbed, never ``tensors`` itself). ``f`` maps such a
+    dict to a scalar; the numeric derivative comes back as a float."""
+    for name, value in tensors.items():
+        for index in range(value.numel()):
+            plus = {k: v.clone() for k, v in tensors.items()}
+            minus = {k: v.clone() for k, v in tensors.items()}
+            plus[name].view(-1)[index] += eps
+            minus[name].view(-1)[index] -= eps
+            yield name, index, float((f(plus) - f(minus)) / (2 * eps))
+
+
 def assert_meta_gradients_close(fast, naive, *, skip=(), rtol: float = 1e-8) -> None:
     """Every meta-gradient of ``fast`` within ``rtol`` of ``naive``'s in relative L2 norm (names in
     ``skip`` excepted)."""

@@ -6,8 +6,8 @@ import torch
 from torch.func import functional_call
 
 import losses
-from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv,
-                     tiny_mlp)
+from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, central_differences,
+                     tiny_bn_dropout, tiny_conv, tiny_mlp)
 from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive, sgd_update
 from toolkit.meta.rules import AdamRule, SGDRule, torch_optimizer
 from losses import task_loss
@@ -174,17 +174,10 @@ def test_meta_gradient_matches_central_differences(fn, rule_name, loss_name):
     train, valid = batch(10, (3,), 3, seed=5), batch(10, (3,), 3, seed=6)
     result = fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, state)
     phi = {k: p.detach().clone() for k, p in loss.named_parameters()}
-    eps = 1e-6
-    for name, value in phi.items():
-        for index in range(value.numel()):
-            plus = {k: v.clone() for k, v in phi.items()}
-            minus = {k: v.clone() for k, v in phi.items()}
-            plus[name].view(-1)[index] += eps
-            minus[name].view(-1)[index] -= eps
-            numeric = (_lookahead_objective(model, params, loss, plus, train, valid, rule, state)
-                       - _lookahead_objective(model, params, loss, minus, train, valid, rule, state)) / (2 * eps)
-            analytic = float(result.meta_grads[name].view(-1)[index])
-            assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, index, numeric, analytic)
+    objective = lambda phi: _lookahead_objective(model, params, loss, phi, train, valid, rule, state)  # noqa: E731
+    for name, index, numeric in central_differences(objective, phi):
+        analytic = float(result.meta_grads[name].view(-1)[index])
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (name, index, numeric, analytic)
 
 
 @pytest.mark.parametrize("loss_name", LOSSES)
