@@ -130,26 +130,19 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
                    f"{','.join(map(str, seed_list))} (worst {stats['max']:.4f})  -> {out}/summary.json")
         return
     from toolkit.meta import distributed
+    from toolkit.runs.common import resolve_device
 
-    replicas, local_rank = distributed.from_environment()
-    if replicas.active:  # launched by torchrun: one data-parallel run over WORLD_SIZE processes
-        from toolkit.runs.common import resolve_device
-        device = resolve_device(config.device)
-        if device.type == "cuda":
-            import torch
-            device = torch.device("cuda", local_rank or 0)
-        distributed.initialise(replicas, device)
+    replicas, local_rank = distributed.from_environment()  # torchrun: one data-parallel run over WORLD_SIZE
     try:
-        results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet,
-                               replicas=replicas, tensorboard=tensorboard)
+        with distributed.joined(replicas, resolve_device(config.device), local_rank=local_rank):
+            results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet,
+                                   replicas=replicas, tensorboard=tensorboard)
     except RuntimeError as exc:
         if not replicas.active:
             raise
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise click.ClickException(f"rank {replicas.rank}: the data-parallel run stopped ({reason}); another "
                                    "process failed: see its message") from None
-    finally:
-        distributed.shutdown(replicas)
     if not replicas.is_main:
         return
     metric = "test_error" if results["task"] == "classification" else "test_mse"
@@ -164,7 +157,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
 @click.option("--jobs", default=1, show_default=True, type=int,
               help="Runs at once, each with cpu_count // jobs threads (on Ray: CPUs each task asks for).")
 @click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
-              help='Where runs execute: local processes, or Ray tasks (pip install "onlinelfl[cluster]").')
+              help='Where runs execute: local processes, or Ray tasks (pip install "ray[default]>=2.9").')
 @click.option("--address", default=None, metavar="ADDR",
               help="Ray cluster to submit to (--backend ray; default: start Ray on this machine).")
 @click.option("--dry-run", is_flag=True, help="Check the file and list the groups and run counts; train nothing.")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import datetime
 import os
 
 import torch
@@ -10,17 +9,18 @@ from torch import nn
 
 import losses
 from helpers import STRUCTURES, batch, tiny_mlp
+from toolkit.meta import distributed
 from toolkit.meta.distributed import Replicas, convert_sync_batchnorm
 from toolkit.meta.lookahead import meta_gradient
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import AdamRule, SGDRule
 
 
-def join(rank: int, world: int, init_file: str) -> Replicas:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                                         timeout=datetime.timedelta(seconds=60))
+def joined(rank: int, world: int, init_file: str):
+    """The product's process lifecycle (toolkit.meta.distributed.joined), over a file rendezvous."""
     torch.set_num_threads(1)
-    return Replicas(rank=rank, world_size=world)
+    return distributed.joined(Replicas(rank=rank, world_size=world), torch.device("cpu"),
+                              init_method=f"file://{init_file}", timeout_s=60)
 
 
 def _model(name: str) -> nn.Module:
@@ -69,20 +69,21 @@ def lookahead_steps(model_name: str, rule_name: str, guard: bool, sync_bn: bool,
 
 
 def run_lookahead_worker(rank: int, world: int, init_file: str, out_dir: str, case: tuple) -> None:
-    replicas = join(rank, world, init_file)
-    try:
-        state = lookahead_steps(*case, world=world, replicas=replicas)
-        torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        torch.distributed.destroy_process_group()
+    """Three steps in the group; then records which gloo threads are still alive after leaving it."""
+    with joined(rank, world, init_file):
+        state = lookahead_steps(*case, world=world, replicas=Replicas(rank=rank, world_size=world))
+    torch.save(state, os.path.join(out_dir, f"rank{rank}.pt"))
+    threads = distributed.collective_threads()
+    with open(os.path.join(out_dir, f"rank{rank}.threads"), "w") as f:
+        f.write("\n".join(threads))
 
 
 def run_failing_worker(rank: int, world: int, init_file: str, out_dir: str, case: tuple) -> None:
     """Process 1 fails at once; process 0 waits in a collective and must fail too, not hang."""
-    replicas = join(rank, world, init_file)
-    if rank == 1:
-        raise RuntimeError("rank 1 failed on purpose")
-    replicas.sum_([torch.ones(3)])
+    with joined(rank, world, init_file):
+        if rank == 1:
+            raise RuntimeError("rank 1 failed on purpose")
+        Replicas(rank=rank, world_size=world).sum_([torch.ones(3)])
 
 
 __all__ = ["lookahead_steps", "run_lookahead_worker", "run_failing_worker", "copy"]

@@ -30,8 +30,11 @@ does not reproduce the single-process run bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
+import importlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -129,21 +132,89 @@ def from_environment() -> tuple[Replicas, int | None]:
     return Replicas(rank=rank, world_size=world), int(local) if local is not None else None
 
 
-def initialise(replicas: Replicas, device: torch.device) -> None:
-    """Join the process group (gloo on CPU, NCCL on CUDA) unless it is joined already."""
+def initialise(replicas: Replicas, device: torch.device, *, init_method: str | None = None,
+               timeout_s: float = TIMEOUT_S) -> None:
+    """Join the process group (gloo on CPU, NCCL on CUDA) unless it is joined already.
+
+    ``torch._dynamo`` is imported first, on purpose. ``torch.func`` imports it on its first call,
+    and when that import happens while a process group exists it keeps references to the group
+    that ``destroy_process_group`` cannot release: gloo's threads (``pt_gloo_runloop``,
+    ``gloo_tcp_loop``) then outlive the group and abort the interpreter at exit ("terminate called
+    without an active exception", SIGABRT) in a random share of runs. Imported before the group
+    exists, it holds nothing of it. Prefer :func:`joined`, which also leaves the group cleanly.
+    """
     if not replicas.active or torch.distributed.is_initialized():
         return
+    importlib.import_module("torch._dynamo")  # see the docstring: before the group exists, never after
+
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    torch.distributed.init_process_group(backend=backend, rank=replicas.rank, world_size=replicas.world_size,
-                                         timeout=datetime.timedelta(seconds=TIMEOUT_S))
+    torch.distributed.init_process_group(backend=backend, init_method=init_method, rank=replicas.rank,
+                                         world_size=replicas.world_size,
+                                         timeout=datetime.timedelta(seconds=timeout_s))
 
 
-def shutdown(replicas: Replicas) -> None:
-    """Leave the process group (when this module joined one)."""
-    if replicas.active and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+def shutdown(replicas: Replicas, *, synchronise: bool = True) -> None:
+    """Leave the process group (when one is joined): wait for every process, then destroy it.
+
+    The barrier keeps one process from tearing down its connections while another still sends
+    (its last collective would fail); ``synchronise=False`` skips it when this process is leaving
+    because of an error, since the others may never arrive.
+    """
+    if not replicas.active or not torch.distributed.is_initialized():
+        return
+    if synchronise:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def rank_device(device: torch.device, local_rank: int | None) -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` for a CUDA run (one GPU per process), else ``device``."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank or 0)
+    return device
+
+
+@contextlib.contextmanager
+def joined(replicas: Replicas, device: torch.device, *, local_rank: int | None = None,
+           init_method: str | None = None, timeout_s: float = TIMEOUT_S) -> Iterator[torch.device]:
+    """The lifecycle of one data-parallel process: join, run the body, leave.
+
+    Yields this process's device (:func:`rank_device`). On a normal exit every process waits
+    for the others and the group is destroyed, so no gloo thread survives it; on an error the
+    group is destroyed without waiting (the failing process's peers then fail in their next
+    collective instead of hanging). The single-process run (``world_size == 1``) joins nothing.
+    """
+    device = rank_device(device, local_rank) if replicas.active else device
+    initialise(replicas, device, init_method=init_method, timeout_s=timeout_s)
+    try:
+        yield device
+    except BaseException:
+        shutdown(replicas, synchronise=False)
+        raise
+    shutdown(replicas)
+
+
+def collective_threads() -> list[str]:
+    """Names of this process's threads that belong to gloo (Linux ``/proc``; empty elsewhere).
+
+    What :func:`joined` must leave behind it: nothing. Tests and diagnostics read it.
+    """
+    names = []
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return names
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if "gloo" in name:
+            names.append(name)
+    return sorted(names)
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -230,5 +301,5 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["Replicas", "SINGLE", "from_environment", "initialise", "shutdown", "all_reduce_sum", "SyncBatchNorm",
-           "convert_sync_batchnorm", "TIMEOUT_S"]
+__all__ = ["Replicas", "SINGLE", "from_environment", "joined", "initialise", "shutdown", "rank_device",
+           "collective_threads", "all_reduce_sum", "SyncBatchNorm", "convert_sync_batchnorm", "TIMEOUT_S"]
