@@ -10,7 +10,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 RUN_DIR ?= runs/make-run
 EXTRAS ?= test
 
-.PHONY: setup data run test bench clean
+.PHONY: setup data run test wheel-check bench clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,10 @@ run: setup data
 test: setup data
 	$(VENV)/bin/pytest -q
 	$(VENV)/bin/pytest -q -m slow
+
+## The install users get: a wheel in a fresh venv outside the checkout, lfl and the README's examples.
+wheel-check:
+	bash .ci/wheel_check.sh
 
 bench: setup
 	$(LFL) bench --model lenet5 --batch-size 128

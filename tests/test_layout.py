@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +101,18 @@ def test_losses_never_imports_toolkit():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_package_folder_is_a_regular_package():
+    """``packages = find:`` ships only folders with an ``__init__.py``: one without it would be missing
+    from the wheel users install (the editable install used by the tests would still find it)."""
+    missing = [str(d.relative_to(ROOT)) for package in PACKAGES for d in [ROOT / package, *(ROOT / package).rglob("*")]
+               if d.is_dir() and d.name != "__pycache__" and any(d.glob("*.py")) and not (d / "__init__.py").exists()]
+    assert not missing, f"add an __init__.py (the package's face) to: {', '.join(missing)}"
+
+
+def test_the_version_is_written_once():
+    """setup.cfg reads the version from toolkit.__version__, so the two cannot disagree."""
+    setup = (ROOT / "setup.cfg").read_text()
+    assert "version = attr: toolkit.__version__" in setup
+    assert not re.search(r"^version\s*=\s*\d", setup, flags=re.M)

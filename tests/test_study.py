@@ -301,7 +301,7 @@ def test_ray_backend_without_ray_names_the_install_hint(tmp_path, capsys, monkey
         main(["study", str(path), "--out", str(tmp_path / "out"), "--backend", "ray"])
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1 and "Traceback" not in err[0], err
-    assert 'pip install "onlinelfl[cluster]"' in err[0]
+    assert 'pip install "ray[default]>=2.9"' in err[0]
     assert not (tmp_path / "out").exists()
 
 

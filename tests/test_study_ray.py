@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason='the Ray backend needs Ray: pip install "onlinelfl[cluster]"')
+ray = pytest.importorskip("ray", reason='the Ray backend needs Ray: pip install "ray[default]>=2.9"')
 
 from cli import main  # noqa: E402
 import helpers  # noqa: E402

@@ -58,7 +58,7 @@ SYSTEM_DATA_DIRS: tuple[pathlib.Path, ...] = (pathlib.Path("/usr/share/datasets"
 TEST_FRACTION = 0.2
 TEST_SPLIT_SEED = 0
 MAX_INFERRED_CLASSES = 20
-SKLEARN_INSTALL = "install scikit-learn: pip install 'onlinelfl[sklearn]'"
+SKLEARN_INSTALL = "install scikit-learn: pip install 'scikit-learn>=1.3'"
 
 _ALIASES = {
     "fashion_mnist": "fashion-mnist", "fmnist": "fashion-mnist", "fashionmnist": "fashion-mnist",

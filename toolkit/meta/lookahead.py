@@ -4,7 +4,7 @@ Pure functions over explicit parameter dictionaries (``torch.func`` style): they
 mutate a module's parameters, so the stateful wrappers in :mod:`toolkit.meta.online` and
 :mod:`toolkit.meta.offline` decide what to keep.
 
-Notation (DESIGN.md): g = ∇θ M_φ(y, f_θ(x)) on the training batch, θ' = U(θ, g, s) the base
+Notation: g = ∇θ M_φ(y, f_θ(x)) on the training batch, θ' = U(θ, g, s) the base
 optimiser's step (:mod:`toolkit.meta.rules`: SGD with momentum, Nesterov and weight decay, Adam,
 AdamW; s its state, a constant of the step), and L(θ') the task loss on the validation
 batch. With v = ∇θ' L, w = (∂U/∂g)ᵀ v, u = J_f w (J_f = ∂f/∂θ on the training batch) and

@@ -10,7 +10,7 @@ The three backends share one small interface, so the study's scheduling loop
   known once the backend is entered.
 - a context manager that starts the workers on entry and stops them on exit.
 
-Ray is an optional extra (``pip install "onlinelfl[cluster]"``) and is imported only by
+Ray is an optional extra (``pip install "ray[default]>=2.9"``) and is imported only by
 :class:`RayTasks`, so ``import toolkit`` works and stays fast without it.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from toolkit.runs.study_spec import StudyError
 from toolkit.runs.sweep import process_pool, threads_per_job
 
 BACKENDS = ("local", "ray")
-RAY_INSTALL_HINT = 'pip install "onlinelfl[cluster]"'
+RAY_INSTALL_HINT = 'pip install "ray[default]>=2.9"'
 
 
 class InProcess:
