@@ -22,11 +22,11 @@ import csv
 import io
 import json
 import numbers
-import shutil
 from pathlib import Path
 from typing import Any
 
 from toolkit.runs.common import ConfigError, atomic_write, dumps_strict, strict_json
+from toolkit.runs.run_directory import remove_ours
 
 HISTORY_FILE = "history.jsonl"
 METRICS_FILE = "metrics.csv"
@@ -210,9 +210,10 @@ class RunLog:
         self._writer.flush()
 
     def _remove_tensorboard(self) -> None:
+        """Remove the run's event files to rebuild them (refused if the folder holds anything else)."""
         self.close()
-        if self.out is not None and (self.out / TENSORBOARD_DIR).is_dir():
-            shutil.rmtree(self.out / TENSORBOARD_DIR)
+        if self.out is not None:
+            remove_ours(self.out, [TENSORBOARD_DIR])
 
 
 __all__ = ["History", "RunLog", "scalars", "read_metrics_csv", "summary_writer_class", "HISTORY_FILE",

@@ -3,14 +3,19 @@
 ``lfl train --out DIR`` holds an exclusive lock on ``DIR/.lock`` (``fcntl.flock``)
 for the whole run, so a second run into the same directory stops at once and names
 the holder instead of interleaving its history with the first. A directory that
-already holds a run is refused unless the caller resumes it or asks to overwrite it;
-overwriting removes the run's own files only.
+already holds a run is refused unless the caller resumes it or asks to overwrite it.
+
+Overwriting removes this toolkit's files only, by name, and only after checking that each one is
+what its name claims (:func:`written_by_us`: a JSON object with a run's keys, a CSV with the run's
+header, a checkpoint archive, a folder of TensorBoard event files). A directory that holds other
+files besides a run, or a run file that fails its check, is refused with the list, and nothing is
+removed: a user's files are never deleted.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -22,6 +27,111 @@ from toolkit.runs.common import ConfigError
 RUN_OUTPUTS = ("results.json", "loss.json", "history.jsonl", "metrics.csv", "tensorboard", "loss_snapshots.jsonl",
                "checkpoint.pt")
 LOCK_NAME = ".lock"
+SUMMARY_NAME = "summary.json"
+TENSORBOARD_EVENTS = "events.out.tfevents."
+CHECK_BYTES = 1 << 20
+"""How much of a file the ownership checks read at most (a header line, a JSON object's keys)."""
+JSON_CHECK_LIMIT = 256 << 20
+"""A results/loss/summary JSON file larger than this is not one this toolkit wrote."""
+_JSON_KEYS = {"results.json": ("config", "status"), "loss.json": ("kind",), SUMMARY_NAME: ("runs", "config")}
+_CSV_HEADER = "phase,step,name,value"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _first_line(path: Path) -> str | None:
+    with path.open("rb") as f:
+        line = f.readline(CHECK_BYTES)
+    try:
+        return line.decode().strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def _json_object_with(path: Path, keys: tuple[str, ...]) -> bool:
+    if path.stat().st_size > JSON_CHECK_LIMIT:
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+    return isinstance(data, dict) and any(k in data for k in keys)
+
+
+def _jsonl(path: Path) -> bool:
+    line = _first_line(path)
+    if line is None:
+        return False
+    if not line:
+        return path.stat().st_size == 0 or not path.read_bytes()[:CHECK_BYTES].strip()
+    try:
+        return isinstance(json.loads(line), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _tensorboard(path: Path) -> bool:
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return all(entry.is_file() and not entry.is_symlink() and entry.name.startswith(TENSORBOARD_EVENTS)
+               for entry in path.iterdir())
+
+
+def written_by_us(path: Path) -> bool:
+    """Whether ``path`` (named as one of :data:`RUN_OUTPUTS`, ``summary.json`` or the lock) is what this
+    toolkit writes under that name. Reads at most a header, or a JSON file of bounded size."""
+    name = path.name
+    if name == "tensorboard":
+        return _tensorboard(path)
+    if path.is_symlink() or not path.is_file():
+        return False
+    if name in _JSON_KEYS:
+        return _json_object_with(path, _JSON_KEYS[name])
+    if name.endswith(".jsonl"):
+        return _jsonl(path)
+    if name == "metrics.csv":
+        return _first_line(path) in (_CSV_HEADER, "")
+    if name == "checkpoint.pt":
+        with path.open("rb") as f:
+            return f.read(4) == _ZIP_MAGIC
+    return name == LOCK_NAME
+
+
+def remove_ours(path: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Remove the named outputs under ``path`` after checking every one of them (:func:`written_by_us`).
+
+    Raises:
+        ConfigError: one of them is not what this toolkit writes; nothing was removed.
+    """
+    present = [path / n for n in names if (path / n).exists() or (path / n).is_symlink()]
+    foreign = [p.name for p in present if not written_by_us(p)]
+    if foreign:
+        raise ConfigError(f"{path} holds {', '.join(foreign)} that this toolkit did not write (not a file of "
+                          "a run, or not in a run's format): move it away or choose another --out; nothing was "
+                          "removed")
+    for target in present:
+        if target.is_dir():
+            for event_file in target.iterdir():
+                event_file.unlink()
+            target.rmdir()
+        else:
+            target.unlink()
+
+
+def claim_summary(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check that ``out/summary.json`` (a seed sweep's) may be written: absent, or ours and replaceable.
+
+    The same rule as a run: an existing summary is refused unless the caller resumes or overwrites, and
+    it is replaced only when it is one this toolkit wrote.
+    """
+    path = out / SUMMARY_NAME
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not (resume or overwrite):
+        raise ConfigError(f"{path} already exists: add --resume to continue the sweep, --overwrite to replace "
+                          "it, or choose another --out")
+    if not written_by_us(path):
+        raise ConfigError(f"{path} is not a summary this toolkit wrote: move it away or choose another --out; "
+                          "nothing was removed")
 
 
 class RunDirectory:
@@ -41,24 +151,28 @@ class RunDirectory:
         self.path = Path(path)
         self.resume, self.overwrite = resume, overwrite
         self._fd: int | None = None
+        self._created_lock = False
 
     def __enter__(self) -> "RunDirectory":
         self._create()
         self._lock()
         try:
-            existing = [name for name in RUN_OUTPUTS if (self.path / name).exists()]
+            existing = [name for name in RUN_OUTPUTS
+                        if (self.path / name).exists() or (self.path / name).is_symlink()]
             if existing and not (self.resume or self.overwrite):
                 raise ConfigError(f"{self.path} already holds a run ({', '.join(existing)}): add --resume to "
                                   "continue it, --overwrite to replace it, or choose another --out")
-            if self.overwrite and not self.resume:
-                for name in existing:
-                    target = self.path / name
-                    if target.is_dir() and not target.is_symlink():
-                        shutil.rmtree(target)  # tensorboard/: event files only this toolkit writes
-                    else:
-                        target.unlink()
+            if self.overwrite and not self.resume and existing:
+                others = sorted(p.name for p in self.path.iterdir() if p.name not in (*RUN_OUTPUTS, LOCK_NAME))
+                if others:
+                    shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+                    raise ConfigError(f"{self.path} holds files besides a run ({shown}): --overwrite replaces "
+                                      "a run only in a directory of its own; choose another --out")
+                remove_ours(self.path, existing)
         except BaseException:
             self._unlock()
+            if self._created_lock:  # a refused claim leaves the directory as it found it
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
             raise
         return self
 
@@ -84,6 +198,7 @@ class RunDirectory:
         import fcntl
 
         lock_path = self.path / LOCK_NAME
+        self._created_lock = not lock_path.exists()
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -112,4 +227,4 @@ class RunDirectory:
             self._fd = None
 
 
-__all__ = ["RunDirectory", "RUN_OUTPUTS"]
+__all__ = ["RunDirectory", "RUN_OUTPUTS", "written_by_us", "remove_ours", "claim_summary"]

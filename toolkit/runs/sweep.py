@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from toolkit.runs.common import ConfigError, TrainConfig, write_json
+from toolkit.runs.run_directory import claim_summary
 
 SUMMARY_KEYS = ("test_error", "test_loss", "valid_error", "valid_loss", "test_mse", "valid_mse", "wall_time_s")
 
@@ -76,6 +77,7 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
         summary_writer_class()  # a missing package is reported once, before any run starts
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    claim_summary(out, resume=resume, overwrite=overwrite)
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     dirs = [str(out / f"seed-{s}") for s in seeds]
     if jobs == 1:
