@@ -5,8 +5,10 @@ line on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +38,29 @@ def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
         raise click.BadParameter(str(exc)) from None
 
 
+INTERRUPTED = ("Interrupted; the last checkpoint is kept: rerun lfl train with --resume, or the same lfl study "
+               "command (finished runs are reused), to continue.")
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler pre-empting the job, ``kill``) behaves as Ctrl-C: the run keeps its checkpoint,
+    says it was interrupted and releases its lock; a study stops its workers. The previous handler is
+    restored on the way out (``main`` may be called from Python). Only the main thread can set handlers."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 class LflGroup(click.Group):
     """The ``lfl`` group: user errors become one line on stderr and exit status 2, never a traceback.
 
@@ -44,12 +69,14 @@ class LflGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            super().main(args=args, prog_name=prog_name or "lfl", complete_var=complete_var,
-                         standalone_mode=False, **extra)
+            with _terminate_as_interrupt():
+                super().main(args=args, prog_name=prog_name or "lfl", complete_var=complete_var,
+                             standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            click.echo("Aborted.", err=True)
+        except click.exceptions.Abort as exc:  # click turns Ctrl-C (and so SIGTERM) into Abort
+            interrupted = isinstance(exc.__context__, KeyboardInterrupt)
+            click.echo(INTERRUPTED if interrupted else "Aborted.", err=True)
             sys.exit(130)
         except click.ClickException as exc:
             click.echo(f"Error: {exc.format_message()}".replace("\n", " "), err=True)
@@ -59,7 +86,7 @@ class LflGroup(click.Group):
             click.echo((f"Error: rank {rank}: {exc}" if rank else f"Error: {exc}").replace("\n", " "), err=True)
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("Interrupted; rerun with --resume to continue from the last checkpoint.", err=True)
+            click.echo(INTERRUPTED, err=True)
             sys.exit(130)
         if standalone_mode:
             sys.exit(0)

@@ -64,8 +64,39 @@ class ProcessPool:
         self.pool = process_pool(self.jobs)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            stop_workers(self.pool)
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+INTERRUPT_GRACE_S = 10.0
+"""How long interrupted workers get to keep their checkpoint and release their run before they are killed."""
+
+
+def stop_workers(pool) -> None:
+    """Interrupt a process pool's workers (SIGINT: each run keeps its checkpoint and releases its lock), then
+    kill any still alive after :data:`INTERRUPT_GRACE_S`, so none outlives the study that started it.
+
+    ``concurrent.futures`` has no public way to reach its workers before Python 3.14; the pool's process
+    table is read where it exists, and the pool is left to its own shutdown where it does not.
+    """
+    import os
+    import signal
+    import time
+
+    processes = [p for p in getattr(pool, "_processes", {}).values() if p.is_alive()]
+    for process in processes:
+        try:
+            os.kill(process.pid, signal.SIGINT)
+        except OSError:
+            pass
+    deadline = time.monotonic() + INTERRUPT_GRACE_S
+    for process in processes:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=5)
 
 
 class RayTasks:
@@ -93,6 +124,7 @@ class RayTasks:
         self.started_here = False
         self.has_gpus = False
         self._remote: dict[Callable, object] = {}
+        self._refs: list = []
 
     def __enter__(self) -> "RayTasks":
         ray = self.ray
@@ -122,9 +154,17 @@ class RayTasks:
             # Ray's own retries stay off: the study retries a failed run once on every backend.
             self._remote[fn] = self.ray.remote(num_cpus=self.threads, max_retries=0)(fn)
         remote = self._remote[fn].options(num_gpus=1 if gpu and self.has_gpus else 0)
-        return remote.remote(*args).future()
+        ref = remote.remote(*args)
+        self._refs.append(ref)
+        return ref.future()
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None and issubclass(kind, (KeyboardInterrupt, SystemExit)):
+            for ref in self._refs:  # on a shared cluster too: the study's tasks stop with the study
+                try:
+                    self.ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - a task already finished cannot be cancelled
+                    pass
         if self.started_here:
             self.ray.shutdown()
 
@@ -144,4 +184,4 @@ def make_backend(backend: str, *, jobs: int, address: str | None = None):
     return ProcessPool(jobs) if jobs > 1 else InProcess()
 
 
-__all__ = ["BACKENDS", "RAY_INSTALL_HINT", "InProcess", "ProcessPool", "RayTasks", "make_backend"]
+__all__ = ["BACKENDS", "RAY_INSTALL_HINT", "InProcess", "ProcessPool", "RayTasks", "make_backend", "stop_workers"]

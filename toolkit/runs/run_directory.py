@@ -134,46 +134,30 @@ def claim_summary(out: Path, *, resume: bool, overwrite: bool) -> None:
                           "nothing was removed")
 
 
-class RunDirectory:
-    """An exclusive claim on a run directory, as a context manager.
+class DirectoryLock:
+    """An exclusive lock on ``path/.lock`` (``fcntl.flock``), as a context manager: one writer at a time.
+
+    The directory is created with its parents. A second holder stops at once with a message naming the
+    first (its pid, host and start time are written into the lock file while held). The kernel releases
+    the lock when the holder dies, so a killed writer never leaves a stale lock.
 
     Args:
-        path: the directory (created with its parents).
-        resume: the caller continues the run there (its files are kept).
-        overwrite: the caller replaces the run there (its files are removed first).
+        path: the directory.
+        what: what holds it, for messages ("run", "study").
 
     Raises:
-        ConfigError: the path is a file, lies under a file, cannot be written, is locked by
-            another run, or already holds a run and neither ``resume`` nor ``overwrite`` is set.
+        ConfigError: the path is a file, lies under a file, cannot be written or is locked.
     """
 
-    def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, what: str = "run") -> None:
         self.path = Path(path)
-        self.resume, self.overwrite = resume, overwrite
+        self.what = what
         self._fd: int | None = None
         self._created_lock = False
 
-    def __enter__(self) -> "RunDirectory":
+    def __enter__(self) -> "DirectoryLock":
         self._create()
         self._lock()
-        try:
-            existing = [name for name in RUN_OUTPUTS
-                        if (self.path / name).exists() or (self.path / name).is_symlink()]
-            if existing and not (self.resume or self.overwrite):
-                raise ConfigError(f"{self.path} already holds a run ({', '.join(existing)}): add --resume to "
-                                  "continue it, --overwrite to replace it, or choose another --out")
-            if self.overwrite and not self.resume and existing:
-                others = sorted(p.name for p in self.path.iterdir() if p.name not in (*RUN_OUTPUTS, LOCK_NAME))
-                if others:
-                    shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
-                    raise ConfigError(f"{self.path} holds files besides a run ({shown}): --overwrite replaces "
-                                      "a run only in a directory of its own; choose another --out")
-                remove_ours(self.path, existing)
-        except BaseException:
-            self._unlock()
-            if self._created_lock:  # a refused claim leaves the directory as it found it
-                (self.path / LOCK_NAME).unlink(missing_ok=True)
-            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -209,7 +193,7 @@ class RunDirectory:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise ConfigError(f"{self.path} is in use by another run ({holder}): wait for it to finish "
+                raise ConfigError(f"{self.path} is in use by another {self.what} ({holder}): wait for it to finish "
                                   "or choose another --out") from None
             raise ConfigError(f"cannot lock {lock_path} ({exc.strerror})") from None
         os.ftruncate(fd, 0)
@@ -227,4 +211,45 @@ class RunDirectory:
             self._fd = None
 
 
-__all__ = ["RunDirectory", "RUN_OUTPUTS", "written_by_us", "remove_ours", "claim_summary"]
+class RunDirectory(DirectoryLock):
+    """An exclusive claim on a run directory, as a context manager.
+
+    Args:
+        path: the directory (created with its parents).
+        resume: the caller continues the run there (its files are kept).
+        overwrite: the caller replaces the run there (its files are removed first).
+
+    Raises:
+        ConfigError: the path is a file, lies under a file, cannot be written, is locked by
+            another run, or already holds a run and neither ``resume`` nor ``overwrite`` is set.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, resume: bool = False, overwrite: bool = False) -> None:
+        super().__init__(path, what="run")
+        self.resume, self.overwrite = resume, overwrite
+
+    def __enter__(self) -> "RunDirectory":
+        self._create()
+        self._lock()
+        try:
+            existing = [name for name in RUN_OUTPUTS
+                        if (self.path / name).exists() or (self.path / name).is_symlink()]
+            if existing and not (self.resume or self.overwrite):
+                raise ConfigError(f"{self.path} already holds a run ({', '.join(existing)}): add --resume to "
+                                  "continue it, --overwrite to replace it, or choose another --out")
+            if self.overwrite and not self.resume and existing:
+                others = sorted(p.name for p in self.path.iterdir() if p.name not in (*RUN_OUTPUTS, LOCK_NAME))
+                if others:
+                    shown = ", ".join(others[:10]) + (f" and {len(others) - 10} more" if len(others) > 10 else "")
+                    raise ConfigError(f"{self.path} holds files besides a run ({shown}): --overwrite replaces "
+                                      "a run only in a directory of its own; choose another --out")
+                remove_ours(self.path, existing)
+        except BaseException:
+            self._unlock()
+            if self._created_lock:  # a refused claim leaves the directory as it found it
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+            raise
+        return self
+
+
+__all__ = ["DirectoryLock", "RunDirectory", "RUN_OUTPUTS", "written_by_us", "remove_ours", "claim_summary"]

@@ -19,12 +19,14 @@ Writes ``DIR/report.json``, ``DIR/report.md`` and ``DIR/test_error.png/.svg``
 from __future__ import annotations
 
 import json
+import math
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from toolkit.runs.backends import make_backend
+from toolkit.runs.run_directory import DirectoryLock
 from toolkit.runs.study_spec import Group, Study, run_key, selection_metric
 from toolkit.runs.sweep import run_one
 from toolkit.runs.common import TrainConfig, progress_bar
@@ -70,7 +72,27 @@ def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | Non
     expected = json.loads(json.dumps(config.to_dict()))
     if not isinstance(results, dict) or results.get("config") != expected:
         return None
-    return results if results.get("status", "finished") in ("finished", "diverged") else None
+    status = results.get("status", "finished")
+    if status == "diverged":
+        return results
+    return results if status == "finished" and _consistent(results, config) else None
+
+
+def _number(value: Any, low: float = -math.inf, high: float = math.inf) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+
+
+def _consistent(results: dict[str, Any], config: TrainConfig) -> bool:
+    """Whether a finished run's results.json holds what a finished run of ``config`` writes: its seed and
+    step count, and finite metrics in range. A file edited by hand or half-written is not reused (the run
+    resumes from its checkpoint and writes it again); this catches inconsistency, not a forger."""
+    if results.get("seed") != config.seed or results.get("steps") != config.steps:
+        return False
+    if results.get("task") == "regression":
+        return all(_number(results.get(k), 0.0) for k in ("test_mse", "valid_mse"))
+    return (all(_number(results.get(k), 0.0, 1.0) for k in ("test_error", "valid_error"))
+            and _number(results.get("test_loss")))
 
 
 def _train_one(config: TrainConfig, out_dir: str, threads: int | None) -> dict[str, Any]:
@@ -162,7 +184,12 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, backend: str 
     """
     executor = make_backend(backend, jobs=jobs, address=address)
     out = Path(out_dir)
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out, what="study"):  # a second lfl study on the same --out stops at once
+        (out / "runs").mkdir(parents=True, exist_ok=True)
+        return _run_study(study, out, executor, progress=progress)
+
+
+def _run_study(study: Study, out: Path, executor, *, progress: bool) -> list[GroupOutcome]:
     outcomes = {(g.setting, g.method): GroupOutcome(group=g, selection=[None] * len(g.points)) for g in study.groups}
     bar = _StudyProgress(count_runs(study), enabled=progress)
     # Several groups may ask for the same run (same config and seed): it trains once.
