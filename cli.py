@@ -160,6 +160,8 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     from toolkit.runs.common import resolve_device
 
     replicas, local_rank = distributed.from_environment()  # torchrun: one data-parallel run over WORLD_SIZE
+    from toolkit.runs.run import check_data_parallel
+    check_data_parallel(config, replicas)
     try:
         with distributed.joined(replicas, resolve_device(config.device), local_rank=local_rank):
             results = run_training(config, out_dir=out, resume=resume, overwrite=overwrite, progress=not quiet,

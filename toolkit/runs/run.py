@@ -297,6 +297,17 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
                 _remove_if_empty(out)
 
 
+def check_data_parallel(config: TrainConfig, replicas: Replicas) -> None:
+    """Refuse options a data-parallel run cannot take. Called before the process group is joined too: an
+    error raised by every process at once, before any collective, reaches each as its own message (one
+    raised later may cut a peer's collective short and reach it as a lost connection)."""
+    if not replicas.active:
+        return
+    replicas.rows(config.batch_size)  # a batch that does not split evenly is refused before anything runs
+    if config.meta_gradient != "fast":
+        raise ConfigError("a data-parallel run uses the default --meta-gradient fast")
+
+
 def _remove_if_empty(path: Path) -> None:
     """Remove a directory this run created when nothing but its lock file is in it."""
     try:
@@ -331,9 +342,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
                        + (checkpoint["wall_time_s"] if checkpoint else 0.0))
     device = resolve_device(config.device)
     if replicas.active:
-        replicas.rows(config.batch_size)  # a batch that does not split evenly is refused before anything runs
-        if config.meta_gradient != "fast":
-            raise ConfigError("a data-parallel run uses the default --meta-gradient fast")
+        check_data_parallel(config, replicas)
         if device.type == "cuda" and torch.cuda.is_initialized():
             device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(config.seed)
