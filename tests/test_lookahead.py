@@ -208,8 +208,10 @@ def test_nothing_requires_grad_after_a_lookahead():
 def test_bad_rules_are_rejected():
     with pytest.raises(ValueError, match="Nesterov"):
         SGDRule(lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match="learning rate"):
-        SGDRule(lr=0.0)
+    with pytest.raises(ValueError, match="learning rate must be >= 0"):
+        SGDRule(lr=-0.1)
+    with pytest.raises(ValueError, match="dampening=0"):
+        SGDRule(lr=0.1, momentum=0.9, nesterov=True, dampening=0.1)
 
 
 def test_fast_meta_gradient_with_frozen_layers_equals_naive():

@@ -71,17 +71,10 @@ def test_the_online_learner_takes_a_torch_optimizer(name):
 
 def test_anything_else_is_refused_with_a_clear_error():
     model = tiny_mlp()
-    with pytest.raises(TypeError, match="SGDRule, an AdamRule, or a torch.optim.SGD, Adam or AdamW; got RMSprop"):
-        OnlineLossLearner(model, losses.MLPLoss().double(), rule=torch.optim.RMSprop(model.parameters()))
-    with pytest.raises(TypeError, match="got float"):
+    with pytest.raises(TypeError, match="torch.optim.SGD, Adam, AdamW or RMSprop, or a StepRule .*; got Adagrad"):
+        OnlineLossLearner(model, losses.MLPLoss().double(), rule=torch.optim.Adagrad(model.parameters()))
+    with pytest.raises(TypeError, match="or a StepRule .*; got float"):
         as_rule(0.1, model)
-    with pytest.raises(ValueError, match="amsgrad"):
-        rule_from_optimizer(torch.optim.Adam(model.parameters(), amsgrad=True), model)
-    with pytest.raises(ValueError, match="dampening"):
-        rule_from_optimizer(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.5), model)
-    with pytest.raises(ValueError, match="one parameter group"):
-        rule_from_optimizer(torch.optim.SGD([{"params": model[0].parameters()}, {"params": model[2].parameters()}],
-                                            lr=0.1), model)
     with pytest.raises(ValueError, match="exactly the model's trainable parameters"):
         rule_from_optimizer(torch.optim.SGD(model[0].parameters(), lr=0.1), model)
     with pytest.raises(ValueError, match="maximize"):
@@ -89,7 +82,7 @@ def test_anything_else_is_refused_with_a_clear_error():
 
 
 def test_rule_options_are_checked():
-    for bad in (dict(lr=0.0), dict(lr=0.1, weight_decay=-1.0), dict(betas=(0.9, 1.0)), dict(eps=0.0)):
+    for bad in (dict(lr=-1e-3), dict(lr=0.1, weight_decay=-1.0), dict(betas=(0.9, 1.0)), dict(eps=0.0)):
         with pytest.raises(ValueError):
             AdamRule(**bad)
     with pytest.raises(ValueError, match="Nesterov"):

@@ -9,6 +9,11 @@ from toolkit._faces import lazy_names
 
 _WHERE = {
     "SGDRule": "rules",
+    "RMSpropRule": "rules",
+    "GroupedRule": "combined",
+    "ClippedRule": "combined",
+    "OptimizerLink": "optimizers",
+    "ModelIO": "model_io",
     "AdamRule": "rules",
     "StepRule": "rules",
     "make_rule": "rules",
