@@ -103,7 +103,7 @@ class ClippedRule:
         g = [grads[k] for k in names]
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
         coefficient = (self.max_norm / (total + CLIP_EPS)).clamp(max=1.0)
-        return self.rule.update(params, dict(zip(names, torch._foreach_mul(g, coefficient))), state)
+        return self.rule.update(params, {k: t * coefficient for k, t in zip(names, g)}, state)
 
 
 def clipped(rule: StepRule, max_norm: float | None) -> StepRule:

@@ -145,6 +145,9 @@ class OptimizerLink:
     def write_state(self, state: State) -> None:
         """Put the rule's state into ``optimizer.state`` under torch's names (what ``step()`` would leave)."""
         groups = self._groups()
+        # The optimiser's step has been taken (by the learner): tell lr_scheduler, which otherwise warns that
+        # scheduler.step() came before optimizer.step() (it reads this flag that its wrapper of step() sets).
+        self.optimizer._opt_called = True
         for i, (names, rule, _) in enumerate(groups):
             part = state if len(groups) == 1 else group_state(state, i)
             for key, torch_key in rule.TORCH_STATE.items():
