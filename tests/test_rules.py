@@ -10,7 +10,9 @@ import losses
 from helpers import batch, central_differences, tiny_mlp
 from losses import task_loss
 from toolkit.meta.online import OnlineLossLearner
-from toolkit.meta.rules import AdamRule, SGDRule, as_rule, make_rule, rule_from_optimizer, update_with_pullback
+from toolkit.meta.combined import ClippedRule
+from toolkit.meta.rules import (AdamRule, RMSpropRule, SGDRule, as_rule, make_rule, rule_from_optimizer,
+                                update_with_pullback)
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.1),
@@ -95,9 +97,13 @@ def test_rule_options_are_checked():
 
 
 @pytest.mark.parametrize("rule", [SGDRule(lr=0.3), SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+                                  SGDRule(lr=0.1, momentum=0.9, dampening=0.3),
                                   AdamRule(lr=0.01, weight_decay=0.01), AdamRule(lr=0.01, decoupled=True,
-                                                                                  weight_decay=0.1)],
-                         ids=["sgd", "nesterov", "adam", "adamw"])
+                                                                                  weight_decay=0.1),
+                                  AdamRule(lr=0.01, amsgrad=True),
+                                  RMSpropRule(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
+                                  ClippedRule(SGDRule(lr=0.1, momentum=0.9), max_norm=0.5)],
+                         ids=["sgd", "nesterov", "dampening", "adam", "adamw", "amsgrad", "rmsprop", "clipped"])
 def test_the_update_pullback_is_the_transposed_jacobian(rule):
     """(∂θ'/∂g)ᵀ v against central differences of the rule in g, per coordinate (float64); for
     plain SGD it is −lr·v, for Nesterov −lr(1 + μ)·v."""
@@ -106,7 +112,7 @@ def test_the_update_pullback_is_the_transposed_jacobian(rule):
     grads = {k: torch.randn_like(p) for k, p in params.items()}
     state = rule.init(params)
     if "momentum" in state:
-        state = {"momentum": {k: torch.randn_like(p) for k, p in params.items()}}
+        state = {**state, "momentum": {k: torch.randn_like(p) for k, p in params.items()}}
     new, _, pullback = update_with_pullback(rule, params, grads, state)
     v = {k: torch.randn_like(p) for k, p in params.items()}
     got = pullback(v)
