@@ -11,8 +11,8 @@ from helpers import batch, central_differences, tiny_mlp
 from losses import task_loss
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.combined import ClippedRule
-from toolkit.meta.rules import (AdamRule, RMSpropRule, SGDRule, as_rule, make_rule, rule_from_optimizer,
-                                update_with_pullback)
+from toolkit.meta.optimizers import as_rule, rule_from_optimizer
+from toolkit.meta.rules import AdamRule, RMSpropRule, SGDRule, make_rule, update_with_pullback
 
 OPTIMIZERS = {
     "sgd": lambda p: torch.optim.SGD(p, lr=0.1),

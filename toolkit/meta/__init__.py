@@ -17,7 +17,7 @@ _WHERE = {
     "AdamRule": "rules",
     "StepRule": "rules",
     "make_rule": "rules",
-    "rule_from_optimizer": "rules",
+    "rule_from_optimizer": "optimizers",
     "Lookahead": "lookahead",
     "meta_gradient": "lookahead",
     "meta_gradient_naive": "lookahead",

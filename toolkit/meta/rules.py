@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 TensorDict = dict[str, Tensor]
 State = dict[str, Any]
@@ -301,12 +301,6 @@ def select_state(keep_new: Tensor, new: State, old: State) -> State:
     return out
 
 
-def rule_from_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[StepRule, State | None]:
-    """A rule and a copy of its state from a ``torch.optim`` optimiser (:func:`toolkit.meta.optimizers.rule_from_optimizer`)."""
-    from toolkit.meta.optimizers import rule_from_optimizer as read
-    return read(optimizer, model)
-
-
 def make_rule(name: str, *, lr: float, momentum: float = 0.0, nesterov: bool = False,
               weight_decay: float = 0.0) -> StepRule:
     """The rule for ``--optimizer NAME`` with the run's options (momentum/Nesterov are SGD's only)."""
@@ -334,11 +328,5 @@ def torch_optimizer(rule: StepRule, params) -> torch.optim.Optimizer:
     raise TypeError(f"no torch.optim counterpart for {type(rule).__name__}")
 
 
-def as_rule(rule: Any, model: nn.Module) -> tuple[StepRule, State | None]:
-    """Accept any StepRule or a torch.optim SGD/Adam/AdamW/RMSprop (:func:`toolkit.meta.optimizers.as_rule`)."""
-    from toolkit.meta.optimizers import as_rule as accept
-    return accept(rule, model)
-
-
 __all__ = ["SGDRule", "AdamRule", "RMSpropRule", "StepRule", "OPTIMIZERS", "adam_arrays", "update_with_pullback",
-           "detach_state", "select_state", "rule_from_optimizer", "make_rule", "torch_optimizer", "as_rule"]
+           "detach_state", "select_state", "make_rule", "torch_optimizer"]
