@@ -208,8 +208,10 @@ def test_nothing_requires_grad_after_a_lookahead():
 def test_bad_rules_are_rejected():
     with pytest.raises(ValueError, match="Nesterov"):
         SGDRule(lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match="learning rate"):
-        SGDRule(lr=0.0)
+    with pytest.raises(ValueError, match="learning rate must be >= 0"):
+        SGDRule(lr=-0.1)
+    with pytest.raises(ValueError, match="dampening=0"):
+        SGDRule(lr=0.1, momentum=0.9, nesterov=True, dampening=0.1)
 
 
 def test_fast_meta_gradient_with_frozen_layers_equals_naive():
@@ -403,3 +405,37 @@ def test_a_loss_without_a_scalar_reduction_is_refused(fn):
         fn(tiny_mlp(), params, {}, loss, dict(loss.named_parameters()), train, valid, RULES["plain"])
     with pytest.raises(ValueError, match=r"MSELoss\(reduction='none'\)"):
         fn(tiny_mlp(), params, {}, torch.nn.MSELoss(reduction="none"), {}, train, valid, RULES["plain"])
+
+
+def _grouped_rules(model):
+    from toolkit.meta.combined import ClippedRule, GroupedRule
+    first = tuple(k for k, _ in model.named_parameters() if k.startswith("0."))
+    rest = tuple(k for k, _ in model.named_parameters() if not k.startswith("0."))
+    sgd = GroupedRule(((first, SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
+                       (rest, SGDRule(lr=0.3, momentum=0.5, dampening=0.2, weight_decay=0.1))))
+    adam = GroupedRule(((first, AdamRule(lr=0.01, amsgrad=True)), (rest, AdamRule(lr=0.05, decoupled=True,
+                                                                                 weight_decay=0.1))))
+    return {"two-groups-sgd": sgd, "two-groups-adam": adam,
+            "clipped-sgd": ClippedRule(SGDRule(lr=0.1, momentum=0.9), max_norm=0.05),
+            "clipped-two-groups-adam": ClippedRule(adam, max_norm=0.05)}
+
+
+@pytest.mark.parametrize("guard", [False, True], ids=["unguarded", "guarded"])
+@pytest.mark.parametrize("rule_name", ["two-groups-sgd", "two-groups-adam", "clipped-sgd", "clipped-two-groups-adam"])
+def test_groups_and_clipping_are_exact_against_the_unrolled_step(rule_name, guard):
+    """Per-group hyper-parameters and clipping by global norm inside the differentiated update: the
+    default route equals autograd through the explicit update (create_graph=True), from a warm state."""
+    model = tiny_mlp()
+    rule = _grouped_rules(model)[rule_name]
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    torch.manual_seed(3)
+    state = rule.init(params)
+    for _ in range(2):  # warm the moments and buffers with two updates on random gradients
+        state = rule.update(params, {k: torch.randn_like(p) for k, p in params.items()}, state)[1]
+    loss = _scaled_loss((6, 6))
+    train, valid = batch(16, (5,), 3, seed=1), batch(12, (5,), 3, seed=2)
+    fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, state,
+                      descent_guard=guard) for fn in (meta_gradient_fast, meta_gradient_naive))
+    assert_meta_gradients_close(fast, naive)
+    for k in params:
+        torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)

@@ -9,10 +9,15 @@ from toolkit._faces import lazy_names
 
 _WHERE = {
     "SGDRule": "rules",
+    "RMSpropRule": "rules",
+    "GroupedRule": "combined",
+    "ClippedRule": "combined",
+    "OptimizerLink": "optimizers",
+    "ModelIO": "model_io",
     "AdamRule": "rules",
     "StepRule": "rules",
     "make_rule": "rules",
-    "rule_from_optimizer": "rules",
+    "rule_from_optimizer": "optimizers",
     "Lookahead": "lookahead",
     "meta_gradient": "lookahead",
     "meta_gradient_naive": "lookahead",

@@ -61,8 +61,8 @@ def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state
     p = [params[k] for k in names]
     old_m = [state.exp_avg[k] for k in names]
     old_v = [state.exp_avg_sq[k] for k in names]
-    new_p, m, v, step = adam_arrays(p, [grads[k] for k in names], old_m, old_v, state.step, lr=lr, betas=betas,
-                                    eps=eps)
+    new_p, m, v, step, _ = adam_arrays(p, [grads[k] for k in names], old_m, old_v, state.step, lr=lr, betas=betas,
+                                       eps=eps)
     if apply is not None:
         keep = lambda new, old: [torch.where(apply, a, b) for a, b in zip(new, old)]  # noqa: E731
         new_p, m, v = keep(new_p, p), keep(m, old_m), keep(v, old_v)

@@ -42,6 +42,7 @@ from losses.standard import task_gradient, task_loss
 
 from toolkit.meta.descent import Reflection, descent_reflection, parameter_reflection
 from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 
 TensorDict = dict[str, Tensor]
@@ -197,7 +198,7 @@ def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tenso
 
 
 def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                            x: Tensor, tangents: Mapping[str, Tensor]) -> Tensor:
+                            x: Tensor, tangents: Mapping[str, Tensor], *, io: ModelIO = PLAIN) -> Tensor:
     """u = J_f v: the directional derivative of the outputs f_θ(x) along v, by ``torch.func.jvp``.
 
     The buffers are copied inside the transformed function, so BatchNorm's in-place running-stat
@@ -205,6 +206,7 @@ def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buff
 
     Args:
         params: θ; tangents: v, same names and shapes; x: the input batch.
+        io: how the model is called and its outputs read (:mod:`toolkit.meta.model_io`).
 
     Returns:
         u, shaped like the model's outputs.
@@ -212,7 +214,7 @@ def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buff
     names = list(params)
 
     def outputs(*theta: Tensor) -> Tensor:
-        return functional_call(model, (dict(zip(names, theta)), _cloned(buffers)), (x,))
+        return io.functional(model, dict(zip(names, theta)), _cloned(buffers), x)
 
     _, u = jvp(outputs, tuple(params[k].detach() for k in names), tuple(tangents[k] for k in names))
     return u
@@ -227,11 +229,12 @@ def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
     return state
 
 
+@with_model_precision
 def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                   loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                   rule: StepRule, state: State | None = None, *, task: str = "classification",
                   update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                  replicas: Replicas = SINGLE) -> Lookahead:
+                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
     """The base update and the exact meta-gradient (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one forward-mode
@@ -256,6 +259,9 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
             loss, and the batch step if it still does (:mod:`toolkit.meta.descent`); the meta-gradient
             goes through both reflections.
         replicas: the processes of a data-parallel run (default: this one alone).
+        io: how the model is called and its outputs read (``input_fn``/``output_fn``); under
+            ``torch.autocast`` the model runs in the autocast dtype, the rest in float32
+            (:mod:`toolkit.meta.model_io`).
 
     Returns:
         A :class:`Lookahead`, identical on every process of a data-parallel run.
@@ -270,10 +276,9 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}
         with _phase("train_forward"):
             if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
-                local_outputs = model(x)
+                local_outputs = io.call(model, x)
             else:
-                local_outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)),
-                                                (x,))
+                local_outputs = io.functional(model, theta_leaf, buffers if update_buffers else _cloned(buffers), x)
             outputs = replicas.gather(local_outputs.detach())
         with _phase("loss_gradient"):
             train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
@@ -291,7 +296,7 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
     with _phase("valid_pass"), torch.enable_grad():
         probe = {k: p.requires_grad_(True) for k, p in new_params.items()}
         # The mean over the global batch is the sum over processes of each share's mean / world size.
-        meta_loss = task_loss(functional_call(model, (probe, _cloned(buffers)), (replicas.shard(x_v),)),
+        meta_loss = task_loss(io.functional(model, probe, _cloned(buffers), replicas.shard(x_v)),
                               replicas.shard(y_v), task) / replicas.world_size
         v = replicas.sum_dict(dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values())))))
         meta_loss = replicas.sum_([meta_loss.detach()])[0]
@@ -302,7 +307,7 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         if step.step_reflect is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
             w = step.step_reflect(w)
         with _replayed_rng(rng, x.device):
-            u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w))
+            u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w, io=io))
 
     with _phase("meta_backward"):
         meta = pullback(u)
@@ -314,11 +319,12 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
                      task_grads=step.task_grads, train_task_loss=step.train_task_loss)
 
 
+@with_model_precision
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                         loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                         rule: StepRule, state: State | None = None, *,
                         task: str = "classification", update_buffers: bool = True,
-                        diagnostics: bool = False, descent_guard: bool = False) -> Lookahead:
+                        diagnostics: bool = False, descent_guard: bool = False, io: ModelIO = PLAIN) -> Lookahead:
     """The reference route: autograd through the unrolled step (``create_graph=True``).
 
     Same arguments and result as :func:`meta_gradient`; holds the whole second-order graph of
@@ -331,7 +337,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     state = detach_state(_as_state(rule, params, state))
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
-        outputs = functional_call(model, (theta_leaf, buffers if update_buffers else _cloned(buffers)), (x,))
+        outputs = io.functional(model, theta_leaf, buffers if update_buffers else _cloned(buffers), x)
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
         # θ' = U(H_θ Jᵀ H_f m(φ)) (without the guard, U(Jᵀ m(φ))), differentiated as written.
         (m,) = torch.autograd.grad(train_loss, outputs, create_graph=True)
@@ -339,7 +345,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
                                create_graph=True)
         grads = step.grads
         new_params, new_state = rule.update(theta, grads, state)
-        meta_loss = task_loss(functional_call(model, (new_params, _cloned(buffers)), (x_v,)), y_v, task)
+        meta_loss = task_loss(io.functional(model, new_params, _cloned(buffers), x_v), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
         meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
     meta_grads = fill_missing_gradients(loss_params, dict(zip(names, meta)))

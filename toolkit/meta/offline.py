@@ -22,6 +22,9 @@ from losses.base import require_scalar
 from toolkit.meta.adam import adam_init, all_finite, apply_meta_update
 from toolkit.meta.lookahead import get_meta_gradient
 from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.combined import clipped
+from toolkit.meta.model_io import ModelIO
+from toolkit.meta.optimizers import as_rule
 from toolkit.meta.rules import StepRule
 
 Batch = tuple[Tensor, Tensor]
@@ -44,11 +47,12 @@ def reinitialise(model: nn.Module) -> None:
 
 
 def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int], tuple[Batch, Batch]], *,
-                       steps: int = 2500, rule: StepRule, meta_lr: float = 1e-3, meta_clip: float | None = None,
+                       steps: int = 2500, rule: StepRule | torch.optim.Optimizer, meta_lr: float = 1e-3, meta_clip: float | None = None,
                        meta_gradient: str = "fast", task: str = "classification", record_every: int = 50,
                        progress: Callable[[int, dict], None] | None = None,
                        reset: Callable[[nn.Module], None] = reinitialise, descent_guard: bool = True,
-                       replicas: Replicas = SINGLE) -> list[dict]:
+                       replicas: Replicas = SINGLE, max_grad_norm: float | None = None,
+                       input_fn=None, output_fn=None) -> list[dict]:
     """Meta-train ``loss`` in place from one-step lookaheads at random initialisations.
 
     Args:
@@ -57,7 +61,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
             its parameters are updated in place.
         batches: ``batches(s)`` gives the (train, valid) batches of meta step s.
         steps: number of meta steps S_init (paper: 2500).
-        rule: the base optimiser's rule in the lookahead (its state starts fresh each step).
+        rule: the base optimiser in the lookahead: any StepRule, or a torch.optim SGD/Adam/AdamW/RMSprop
+            over ``model``'s parameters (its parameter groups read once; the state starts fresh each step).
         meta_lr: Adam learning rate; meta_clip: optional global-norm clipping.
         meta_gradient: "fast" or "naive".
         task: "classification" or "regression".
@@ -67,6 +72,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.meta.descent`).
         replicas: the processes of a data-parallel run (:mod:`toolkit.meta.distributed`); every process
             draws the same initialisations and gets the same meta-gradient.
+        max_grad_norm, input_fn, output_fn: as for :class:`~toolkit.meta.online.OnlineLossLearner`.
 
     Returns:
         Records {"step", "meta_loss", "skipped"} every ``record_every`` steps.
@@ -74,6 +80,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
     if steps < 0:
         raise ValueError(f"offline steps must be >= 0, got {steps}")
     require_scalar(loss)
+    rule = clipped(as_rule(rule, model)[0], max_grad_norm)
+    io = ModelIO(input_fn=input_fn, output_fn=output_fn)
     scratch = copy.deepcopy(model)
     meta_gradient_fn = get_meta_gradient(meta_gradient)
     loss_params = dict(loss.named_parameters())
@@ -87,7 +95,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         train, valid = batches(s)
         params = {k: p for k, p in scratch.named_parameters() if p.requires_grad}
         result = meta_gradient_fn(scratch, params, dict(scratch.named_buffers()), loss, loss_params,
-                                  train, valid, rule, None, task=task, descent_guard=descent_guard,
+                                  train, valid, rule, None, task=task, descent_guard=descent_guard, io=io,
                                   **({"replicas": replicas} if replicas.active else {}))
         ok = all_finite([result.meta_loss, *result.meta_grads.values()])
         adam = apply_meta_update(loss_params, result.meta_grads, adam, lr=meta_lr, clip=meta_clip, apply=ok)

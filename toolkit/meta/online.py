@@ -2,9 +2,15 @@
 
 Usable from any training loop::
 
-    learner = OnlineLossLearner(model, MLPLoss(), rule=SGDRule(lr=0.01))  # or a torch.optim.SGD/Adam/AdamW
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)  # or any StepRule
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    learner = OnlineLossLearner(model, MLPLoss(), rule=optimizer)
     for (x, y), (x_v, y_v) in zip(train_batches, valid_batches):
         info = learner.step((x, y), (x_v, y_v))
+        scheduler.step()
+
+A ``torch.optim`` optimiser is read at every step (:mod:`toolkit.meta.optimizers`: its parameter
+groups, so schedulers work, and its state, which the learner writes back) but never stepped.
 
 Each ``step`` takes the real base step with the learned loss (θ_{t+1} is kept) and,
 every ``meta_interval`` steps, the meta step on the loss parameters with Adam through
@@ -20,15 +26,17 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from losses import task_loss
 from losses.base import require_scalar
 
 from toolkit.meta.adam import AdamState, adam_init, all_finite, apply_meta_update
 from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.combined import clipped
 from toolkit.meta.lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
-from toolkit.meta.rules import State, StepRule, as_rule, detach_state, select_state
+from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
+from toolkit.meta.optimizers import OptimizerLink, as_rule
+from toolkit.meta.rules import State, StepRule, detach_state, select_state
 
 
 def has_trainable_parameters(module: nn.Module) -> bool:
@@ -64,9 +72,11 @@ class OnlineLossLearner:
         loss: the learned loss (any ``nn.Module`` called as ``loss(outputs, targets)``), returning a
             scalar: a learned loss's default ``reduction="mean"`` is the paper's; ``"sum"`` trains
             exactly too (with steps B·C times larger at the same lr); ``"none"`` is refused.
-        rule: the base optimiser: an :class:`~toolkit.meta.rules.SGDRule` or :class:`~toolkit.meta.rules.AdamRule`,
-            or a ``torch.optim.SGD``/``Adam``/``AdamW`` over the model's parameters (its
-            hyperparameters and any state it holds are read once; it is not stepped).
+        rule: the base optimiser: a ``torch.optim.SGD``/``Adam``/``AdamW``/``RMSprop`` over the model's
+            trainable parameters, any number of parameter groups (its ``param_groups`` are read at every
+            step, so ``lr_scheduler`` schedulers work; its state is read and written back every step;
+            it is never stepped), or any :class:`~toolkit.meta.rules.StepRule` (``SGDRule``, ``AdamRule``,
+            ``RMSpropRule``, your own).
         online_meta_lr: Adam learning rate of the loss parameters' online updates (the paper: 1e-3;
             this toolkit's default, :data:`ONLINE_META_LR`, is a tenth of that; ``lfl train --online-meta-lr``).
         meta_interval: take a meta step every k base steps (1: every step).
@@ -79,13 +89,21 @@ class OnlineLossLearner:
         descent_guard: reflect each sample's learned gradient that points uphill for the task
             loss, so no base step trains a sample backwards (:mod:`toolkit.meta.descent`); the
             meta-gradient goes through it. ``False`` is the paper's method.
+        max_grad_norm: clip the base gradient to this global L2 norm before the step, as
+            ``torch.nn.utils.clip_grad_norm_`` does (None: no clipping); the lookahead differentiates
+            through the clipping.
+        input_fn, output_fn: adapt the model's inputs and outputs (:class:`~toolkit.meta.model_io.ModelIO`):
+            ``input_fn(x)`` gives the model's arguments (a dict: keywords), ``output_fn(out)`` the outputs
+            tensor from a tuple or dict. Under ``torch.autocast`` the model runs in the autocast dtype
+            and the loss, its derivatives and the meta-gradient in float32.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, rule: StepRule | torch.optim.Optimizer,
                  online_meta_lr: float = ONLINE_META_LR,
                  meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
                  task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
-                 descent_guard: bool = True, replicas: Replicas = SINGLE) -> None:
+                 descent_guard: bool = True, replicas: Replicas = SINGLE, max_grad_norm: float | None = None,
+                 input_fn=None, output_fn=None) -> None:
         if meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if online_meta_lr <= 0:
@@ -93,8 +111,17 @@ class OnlineLossLearner:
         if not has_trainable_parameters(loss):
             raise ValueError(f"{type(loss).__name__} has no trainable parameters: there is nothing to learn online")
         require_scalar(loss)
-        self.rule, state = as_rule(rule, model)
         self.model, self.loss = model, loss
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive (or None), got {max_grad_norm}")
+        self.max_grad_norm = max_grad_norm
+        if isinstance(rule, torch.optim.Optimizer):
+            self.optimizer: OptimizerLink | None = OptimizerLink(rule, model)
+            self._rule, state = None, self.optimizer.read_state()
+        else:
+            self.optimizer = None
+            self._rule, state = as_rule(rule, model)
+        self.io = ModelIO(input_fn=input_fn, output_fn=output_fn)
         self.online_meta_lr, self.meta_interval, self.meta_clip = online_meta_lr, meta_interval, meta_clip
         self._meta_gradient = get_meta_gradient(meta_gradient)
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
@@ -112,6 +139,13 @@ class OnlineLossLearner:
         self.replicas = replicas
         self.guard_counts = GuardCounts(device)
 
+    @property
+    def rule(self) -> StepRule:
+        """The base step the next ``step`` takes: the optimiser's ``param_groups`` as they are now (or the
+        rule given), clipped to ``max_grad_norm``."""
+        rule = self._rule if self.optimizer is None else self.optimizer.rule()
+        return clipped(rule, self.max_grad_norm)
+
     # ------------------------------------------------------------------ hot path
     def step(self, train: tuple[Tensor, Tensor], valid: tuple[Tensor, Tensor] | None = None, *,
              lr: float | None = None, diagnostics: bool = False) -> dict[str, Tensor]:
@@ -120,13 +154,21 @@ class OnlineLossLearner:
         Args:
             train: (x, y) batch for the base step.
             valid: (x_v, y_v) batch for the meta-objective (needed when a meta step is due).
-            lr: the base learning rate for this step (for schedules; default ``rule.lr``).
+            lr: the base learning rate of this step for every parameter group (default: the rule's,
+                or the optimiser's ``param_groups`` as a scheduler left them); >= 0.
             diagnostics: also compute the gradient-scale ratio ‖∂M/∂f‖ / ‖∂L_task/∂f‖.
 
         Returns:
             Device scalars: "train_loss", and on meta steps "meta_loss" (and "grad_ratio").
         """
-        rule = self.rule if lr is None else self.rule.with_lr(lr)
+        rule = self.rule
+        if lr is not None:
+            if not hasattr(rule, "with_lr"):
+                raise ValueError(f"step(lr=...) needs a rule with with_lr(lr); {type(rule).__name__} has none")
+            rule = rule.with_lr(lr)
+        if self.optimizer is not None:  # the optimiser's state as it is now (a user may have loaded it)
+            state = self.optimizer.read_state()
+            self.state = state if state is not None else rule.init(self._params())
         if self.snapshot_every and self.steps % self.snapshot_every == 0:
             self.snapshot()
         if self.steps % self.meta_interval == 0:
@@ -147,13 +189,13 @@ class OnlineLossLearner:
         loss_params = dict(self.loss.named_parameters())
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
                                      loss_params, train, valid, rule, self.state, task=self.task,
-                                     diagnostics=diagnostics, descent_guard=self.descent_guard,
+                                     diagnostics=diagnostics, descent_guard=self.descent_guard, io=self.io,
                                      **({"replicas": self.replicas} if self.replicas.active else {}))
         new_params, new_state = result.params, result.state
         if result.guarded is not None:
             new_params, new_state, rejected = accept_or_fall_back(
                 self.model, train, params, result.params, result.state, result.task_grads,
-                result.train_task_loss, self.state, rule, self.task, replicas=self.replicas)
+                result.train_task_loss, self.state, rule, self.task, replicas=self.replicas, io=self.io)
             self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
@@ -170,7 +212,7 @@ class OnlineLossLearner:
         params = self._params()
         train_loss, new_params, new_state, guard = guarded_step(self.model, self.loss, train, params, self.state,
                                                                 rule, self.task, replicas=self.replicas,
-                                                                descent_guard=self.descent_guard)
+                                                                descent_guard=self.descent_guard, io=self.io)
         if guard is not None:
             self.guard_counts.add(*guard, len(train[1]))
         ok = all_finite([train_loss, *new_params.values()])
@@ -183,6 +225,8 @@ class OnlineLossLearner:
             for k, p in params.items():
                 torch.where(ok, new_params[k], p, out=p)
             self.state = select_state(ok, detach_state(new_state), self.state)
+        if self.optimizer is not None:
+            self.optimizer.write_state(self.state)
 
     def _count(self, base_ok: Tensor, meta_ok: Tensor) -> None:
         bad = (~base_ok).long()
@@ -231,15 +275,18 @@ class OnlineLossLearner:
             self.state = state["rule_state"]
         elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts
             self.state = {"momentum": state["momentum"]}
+        if self.optimizer is not None:
+            self.optimizer.write_state(self.state)
         self.skips = state["skips"]
         self.guard_counts.load(state.get("guard_counts"))
         self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
                                    records=list(state["history"]["records"]))
 
 
+@with_model_precision
 def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
                         before: Tensor, state: State, rule: StepRule, task: str, *,
-                        replicas: Replicas = SINGLE) -> tuple[dict[str, Tensor], State, Tensor]:
+                        replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> tuple[dict[str, Tensor], State, Tensor]:
     """θ' if it lowers the training batch's task loss, else the task loss's own step.
 
     The descent guard's step check (:mod:`toolkit.meta.descent`): one extra forward at θ' on the
@@ -255,7 +302,7 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: 
     x, y = train
     with torch.no_grad():
         buffers = {k: b.clone() for k, b in model.named_buffers()}
-        after = task_loss(functional_call(model, (new_params, buffers), (replicas.shard(x),)), replicas.shard(y),
+        after = task_loss(io.functional(model, new_params, buffers, replicas.shard(x)), replicas.shard(y),
                           task) / replicas.world_size
         after = replicas.sum_([after])[0]
         # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
@@ -268,8 +315,9 @@ def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: 
     return chosen, chosen_state, rejected
 
 
+@with_model_precision
 def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], task: str | None, *,
-                         replicas: Replicas = SINGLE, descent_guard: bool = False):
+                         replicas: Replicas = SINGLE, descent_guard: bool = False, io: ModelIO = PLAIN):
     """The base gradient of a fixed loss on the (global) batch, through the model's own forward.
 
     The loss and its output gradient are taken on the global batch (every process's outputs
@@ -279,15 +327,17 @@ def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[
     """
     x, y = train
     with torch.enable_grad():
-        local_outputs = model(replicas.shard(x))
+        local_outputs = io.call(model, replicas.shard(x))
         outputs = replicas.gather(local_outputs.detach())
         value, m = loss_value_and_gradient(loss, outputs, y)
         return batch_gradients(local_outputs, params, m, outputs, y, task, replicas=replicas,
                                descent_guard=descent_guard, value=value)
 
 
+@with_model_precision
 def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
-                 rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True):
+                 rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True,
+                 io: ModelIO = PLAIN):
     """One step on a fixed loss, out of place: (M on the batch, θ', state', guard counts or None).
 
     The gradient is :func:`fixed_loss_gradients`'s. With ``descent_guard``: the two reflections of
@@ -295,7 +345,8 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
     :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)`` go to
     :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
     """
-    step = fixed_loss_gradients(model, loss, train, params, task, replicas=replicas, descent_guard=descent_guard)
+    step = fixed_loss_gradients(model, loss, train, params, task, replicas=replicas, descent_guard=descent_guard,
+                                io=io)
     value = step.value
     theta = {k: p.detach() for k, p in params.items()}
     with torch.no_grad():
@@ -304,7 +355,7 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
         return value, new_params, new_state, None
     new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
                                                           step.task_grads, step.train_task_loss, state, rule, task,
-                                                          replicas=replicas)
+                                                          replicas=replicas, io=io)
     return value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected)
 
 

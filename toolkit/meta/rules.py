@@ -1,11 +1,13 @@
-"""Base optimisers as differentiable step rules: SGD (momentum, Nesterov, weight decay), Adam, AdamW.
+"""Base optimisers as differentiable step rules: SGD (momentum, dampening, Nesterov, weight decay),
+Adam and AdamW (AMSGrad), RMSprop (momentum, centred).
 
 A rule is pure (optax style): ``init(params)`` gives its state, ``update(params, grads, state)``
 gives ``(θ', state')`` out of place, and every operation is differentiable, so the lookahead
 can differentiate θ' with respect to the gradient (:func:`update_with_pullback`) and the
 naive route can unroll it with ``create_graph=True``. Each rule equals its ``torch.optim``
-counterpart step for step; :func:`rule_from_optimizer` reads a ``torch.optim`` instance's
-hyperparameters and state so a user can hand in the optimiser they already have.
+counterpart step for step; :mod:`toolkit.meta.optimizers` reads a ``torch.optim`` instance's
+parameter groups and state (at every step, so schedulers work) so a user can hand in the optimiser
+they already have, and :mod:`toolkit.meta.combined` applies rules per parameter group and clips.
 
 State is a flat dict of name → tensor dicts (and, for Adam, a 0-d ``step`` tensor), so a
 checkpoint stores it as it is and ``torch.where`` can select between two states on the device.
@@ -13,10 +15,10 @@ checkpoint stores it as it is and ``torch.where`` can select between two states 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 TensorDict = dict[str, Tensor]
 State = dict[str, Any]
@@ -25,37 +27,45 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 """The base optimisers by name (``lfl train --optimizer``)."""
 
 
+@runtime_checkable
 class StepRule(Protocol):
-    """What the online learner, the lookahead and the fixed-loss stepper need from a base optimiser."""
+    """What the online learner, the lookahead and the fixed-loss stepper need from a base optimiser.
 
-    lr: float
+    ``update`` must be out of place and differentiable in ``grads`` (the lookahead differentiates
+    through it). The state is a flat dict whose values are 0-d tensors or name → tensor dicts (so
+    it can be detached, checkpointed and selected on the device). A rule that also has
+    ``with_lr(lr)`` can take a per-call learning rate (``OnlineLossLearner.step(..., lr=)``).
+    """
 
     def init(self, params: Mapping[str, Tensor]) -> State: ...
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                state: State) -> tuple[TensorDict, State]: ...
 
-    def with_lr(self, lr: float) -> "StepRule": ...
-
 
 def _check_common(lr: float, weight_decay: float) -> None:
-    if not lr > 0:
-        raise ValueError(f"learning rate must be positive, got {lr}")
+    if not lr >= 0:  # 0 is a valid no-op step (a schedule that ends at 0); torch.optim allows it too
+        raise ValueError(f"learning rate must be >= 0, got {lr}")
     if not weight_decay >= 0:
         raise ValueError(f"weight decay must be >= 0, got {weight_decay}")
 
 
 @dataclass(frozen=True)
 class SGDRule:
-    """``torch.optim.SGD`` (dampening 0): b' = μ b + g, θ' = θ − lr·(b' or g + μ b'), g = ∇ + wd·θ.
+    """``torch.optim.SGD``: b' = μ b + (1 − d) g, θ' = θ − lr·(b' or g + μ b'), g = ∇ + wd·θ.
 
-    The buffer starts at zero, which gives torch's first step exactly (b' = g).
+    The buffer starts at zero, which gives torch's first step exactly (b' = g) without dampening.
+    With dampening d the state also holds ``momentum_started`` (a 0-d tensor, 0 before the first
+    step), because torch's first step takes b' = g undamped.
     """
 
     lr: float = 0.01
     momentum: float = 0.0
     nesterov: bool = False
     weight_decay: float = 0.0
+    dampening: float = 0.0
+
+    TORCH_STATE = {"momentum": "momentum_buffer"}
 
     def __post_init__(self) -> None:
         _check_common(self.lr, self.weight_decay)
@@ -63,6 +73,10 @@ class SGDRule:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("Nesterov momentum needs momentum > 0 (e.g. --momentum 0.9)")
+        if not 0 <= self.dampening <= 1:
+            raise ValueError(f"dampening must be in [0, 1], got {self.dampening}")
+        if self.nesterov and self.dampening:
+            raise ValueError("Nesterov momentum needs dampening=0 (as in torch.optim.SGD)")
 
     def with_lr(self, lr: float) -> "SGDRule":
         """The same rule at another learning rate (for schedules)."""
@@ -71,7 +85,10 @@ class SGDRule:
     def init(self, params: Mapping[str, Tensor]) -> State:
         if self.momentum == 0:
             return {}
-        return {"momentum": {k: torch.zeros_like(p) for k, p in params.items()}}
+        state: State = {"momentum": {k: torch.zeros_like(p) for k, p in params.items()}}
+        if self.dampening:
+            state["momentum_started"] = _zero(params)
+        return state
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                state: State) -> tuple[TensorDict, State]:
@@ -85,7 +102,13 @@ class SGDRule:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
         new_state: State = {}
         if self.momentum > 0:
-            b = torch._foreach_add(g, [state["momentum"][k] for k in names], alpha=self.momentum)
+            old = torch._foreach_mul([state["momentum"][k] for k in names], self.momentum)
+            if self.dampening:  # torch: b' = g on the first step, μ b + (1 − d) g after
+                started = state["momentum_started"]
+                b = torch._foreach_add(old, torch._foreach_mul(g, 1 - self.dampening * started))
+                new_state["momentum_started"] = torch.ones_like(started)
+            else:
+                b = torch._foreach_add(old, g)
             new_state["momentum"] = dict(zip(names, b))
             g = torch._foreach_add(g, b, alpha=self.momentum) if self.nesterov else b
         return dict(zip(names, torch._foreach_add(p, g, alpha=-self.lr))), new_state
@@ -94,7 +117,8 @@ class SGDRule:
 @dataclass(frozen=True)
 class AdamRule:
     """``torch.optim.Adam`` (``decoupled=False``, L2 weight decay in the gradient) or
-    ``torch.optim.AdamW`` (``decoupled=True``, θ scaled by 1 − lr·wd first); no AMSGrad.
+    ``torch.optim.AdamW`` (``decoupled=True``, θ scaled by 1 − lr·wd first); ``amsgrad`` normalises by
+    the running maximum of the second moment (state ``max_exp_avg_sq``), as torch's option does.
 
     The step count is a device tensor, so bias correction needs no host value.
     """
@@ -104,6 +128,10 @@ class AdamRule:
     eps: float = 1e-8
     weight_decay: float = 0.0
     decoupled: bool = False
+    amsgrad: bool = False
+
+    TORCH_STATE = {"step": "step", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
+                   "max_exp_avg_sq": "max_exp_avg_sq"}
 
     def __post_init__(self) -> None:
         _check_common(self.lr, self.weight_decay)
@@ -116,11 +144,11 @@ class AdamRule:
         return replace(self, lr=lr)
 
     def init(self, params: Mapping[str, Tensor]) -> State:
-        first = next(iter(params.values()), None)
-        step = torch.zeros((), dtype=first.dtype if first is not None else torch.get_default_dtype(),
-                           device=first.device if first is not None else None)
-        return {"step": step, "exp_avg": {k: torch.zeros_like(p) for k, p in params.items()},
-                "exp_avg_sq": {k: torch.zeros_like(p) for k, p in params.items()}}
+        state = {"step": _zero(params), "exp_avg": {k: torch.zeros_like(p) for k, p in params.items()},
+                 "exp_avg_sq": {k: torch.zeros_like(p) for k, p in params.items()}}
+        if self.amsgrad:
+            state["max_exp_avg_sq"] = {k: torch.zeros_like(p) for k, p in params.items()}
+        return state
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                state: State) -> tuple[TensorDict, State]:
@@ -131,11 +159,75 @@ class AdamRule:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
         if self.weight_decay and self.decoupled:
             p = torch._foreach_mul(p, 1 - self.lr * self.weight_decay)
-        new_p, m, v, step = adam_arrays(p, g, [state["exp_avg"][k] for k in names],
-                                        [state["exp_avg_sq"][k] for k in names], state["step"],
-                                        lr=self.lr, betas=self.betas, eps=self.eps)
-        return dict(zip(names, new_p)), {"step": step, "exp_avg": dict(zip(names, m)),
-                                         "exp_avg_sq": dict(zip(names, v))}
+        max_v = [state["max_exp_avg_sq"][k] for k in names] if self.amsgrad else None
+        new_p, m, v, step, max_v = adam_arrays(p, g, [state["exp_avg"][k] for k in names],
+                                               [state["exp_avg_sq"][k] for k in names], state["step"],
+                                               lr=self.lr, betas=self.betas, eps=self.eps, max_v=max_v)
+        new_state = {"step": step, "exp_avg": dict(zip(names, m)), "exp_avg_sq": dict(zip(names, v))}
+        if self.amsgrad:
+            new_state["max_exp_avg_sq"] = dict(zip(names, max_v))
+        return dict(zip(names, new_p)), new_state
+
+
+@dataclass(frozen=True)
+class RMSpropRule:
+    """``torch.optim.RMSprop``: s' = α s + (1 − α) g², a' = √(s' − ḡ'²) + eps (centred) or √s' + eps,
+    b' = μ b + g / a' and θ' = θ − lr·b' (or θ − lr·g / a' without momentum), g = ∇ + wd·θ.
+
+    All state starts at zero, as torch's; ``step`` only counts (torch keeps it too).
+    """
+
+    lr: float = 1e-2
+    alpha: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    momentum: float = 0.0
+    centered: bool = False
+
+    TORCH_STATE = {"step": "step", "square_avg": "square_avg", "momentum": "momentum_buffer",
+                   "grad_avg": "grad_avg"}
+
+    def __post_init__(self) -> None:
+        _check_common(self.lr, self.weight_decay)
+        if not 0 <= self.alpha < 1 or not 0 <= self.momentum < 1:
+            raise ValueError(f"alpha and momentum must be in [0, 1), got {self.alpha}, {self.momentum}")
+        if not self.eps > 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+
+    def with_lr(self, lr: float) -> "RMSpropRule":
+        return replace(self, lr=lr)
+
+    def init(self, params: Mapping[str, Tensor]) -> State:
+        keys = ["square_avg", *(["momentum"] if self.momentum else []), *(["grad_avg"] if self.centered else [])]
+        return {"step": _zero(params), **{key: {k: torch.zeros_like(p) for k, p in params.items()} for key in keys}}
+
+    def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
+               state: State) -> tuple[TensorDict, State]:
+        names = list(params)
+        p = [params[k] for k in names]
+        g = [grads[k] for k in names]
+        if self.weight_decay:
+            g = torch._foreach_add(g, p, alpha=self.weight_decay)
+        s = torch._foreach_add(torch._foreach_mul([state["square_avg"][k] for k in names], self.alpha),
+                               torch._foreach_mul(g, g), alpha=1 - self.alpha)
+        new_state: State = {"step": state["step"] + 1, "square_avg": dict(zip(names, s))}
+        if self.centered:
+            mean = torch._foreach_lerp([state["grad_avg"][k] for k in names], g, 1 - self.alpha)
+            new_state["grad_avg"] = dict(zip(names, mean))
+            s = torch._foreach_sub(s, torch._foreach_mul(mean, mean))
+        avg = [_sqrt(t) + self.eps for t in s]
+        step = torch._foreach_div(g, avg)
+        if self.momentum:
+            step = torch._foreach_add(torch._foreach_mul([state["momentum"][k] for k in names], self.momentum), step)
+            new_state["momentum"] = dict(zip(names, step))
+        return dict(zip(names, torch._foreach_add(p, step, alpha=-self.lr))), new_state
+
+
+def _zero(params: Mapping[str, Tensor]) -> Tensor:
+    """A 0-d zero on the parameters' device and in their dtype (a step count or flag)."""
+    first = next(iter(params.values()), None)
+    return torch.zeros((), dtype=first.dtype if first is not None else torch.get_default_dtype(),
+                       device=first.device if first is not None else None)
 
 
 def _sqrt(t: Tensor) -> Tensor:
@@ -146,11 +238,12 @@ def _sqrt(t: Tensor) -> Tensor:
 
 
 def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], step: Tensor, *,
-                lr: float, betas: tuple[float, float], eps: float):
+                lr: float, betas: tuple[float, float], eps: float, max_v: list[Tensor] | None = None):
     """One Adam step on lists of tensors, in ``torch.optim.Adam``'s order of operations.
 
-    Returns (θ', m', v', step'); differentiable (see :func:`_sqrt`). Serves the base rule and
-    the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
+    Returns (θ', m', v', step', max_v'); differentiable (see :func:`_sqrt`). With ``max_v`` (AMSGrad's
+    running maximum of v) the denominator uses max(max_v, v'); else max_v' is None. Serves the base
+    rule and the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
     """
     beta1, beta2 = betas
     step = step + 1
@@ -158,10 +251,12 @@ def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tenso
     bias2_sqrt = (1 - beta2 ** step).sqrt()
     m = torch._foreach_lerp(m, g, 1 - beta1)
     v = torch._foreach_add(torch._foreach_mul(v, beta2), torch._foreach_mul(g, g), alpha=1 - beta2)
-    denominator = [_sqrt(t) / bias2_sqrt + eps for t in v]
+    if max_v is not None:
+        max_v = torch._foreach_maximum(max_v, v)
+    denominator = [_sqrt(t) / bias2_sqrt + eps for t in (v if max_v is None else max_v)]
     step_size = lr / bias1
     new_p = [a - step_size * (b / d) for a, b, d in zip(p, m, denominator)]
-    return new_p, m, v, step
+    return new_p, m, v, step, max_v
 
 
 def update_with_pullback(rule: StepRule, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
@@ -206,61 +301,6 @@ def select_state(keep_new: Tensor, new: State, old: State) -> State:
     return out
 
 
-def rule_from_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> tuple[StepRule, State | None]:
-    """A rule and its state from a ``torch.optim.SGD``, ``Adam`` or ``AdamW`` over ``model``'s parameters.
-
-    Reads the hyperparameters of its single parameter group and, where it has stepped already,
-    its per-parameter state (momentum buffers, Adam moments and step). Anything these rules
-    cannot reproduce exactly raises ``TypeError`` or ``ValueError`` naming the option.
-
-    Returns:
-        (rule, state), state None when the optimiser holds none yet (start from ``rule.init``).
-    """
-    kinds = {torch.optim.SGD: "sgd", torch.optim.Adam: "adam", torch.optim.AdamW: "adamw"}
-    kind = kinds.get(type(optimizer))
-    if kind is None:
-        raise TypeError(f"the base optimiser must be an SGDRule, an AdamRule, or a torch.optim.SGD, Adam or AdamW; "
-                        f"got {type(optimizer).__name__}")
-    if len(optimizer.param_groups) != 1:
-        raise ValueError("the base optimiser must have one parameter group (per-group options are not supported)")
-    group = optimizer.param_groups[0]
-    names = {id(p): k for k, p in model.named_parameters()}
-    params = group["params"]
-    missing = [p for p in params if id(p) not in names]
-    trainable = [k for k, p in model.named_parameters() if p.requires_grad]
-    if missing or sorted(names[id(p)] for p in params) != sorted(trainable):
-        raise ValueError("the optimiser must hold exactly the model's trainable parameters")
-    lr = float(group["lr"])
-    for option in ("maximize", "differentiable"):
-        if group.get(option):
-            raise ValueError(f"{type(optimizer).__name__}({option}=True) is not supported")
-    if kind == "sgd":
-        if group.get("dampening", 0):
-            raise ValueError("SGD with dampening is not supported (use dampening=0)")
-        rule: StepRule = SGDRule(lr=lr, momentum=float(group["momentum"]), nesterov=bool(group["nesterov"]),
-                                 weight_decay=float(group["weight_decay"]))
-    else:
-        if group.get("amsgrad"):
-            raise ValueError(f"{type(optimizer).__name__}(amsgrad=True) is not supported")
-        rule = AdamRule(lr=lr, betas=tuple(float(b) for b in group["betas"]), eps=float(group["eps"]),
-                        weight_decay=float(group["weight_decay"]), decoupled=kind == "adamw")
-    states = [optimizer.state.get(p, {}) for p in params]
-    if not any(states):
-        return rule, None
-    if kind == "sgd":
-        if rule.momentum == 0:
-            return rule, {}
-        return rule, {"momentum": {names[id(p)]: s.get("momentum_buffer", torch.zeros_like(p)).detach().clone()
-                                   for p, s in zip(params, states)}}
-    steps = {float(s["step"]) for s in states if "step" in s}
-    if len(steps) != 1 or not all(states):
-        raise ValueError("the Adam optimiser's parameters have stepped different numbers of times")
-    first = params[0]
-    return rule, {"step": torch.tensor(steps.pop(), dtype=first.dtype, device=first.device),
-                  "exp_avg": {names[id(p)]: s["exp_avg"].detach().clone() for p, s in zip(params, states)},
-                  "exp_avg_sq": {names[id(p)]: s["exp_avg_sq"].detach().clone() for p, s in zip(params, states)}}
-
-
 def make_rule(name: str, *, lr: float, momentum: float = 0.0, nesterov: bool = False,
               weight_decay: float = 0.0) -> StepRule:
     """The rule for ``--optimizer NAME`` with the run's options (momentum/Nesterov are SGD's only)."""
@@ -277,22 +317,16 @@ def torch_optimizer(rule: StepRule, params) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimiser a rule reproduces (for the baselines' plain steps)."""
     if isinstance(rule, SGDRule):
         return torch.optim.SGD(params, lr=rule.lr, momentum=rule.momentum, nesterov=rule.nesterov,
-                               weight_decay=rule.weight_decay)
+                               weight_decay=rule.weight_decay, dampening=rule.dampening)
     if isinstance(rule, AdamRule):
         cls = torch.optim.AdamW if rule.decoupled else torch.optim.Adam
-        return cls(params, lr=rule.lr, betas=rule.betas, eps=rule.eps, weight_decay=rule.weight_decay)
+        return cls(params, lr=rule.lr, betas=rule.betas, eps=rule.eps, weight_decay=rule.weight_decay,
+                   amsgrad=rule.amsgrad)
+    if isinstance(rule, RMSpropRule):
+        return torch.optim.RMSprop(params, lr=rule.lr, alpha=rule.alpha, eps=rule.eps, weight_decay=rule.weight_decay,
+                                   momentum=rule.momentum, centered=rule.centered)
     raise TypeError(f"no torch.optim counterpart for {type(rule).__name__}")
 
 
-def as_rule(rule: Any, model: nn.Module) -> tuple[StepRule, State | None]:
-    """Accept an SGDRule/AdamRule or a torch.optim SGD/Adam/AdamW instance (see :func:`rule_from_optimizer`)."""
-    if isinstance(rule, (SGDRule, AdamRule)):
-        return rule, None
-    if isinstance(rule, torch.optim.Optimizer):
-        return rule_from_optimizer(rule, model)
-    raise TypeError(f"rule must be an SGDRule, an AdamRule, or a torch.optim.SGD, Adam or AdamW; "
-                    f"got {type(rule).__name__}")
-
-
-__all__ = ["SGDRule", "AdamRule", "StepRule", "OPTIMIZERS", "adam_arrays", "update_with_pullback",
-           "detach_state", "select_state", "rule_from_optimizer", "make_rule", "torch_optimizer", "as_rule"]
+__all__ = ["SGDRule", "AdamRule", "RMSpropRule", "StepRule", "OPTIMIZERS", "adam_arrays", "update_with_pullback",
+           "detach_state", "select_state", "make_rule", "torch_optimizer"]
