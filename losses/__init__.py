@@ -6,6 +6,7 @@ from losses.io import LossFileError, load_loss, loss_from_dict, loss_to_dict, sa
 from losses.mlp import MLPLoss
 from losses.scaled import GradientScaledLoss
 from losses.registry import LOSS_NAMES, build_loss
+from losses.robust import FocalLoss, GeneralizedCrossEntropyLoss
 from losses.standard import CrossEntropyLoss, SquaredErrorLoss, task_gradient, task_loss, task_loss_module
 from losses.symbolic import SYMPY_TO_TORCH, SymbolicLoss, UnsupportedFunctionError
 from losses.symbols import Y_PRED, Y_TRUE
@@ -17,6 +18,8 @@ __all__ = [
     "TaylorLoss",
     "CrossEntropyLoss",
     "SquaredErrorLoss",
+    "GeneralizedCrossEntropyLoss",
+    "FocalLoss",
     "task_loss",
     "task_loss_module",
     "task_gradient",

@@ -65,8 +65,9 @@ def _check_outputs(outputs: object) -> Tensor:
         )
     if outputs.dim() != 2 or outputs.shape[1] < 1:
         raise ValueError(
-            f"outputs must have shape (B, C) with C >= 1; got {tuple(outputs.shape)}. "
-            "For a single output per sample use outputs.unsqueeze(1)"
+            f"outputs must have shape (B, C) with C >= 1; got {tuple(outputs.shape)}. For a single output per "
+            "sample pass (B,) or use outputs.unsqueeze(1); for (B, C, d1, ..., dK) use outputs.movedim(1, -1)"
+            ".reshape(-1, C) and the targets flattened alike"
         )
     return outputs
 
@@ -91,16 +92,22 @@ def prediction_transform(outputs: Tensor, task: str) -> Tensor:
     return torch.softmax(outputs, dim=1)
 
 
-def _check_label_range(targets: Tensor, num_classes: int) -> None:
-    """Labels must lie in [0, num_classes); num_classes is 2 for one sigmoid output."""
+def check_label_range(targets: Tensor, num_classes: int, *, ignore_index: int | None = None) -> None:
+    """Labels must lie in [0, num_classes) (num_classes is 2 for one sigmoid output), or equal ``ignore_index``."""
     hint = "0 or 1 for a single sigmoid output" if num_classes == 2 else f"0..{num_classes - 1}"
+    if ignore_index is not None:
+        hint += f" (or ignore_index={ignore_index})"
     message = f"class labels must be integers in {hint}"
-    out_of_range = lambda: (targets < 0) | (targets >= num_classes)  # noqa: E731
+
+    def out_of_range() -> Tensor:
+        bad = (targets < 0) | (targets >= num_classes)
+        return bad if ignore_index is None else bad & (targets != ignore_index)
+
     if targets.device.type == "cpu":
         if targets.numel() == 0:
             return
         low, high = torch.aminmax(targets)  # one pass; a CPU check costs no device sync
-        if int(low) < 0 or int(high) >= num_classes:
+        if (int(low) < 0 or int(high) >= num_classes) and bool(out_of_range().any()):
             value = int(targets[out_of_range()][0])
             raise ValueError(f"{message}; got label {value}. Check the number of model outputs")
     else:  # Asynchronous device-side assert: no host sync.
@@ -171,7 +178,7 @@ def encode_targets(targets: Tensor, outputs: Tensor, task: str) -> Tensor:
                 f"{tuple(outputs.shape)}; got {tuple(targets.shape)}. Pass one-hot or probability "
                 "rows as floats, or targets.argmax(dim=1)"
             )
-        _check_label_range(targets, max(num_outputs, 2))
+        check_label_range(targets, max(num_outputs, 2))
         if num_outputs == 1:
             return targets.to(outputs.dtype).unsqueeze(1)
         classes = torch.arange(num_outputs, device=targets.device)
@@ -343,17 +350,27 @@ class LearnedLoss(nn.Module, abc.ABC):
         """Loss of raw model outputs against labels or regression targets, reduced by ``self.reduction``.
 
         Args:
-            outputs: Raw model outputs, shape (B, C).
+            outputs: Raw model outputs, shape (B, C); or (B,) for a single output per sample
+                (one sigmoid logit, or one regression value), taken as (B, 1).
             targets: Integer labels (B,) or class probabilities (B, C) for classification;
-                floats (B,) or (B, C) for regression (see :func:`encode_targets`).
+                floats (B,) or (B, C) for regression (see :func:`encode_targets`). With (B,)
+                outputs, targets of shape (B,).
 
         Returns:
             A scalar for ``"mean"`` and ``"sum"``; for ``"none"`` the (B, C) per-element loss
-            (one value per sample, (B,), where ``mean_over == "batch"``).
+            (one value per sample, (B,), where ``mean_over == "batch"``, and (B,) for (B,) outputs).
         """
+        single = isinstance(outputs, Tensor) and outputs.dim() == 1
+        if single:
+            if isinstance(targets, Tensor) and targets.shape != outputs.shape:
+                raise ValueError(f"with one output per sample, outputs {tuple(outputs.shape)}, the targets must have "
+                                 f"shape (B,) = {tuple(outputs.shape)}; got {tuple(targets.shape)}. "
+                                 "Use targets.reshape(-1)")
+            outputs = outputs.unsqueeze(1)
         y_true = encode_targets(targets, outputs, self.task)
         self._check_dtype(outputs.dtype)
-        return reduce_loss(self._elementwise_from_outputs(outputs, y_true), self.reduction, mean_over=self.mean_over)
+        loss = reduce_loss(self._elementwise_from_outputs(outputs, y_true), self.reduction, mean_over=self.mean_over)
+        return loss.squeeze(1) if single and loss.dim() == 2 else loss
 
     @abc.abstractmethod
     def to_sympy(self) -> sympy.Expr:

@@ -7,6 +7,7 @@ from typing import Any
 
 from losses.base import LearnedLoss
 from losses.mlp import MLPLoss
+from losses.robust import FocalLoss, GeneralizedCrossEntropyLoss
 from losses.scaled import GradientScaledLoss
 from losses.standard import CrossEntropyLoss, SquaredErrorLoss
 from losses.symbolic import SymbolicLoss
@@ -20,11 +21,14 @@ _BUILDERS: dict[str, Callable[..., LearnedLoss]] = {
     "taylor": TaylorLoss,
     "taylorglo": TaylorLoss.taylorglo,
     "symbolic": SymbolicLoss,
+    "gce": GeneralizedCrossEntropyLoss,
+    "focal": FocalLoss,
 }
 LOSS_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 
 LOSS_KINDS: dict[str, type[LearnedLoss]] = {
-    cls.kind: cls for cls in (CrossEntropyLoss, SquaredErrorLoss, MLPLoss, TaylorLoss, SymbolicLoss, GradientScaledLoss)
+    cls.kind: cls for cls in (CrossEntropyLoss, SquaredErrorLoss, MLPLoss, TaylorLoss, SymbolicLoss, GradientScaledLoss,
+                              GeneralizedCrossEntropyLoss, FocalLoss)
 }
 """Class of each ``kind`` recorded in saved files."""
 
@@ -36,7 +40,8 @@ def build_loss(name: str, **options: Any) -> LearnedLoss:
         name: One of ``LOSS_NAMES``: ``"ce"`` (CrossEntropyLoss), ``"mse"``
             (SquaredErrorLoss), ``"mlp"``, ``"ml3"`` (``MLPLoss.ml3``), ``"taylor"``,
             ``"taylorglo"`` (``TaylorLoss.taylorglo``), ``"symbolic"`` (needs
-            ``expression=``, a SymPy expression or a string in ``y_pred`` and ``y``).
+            ``expression=``, a SymPy expression or a string in ``y_pred`` and ``y``), ``"gce"``
+            (GeneralizedCrossEntropyLoss, ``q=``), ``"focal"`` (FocalLoss, ``gamma=``).
         **options: Keyword arguments of that constructor, e.g. ``task="regression"``.
 
     Raises:

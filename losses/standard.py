@@ -11,6 +11,7 @@ logged losses.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sympy
@@ -18,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses.base import LearnedLoss
+from losses.base import LearnedLoss, reduce_loss
+from losses.criteria import IGNORE_INDEX, ClassCriterion
 from losses.symbols import Y_PRED, Y_TRUE
 
 
@@ -27,22 +29,24 @@ def _log_clamped(p: Tensor) -> Tensor:
     return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny))
 
 
-class CrossEntropyLoss(LearnedLoss):
+class CrossEntropyLoss(ClassCriterion):
     """Cross-entropy, per element ``ℓ(y_pred, y) = -y·log(y_pred)``; a drop-in ``nn.CrossEntropyLoss``.
 
-    ``forward(outputs, targets)`` is ``torch.nn.CrossEntropyLoss(reduction=reduction,
-    label_smoothing=label_smoothing)(outputs, targets)`` in value and gradient, for class
-    indices (B,) and class probabilities (B, C) alike: the loss of a sample sums ℓ over
-    the C outputs; ``"mean"`` averages samples, ``"sum"`` adds them, ``"none"`` returns one
-    value per sample, shape (B,). So it is a baseline at the learning rate a PyTorch user
-    would choose. (A learned loss averages over batch *and* outputs instead, as in the
-    paper; see ``LearnedLoss.mean_over``.) With ``binary`` it is
-    ``torch.nn.BCEWithLogitsLoss(reduction=reduction)`` on the squeezed logits (B,).
+    ``forward(outputs, targets)`` is ``torch.nn.CrossEntropyLoss(weight=weight,
+    ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)(outputs,
+    targets)`` in value and gradient, for outputs (B, C), unbatched (C,) or K-dimensional
+    (B, C, d1, ..., dK), and class indices or class probabilities alike (the rules of
+    :mod:`losses.criteria`): the loss of a sample sums ℓ over the C outputs; ``"mean"``
+    averages samples (weighted by ``weight`` of their labels for class indices), ``"sum"`` adds
+    them, ``"none"`` returns one value per sample. So it is a baseline at the learning rate a
+    PyTorch user would choose. (A learned loss averages over batch *and* outputs instead, as in
+    the paper; see ``LearnedLoss.mean_over``.) With ``binary`` it is
+    ``torch.nn.BCEWithLogitsLoss(reduction=reduction)`` on the logits (B,) or the squeezed (B, 1).
 
     Label smoothing ε is a change of targets, not of the formula: ``forward`` evaluates
     the same per-element ``-y·log(y_pred)`` at ``y' = (1 - ε)·y + ε/C`` (C = 2 for
     ``binary``, so binary smoothing equals two-class smoothing: ``y' = (1 - ε)·y + ε/2``).
-    ``elementwise``, ``to_sympy`` and ``to_python`` stay the unsmoothed ℓ.
+    ``elementwise``, ``to_sympy`` and ``to_python`` stay the unsmoothed, unweighted ℓ.
 
     ``elementwise`` clamps the probability at ``tiny = torch.finfo(dtype).tiny``
     (1.2e-38 in float32, 2.2e-308 in float64) so that it is finite on all of
@@ -56,25 +60,26 @@ class CrossEntropyLoss(LearnedLoss):
     Args:
         task: ``"classification"`` (default) or ``"regression"``.
         binary: Binary cross-entropy ``-y·log(y_pred) - (1-y)·log(1-y_pred)`` for a
-            single sigmoid output (C == 1). Plain cross-entropy with C == 1 would
-            only see the positive class, so ``forward`` refuses it.
+            single sigmoid output, logits (B,) or (B, 1). Plain cross-entropy with C == 1
+            would only see the positive class, so ``forward`` refuses it.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, as in ``nn.CrossEntropyLoss``.
         label_smoothing: ε in [0, 1]; 0 (default) is no smoothing. Classification only.
+        weight: a weight per class, shape (C,), or None; not with ``binary``.
+        ignore_index: samples labelled so are left out (default -100, as in PyTorch); class
+            indices only, not with ``binary``.
     """
 
     kind = "cross_entropy"
-    mean_over = "batch"
 
     def __init__(self, *, task: str = "classification", binary: bool = False, reduction: str = "mean",
-                 label_smoothing: float = 0.0) -> None:
-        super().__init__(task=task, reduction=reduction)
-        if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)) \
-                or not 0 <= label_smoothing <= 1:
-            raise ValueError(f"label_smoothing must be a number in [0, 1] (0: none, e.g. 0.1); got {label_smoothing!r}")
-        if label_smoothing and task != "classification":
-            raise ValueError("label_smoothing smooths class targets; use label_smoothing=0 for regression")
+                 label_smoothing: float = 0.0, weight: Tensor | Sequence[float] | None = None,
+                 ignore_index: int = IGNORE_INDEX) -> None:
+        super().__init__(task=task, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                         label_smoothing=label_smoothing)
+        if binary and (weight is not None or ignore_index != IGNORE_INDEX):
+            raise ValueError("weight and ignore_index are for C >= 2 classes; CrossEntropyLoss(binary=True) "
+                             "takes neither (weight the samples of a reduction='none' loss instead)")
         self.binary = bool(binary)
-        self.label_smoothing = float(label_smoothing)
 
     def smooth_targets(self, y_true: Tensor) -> Tensor:
         """``(1 - ε)·y + ε/C`` of encoded targets (B, C), C = 2 for ``binary``; y itself when ε = 0."""
@@ -89,20 +94,36 @@ class CrossEntropyLoss(LearnedLoss):
             loss = loss - (1 - y_true) * _log_clamped(1 - y_pred)
         return loss
 
-    def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
-        if self.task != "classification":
-            return super()._elementwise_from_outputs(outputs, y_true)
-        num_outputs = outputs.shape[1]
-        if self.binary != (num_outputs == 1):
+    def _per_class(self, log_probs: Tensor, y_true: Tensor) -> Tensor:
+        return -y_true * log_probs
+
+    def _check_classes(self, classes: int) -> None:
+        if self.binary != (classes == 1):
             raise ValueError(
                 "CrossEntropyLoss(binary=True) needs a single output (C == 1)" if self.binary else
                 "CrossEntropyLoss with a single output (C == 1) would only see the positive class; "
                 "use CrossEntropyLoss(binary=True), or two outputs with softmax"
             )
+        if not self.binary:
+            super()._check_classes(classes)
+
+    def _elementwise_from_outputs(self, outputs: Tensor, y_true: Tensor) -> Tensor:
+        if self.task != "classification" or not self.binary:
+            return super()._elementwise_from_outputs(outputs, y_true)
+        self._check_classes(outputs.shape[1])
         y_true = self.smooth_targets(y_true)
-        if self.binary:
-            return -y_true * F.logsigmoid(outputs) - (1 - y_true) * F.logsigmoid(-outputs)
-        return -y_true * torch.log_softmax(outputs, dim=1)
+        return -y_true * F.logsigmoid(outputs) - (1 - y_true) * F.logsigmoid(-outputs)
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The loss of raw outputs against labels or probabilities, reduced (see the class docstring).
+
+        Returns:
+            A scalar for ``"mean"`` and ``"sum"``; for ``"none"`` one value per sample: (B,), () for
+            unbatched (C,) outputs, (B, d1, ..., dK) for K-dimensional ones, (B,) for ``binary``.
+        """
+        if self.binary or self.task != "classification":
+            return LearnedLoss.forward(self, outputs, targets)
+        return super().forward(outputs, targets)
 
     def to_sympy(self) -> sympy.Expr:
         """``-y*log(y_pred)`` (binary: ``-y*log(y_pred) - (1 - y)*log(1 - y_pred)``), unclamped."""
@@ -127,16 +148,19 @@ class CrossEntropyLoss(LearnedLoss):
 
     def config(self) -> dict[str, Any]:
         return {"task": self.task, "binary": self.binary, "reduction": self.reduction,
-                "label_smoothing": self.label_smoothing}
+                "label_smoothing": self.label_smoothing, **self._criterion_config()}
 
 
 class SquaredErrorLoss(LearnedLoss):
     """Squared error, per element ``ℓ(y_pred, y) = (y_pred - y)**2``; a drop-in ``nn.MSELoss``.
 
     For regression ``forward`` equals ``torch.nn.MSELoss(reduction=reduction)`` in value and
-    gradient: ``"mean"`` over batch and outputs, ``"sum"``, or ``"none"`` with the outputs'
-    shape (B, C). For classification it is the Brier score per element (probabilities
-    against one-hot targets), reduced the same way.
+    gradient: ``"mean"`` over all elements, ``"sum"``, or ``"none"`` with the outputs' shape.
+    Outputs (B, C) take targets (B, C), or (B,) when C == 1 (as a learned loss does); any
+    other shape ((B,), a scalar, (B, C, d1, ...)) takes targets of the same shape, as
+    ``F.mse_loss`` does without broadcasting. For classification it is the Brier score per
+    element (probabilities against one-hot targets) of outputs (B, C) or (B,) (one sigmoid
+    output), reduced the same way.
 
     Args:
         task: ``"regression"`` (default) or ``"classification"``.
@@ -150,6 +174,21 @@ class SquaredErrorLoss(LearnedLoss):
 
     def _elementwise(self, y_pred: Tensor, y_true: Tensor) -> Tensor:
         return (y_pred - y_true) ** 2
+
+    def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Squared error of outputs against targets, reduced; any shape of equal outputs and targets for regression."""
+        if self.task != "regression" or not isinstance(outputs, Tensor) or outputs.dim() in (1, 2):
+            return super().forward(outputs, targets)
+        if not isinstance(targets, Tensor) or not outputs.is_floating_point() or not targets.is_floating_point():
+            raise TypeError("regression outputs and targets must be floating-point torch.Tensors; "
+                            "use .to(torch.float32) or the outputs' dtype")
+        if targets.shape != outputs.shape:
+            raise ValueError(f"regression targets must have the outputs' shape {tuple(outputs.shape)}; got "
+                             f"{tuple(targets.shape)}. Reshape them (e.g. targets.view_as(outputs))")
+        if targets.device != outputs.device:
+            raise ValueError(f"targets are on {targets.device} but outputs on {outputs.device}; move them together")
+        per_element = (outputs - targets.to(outputs.dtype)) ** 2
+        return per_element if self.reduction == "none" else reduce_loss(per_element.reshape(1, -1), self.reduction)
 
     def to_sympy(self) -> sympy.Expr:
         return (Y_PRED - Y_TRUE) ** 2

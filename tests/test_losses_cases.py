@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import losses
-from losses import CrossEntropyLoss, MLPLoss, SquaredErrorLoss, SymbolicLoss, TaylorLoss
+from losses import (CrossEntropyLoss, FocalLoss, GeneralizedCrossEntropyLoss, MLPLoss, SquaredErrorLoss, SymbolicLoss,
+                    TaylorLoss)
 
 F64 = torch.float64
 
@@ -54,6 +55,10 @@ CASES: dict[str, Callable[[], losses.LearnedLoss]] = {
     "taylorglo-regression": lambda: _taylor(3, True, task="regression", glo=True),
     "symbolic": lambda: _symbolic("classification"),
     "symbolic-regression": lambda: _symbolic("regression"),
+    "gce": lambda: GeneralizedCrossEntropyLoss(),
+    "gce-mae": lambda: GeneralizedCrossEntropyLoss(q=1.0),
+    "focal": lambda: FocalLoss(),
+    "focal-fractional": lambda: FocalLoss(gamma=1.5),
 }
 CASE_IDS = list(CASES)
 
@@ -90,7 +95,9 @@ def is_cross_entropy(loss: losses.LearnedLoss) -> bool:
 
 def comparable(loss: losses.LearnedLoss, y_pred: torch.Tensor) -> torch.Tensor:
     """Mask of inputs where the SymPy form is defined: cross-entropy's -y*log(y_pred) needs y_pred > 0
-    (and 1 - y_pred > 0 for the binary form); elementwise clamps there instead."""
+    (and 1 - y_pred > 0 for the binary form), as the focal loss's log does; elementwise clamps there instead."""
+    if isinstance(loss, FocalLoss):
+        return y_pred > 1e-200
     if not is_cross_entropy(loss):
         return torch.ones_like(y_pred, dtype=torch.bool)
     return (y_pred > 1e-200) & ((y_pred < 1) if loss.binary else True)
@@ -99,7 +106,8 @@ def comparable(loss: losses.LearnedLoss, y_pred: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("case", CASE_IDS)
 def test_case_builds_float64_loss_with_kind(case: str) -> None:
     loss = make_loss(case)
-    assert loss.kind in {"cross_entropy", "squared_error", "mlp", "taylor", "symbolic"}
+    assert loss.kind in {"cross_entropy", "squared_error", "mlp", "taylor", "symbolic", "generalized_cross_entropy",
+                         "focal"}
     assert all(p.dtype == F64 for p in loss.parameters())
     y_pred, y_true = element_inputs(loss.task)
     assert loss.elementwise(y_pred, y_true).shape == y_pred.shape

@@ -10,7 +10,7 @@ import losses
 
 PUBLIC = [
     "LearnedLoss", "MLPLoss", "TaylorLoss", "CrossEntropyLoss", "SquaredErrorLoss", "SymbolicLoss",
-    "GradientScaledLoss",
+    "GradientScaledLoss", "GeneralizedCrossEntropyLoss", "FocalLoss",
     "Y_PRED", "Y_TRUE", "SYMPY_TO_TORCH", "UnsupportedFunctionError", "save_loss", "load_loss",
     "loss_to_dict", "loss_from_dict", "LossFileError", "build_loss", "LOSS_NAMES",
     "prediction_transform", "encode_targets", "task_loss", "task_loss_module", "task_gradient",

@@ -21,7 +21,10 @@ def loss() -> MLPLoss:
     (torch.zeros(4, 3), torch.tensor([0, -1, 2, 1]), ValueError, r"got label -1"),
     (torch.zeros(4, 1), torch.tensor([0, 1, 2, 1]), ValueError, r"0 or 1 for a single sigmoid output"),
     (torch.zeros(4, 3), torch.tensor([True, False, True, True]), TypeError, "integer class labels"),
-    (torch.zeros(4), torch.tensor([0, 1, 2, 1]), ValueError, r"shape \(B, C\).*unsqueeze\(1\)"),
+    (torch.zeros(4), torch.tensor([0, 1, 2, 1]), ValueError, r"0 or 1 for a single sigmoid output; got label 2"),
+    (torch.zeros(4), torch.tensor([[0], [1], [1], [1]]), ValueError, r"shape \(B,\) = \(4,\).*reshape\(-1\)"),
+    (torch.zeros(4, 3, 2), torch.zeros(4, 2, dtype=torch.long), ValueError, r"shape \(B, C\).*movedim\(1, -1\)"),
+    (torch.zeros(()), torch.tensor(0), ValueError, r"shape \(B, C\).*unsqueeze\(1\)"),
     (torch.zeros(4, 3, dtype=torch.long), torch.tensor([0, 1, 2, 1]), TypeError, "floating point"),
     ([[0.0, 1.0]], torch.tensor([0]), TypeError, "torch.Tensor of shape"),
 ])

@@ -134,7 +134,7 @@ def test_build_loss_presets_and_options() -> None:
     assert build_loss("ml3").activation == "relu" and build_loss("ml3").output == "softplus"
     assert sum(p.numel() for p in build_loss("taylorglo").parameters()) == 8
     assert build_loss("mlp", hidden=(3,), task="regression").hidden == (3,)
-    assert LOSS_NAMES == ("ce", "mse", "mlp", "ml3", "taylor", "taylorglo", "symbolic")
+    assert LOSS_NAMES == ("ce", "mse", "mlp", "ml3", "taylor", "taylorglo", "symbolic", "gce", "focal")
 
 
 def test_unknown_name_lists_the_known_ones() -> None:
