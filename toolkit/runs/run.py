@@ -173,7 +173,7 @@ def reused_loss(source: str, task: str) -> nn.Module:
                 raise ConfigError(f"--loss-from {source}: no such file") from None
             raise ConfigError(f"{where}: {exc}") from None
         try:
-            loss = losses.SymbolicLoss(expression, task=task)
+            loss = losses.SymbolicLoss(expression, task=task, dtype=torch.float64)  # exact; the run casts it
         except (ValueError, TypeError) as exc:  # e.g. a function the SymPy-to-torch table lacks
             raise ConfigError(f"{where}: {exc}") from None
         if normalisation is not None:
