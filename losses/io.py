@@ -90,9 +90,9 @@ def loss_from_dict(data: Mapping[str, Any]) -> LearnedLoss:
             raise LossFileError(f"dtype {data['dtype']!r} is not a torch floating-point dtype")
         loss = loss.to(dtype)
     _load_state(loss, data["parameters"])
-    if isinstance(loss, GradientScaledLoss) and not bool(torch.isfinite(loss.scale_logit)):
-        raise LossFileError(f"scale_logit {float(loss.scale_logit)!r} is not finite: the scale of a gradient_scaled "
-                            "loss is max_scale ** tanh(scale_logit), a finite positive number")
+    if isinstance(loss, GradientScaledLoss) and not bool(torch.isfinite(loss.scale_logit.detach())):
+        raise LossFileError(f"scale_logit {float(loss.scale_logit.detach())!r} is not finite: the scale of a "
+                            "gradient_scaled loss is max_scale ** tanh(scale_logit), a finite positive number")
     return loss
 
 

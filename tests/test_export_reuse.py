@@ -156,6 +156,14 @@ def test_an_option_that_would_be_ignored_is_refused(wrapped, options, match):
     assert "\n" not in str(error.value)
 
 
+def test_lfl_train_refuses_an_ignored_max_scale_in_one_line(tmp_path, capsys):
+    path = losses.save_loss(_normalised(SHAPES["taylor"]()), tmp_path / "loss.json")
+    code, _, err = run_in_process(["train", "--dataset", "digits", "--model", "logreg", "--steps", "1", "--quiet",
+                                   "--loss-from", str(path), "--max-scale", "2", "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--max-scale 2 would be ignored" in err, err
+    assert not (tmp_path / "r").exists()
+
+
 def test_adapting_a_normalised_formula_without_constants_is_refused():
     config = TrainConfig(dataset="digits", loss_from="-y*log(y_pred)", loss_scale="normalised", adapt=True)
     with pytest.raises(ConfigError, match="no trainable parameters"):
@@ -214,7 +222,7 @@ def test_readme_criterion_loop_trains_with_an_exported_json(tmp_path, monkeypatc
         torch.manual_seed(0)
         namespace: dict = {}
         exec(compile(block.replace("range(5)", f"range({steps})"), "README.md", "exec"), namespace)
-        task_loss[steps] = float(F.cross_entropy(namespace["model"](namespace["x"]), namespace["y"]))
+        task_loss[steps] = float(F.cross_entropy(namespace["model"](namespace["x"]), namespace["y"]).detach())
     assert isinstance(namespace["criterion"], losses.GradientScaledLoss)
     assert not any(p.requires_grad for p in namespace["criterion"].parameters())
     assert task_loss[5] < task_loss[0]
