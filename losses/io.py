@@ -4,6 +4,12 @@ The dict / file holds ``format_version``, ``kind`` (which class), ``config``
 (its keyword arguments), ``dtype`` and ``parameters`` (the state dict as nested
 lists of float64 numbers, exact for float32 and float64 values) and ``formula``
 (``str(loss.to_sympy())``, for people; it is not read back).
+
+A gradient-normalised loss is saved whole: ``kind`` ``"gradient_scaled"``, its config
+holds the inner loss (``shape``: its kind and config) and ``max_scale``, its parameters
+the inner loss's (``shape.*``) and ``scale_logit`` (the scale is
+``max_scale ** tanh(scale_logit)``; a non-finite value is refused). Reading it back
+gives the same normalisation around the same shape, so it trains as the run did.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 from losses.base import LearnedLoss
 from losses.printing import formula_string
 from losses.registry import LOSS_KINDS
+from losses.scaled import GradientScaledLoss
 
 FORMAT_VERSION = 1
 _KEYS = ("format_version", "kind", "config", "dtype", "parameters")
@@ -83,6 +90,9 @@ def loss_from_dict(data: Mapping[str, Any]) -> LearnedLoss:
             raise LossFileError(f"dtype {data['dtype']!r} is not a torch floating-point dtype")
         loss = loss.to(dtype)
     _load_state(loss, data["parameters"])
+    if isinstance(loss, GradientScaledLoss) and not bool(torch.isfinite(loss.scale_logit.detach())):
+        raise LossFileError(f"scale_logit {float(loss.scale_logit.detach())!r} is not finite: the scale of a "
+                            "gradient_scaled loss is max_scale ** tanh(scale_logit), a finite positive number")
     return loss
 
 

@@ -71,7 +71,8 @@ def test_export_formats(runs, capsys, tmp_path):
     assert code == 0 and "R²" in err
     saved = json.loads(target.read_text())
     assert saved["approximation"]["r2"] > 0.99 and saved["approximation"]["n_terms"] <= 12
-    assert isinstance(losses.load_loss(target), losses.SymbolicLoss)  # trainable again as a loss
+    approx = losses.load_loss(target)  # trainable again, normalised as the run's loss
+    assert isinstance(approx, losses.GradientScaledLoss) and isinstance(approx.shape, losses.SymbolicLoss)
     code, out, err = lfl_in_process(capsys, "export", runs / "adalfl", "--taylor", 2, "--format", "latex")
     assert code == 0 and "y_{pred}" in out and "order 2" in err
     code, out, _ = lfl_in_process(capsys, "export", runs / "ce" / "loss.json", "--format", "json")
@@ -81,7 +82,9 @@ def test_export_formats(runs, capsys, tmp_path):
     assert isinstance(final, losses.GradientScaledLoss)
     code, out, err = lfl_in_process(capsys, "export", runs / "adalfl")
     from losses.printing import formula_string
-    assert code == 0 and out.strip() == formula_string(final.shape.to_sympy()).strip()
+    header, formula = out.strip().split("\n")
+    assert code == 0 and formula == formula_string(final.shape.to_sympy()).strip()
+    assert header.startswith("# normalised:") and "--loss-scale normalised" in header
     assert f"at {float(final.scale.detach()):.4g}x the task loss's gradient norm" in err
 
 

@@ -140,10 +140,13 @@ class TrainConfig:
                                 help="fast: the JVP route; naive: autograd through the unrolled step (reference).")
     meta_source: str = option("valid", choices=("valid", "train"), help="Where meta-objective batches come from.")
     snapshot_every: int = option(100, help="Learned-loss snapshot every N steps.")
-    loss_scale: str = option("normalised", choices=LOSS_SCALES,
-                             help="adalfl/ml3: 'normalised' takes the gradient's direction from the learned loss and "
-                                  "its size from the task loss times a learned scale in [1/--max-scale, --max-scale]; "
-                                  "'free' uses the loss as is.")
+    loss_scale: str | None = option(None, choices=LOSS_SCALES,
+                                    help="adalfl/ml3: 'normalised' (default) takes the gradient's direction from the "
+                                         "learned loss and its size from the task loss times a learned scale in "
+                                         "[1/--max-scale, --max-scale]; 'free' uses the loss as is. With --loss-from "
+                                         "the default is what the loss says (a loss.json or lfl export output "
+                                         "carries its normalisation; a bare formula is free); 'normalised' "
+                                         "normalises a loss that is not, 'free' drops it.")
     max_scale: float = option(1.0, help="Bound on the learned scale of a normalised loss (1 fixes it at the task "
                                         "loss's).")
     descent_guard: bool = option(True, help="Learned losses: reflect each sample's gradient that points uphill for "
@@ -168,6 +171,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, coerce_option(f.name, getattr(self, f.name), str(f.type)))
+        if self.loss_scale is None and self.loss_from is None:  # unset: a reused loss keeps its own
+            object.__setattr__(self, "loss_scale", "normalised")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             value = getattr(self, f.name)

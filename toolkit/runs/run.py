@@ -135,8 +135,12 @@ def reused_loss(source: str, task: str) -> nn.Module:
     Formulas are per-element losses in ``y_pred`` and ``y`` (e.g. ``"-y*log(y_pred)"``), read
     by ``losses.parse_formula``, which parses a whitelist grammar and never evaluates text;
     their numeric constants become trainable parameters of a ``losses.SymbolicLoss``. Text
-    that is no formula but looks like a path is reported as a missing file.
+    that is no formula but looks like a path is reported as a missing file. The loss comes
+    back as the source says it trained: a saved ``GradientScaledLoss`` whole, and a formula
+    under the header line ``lfl export`` writes for one (:mod:`losses.scale_header`) inside
+    that normalisation; ``#`` lines are comments.
     """
+    from losses.scale_header import split_header
     from losses.symbolic import parse_formula
 
     path = Path(source)
@@ -159,21 +163,57 @@ def reused_loss(source: str, task: str) -> nn.Module:
         else:
             text, where = source, "--loss-from"
         try:
-            expression = parse_formula(text.strip(), max_length=FORMULA_FILE_LIMIT)
+            text, normalisation = split_header(text)
+        except losses.LossFileError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            expression = parse_formula(text, max_length=FORMULA_FILE_LIMIT)
         except (ValueError, TypeError) as exc:
             if not path.is_file() and _looks_like_path(source):
                 raise ConfigError(f"--loss-from {source}: no such file") from None
             raise ConfigError(f"{where}: {exc}") from None
         try:
-            loss = losses.SymbolicLoss(expression, task=task)
+            loss = losses.SymbolicLoss(expression, task=task, dtype=torch.float64)  # exact; the run casts it
         except (ValueError, TypeError) as exc:  # e.g. a function the SymPy-to-torch table lacks
             raise ConfigError(f"{where}: {exc}") from None
+        if normalisation is not None:
+            loss = normalisation.wrap(loss)
     if loss.task != task:
         raise ConfigError(f"--loss-from {source}: a {loss.task} loss cannot train a {task} dataset")
     if loss.reduction == "none":
         raise ConfigError(f"--loss-from {source}: the loss has reduction 'none' (per-element values) but training "
                           'needs a scalar; set "reduction": "mean" in its config')
     return loss
+
+
+def scaled_as_asked(loss: nn.Module, config: TrainConfig) -> nn.Module:
+    """A reused loss with the normalisation ``--loss-scale`` asks for; options it would ignore are refused.
+
+    Unset (None): as the source says. ``normalised``: a loss saved normalised stays so, any
+    other is wrapped in ``GradientScaledLoss(max_scale=--max-scale)`` (scale 1: cross-entropy's
+    gradient norm). ``free``: a normalised loss is unwrapped to its shape, trained raw.
+    ``--max-scale`` bounds only a normalisation made here.
+    """
+    source = f"--loss-from {config.loss_from}"
+    wrapped = isinstance(loss, losses.GradientScaledLoss)
+    if config.loss_scale == "normalised" and not wrapped:
+        try:
+            loss = losses.GradientScaledLoss(loss, max_scale=config.max_scale)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source} with --loss-scale normalised: {exc}") from None
+        if config.adapt and config.max_scale == 1 and not has_trainable_parameters(loss.shape):
+            raise ConfigError(f"the loss to adapt has no trainable parameters ({type(loss.shape).__name__}; "
+                              "--max-scale 1 fixes its scale): give a formula with numeric constants, or drop --adapt")
+        return loss
+    if config.max_scale != 1:
+        if wrapped and config.loss_scale != "free":
+            held = f"carries its own normalisation (max_scale {loss.max_scale:g}); drop --max-scale"
+        elif config.loss_scale == "free":
+            held = "is trained raw (--loss-scale free); drop --max-scale"
+        else:
+            held = "is not normalised; drop --max-scale, or add --loss-scale normalised to normalise it"
+        raise ConfigError(f"--max-scale {config.max_scale:g} would be ignored: {source} {held}")
+    return loss.shape if wrapped and config.loss_scale == "free" else loss
 
 
 def _looks_like_path(text: str) -> bool:
@@ -206,7 +246,7 @@ def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module
     definition as the meta-objective and evaluation (``losses.task_loss``).
     """
     if config.loss_from is not None:
-        return reused_loss(config.loss_from, task)
+        return scaled_as_asked(reused_loss(config.loss_from, task), config)
     if config.loss == "ce":
         if task != "classification":
             raise ConfigError("--loss ce needs a classification dataset: use --loss mse for regression")
@@ -589,6 +629,8 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
     current = config.to_dict()
     for key, old_default in (("optimizer", "sgd"), ("sync_batchnorm", False)):  # options added later
         saved.setdefault(key, old_default)
+    if saved.get("loss_from") is not None and saved.get("loss_scale") == "normalised" and current["loss_scale"] is None:
+        saved["loss_scale"] = None  # written when --loss-from ignored --loss-scale: the loss as it said, as now
     if "augment" not in saved:  # written before --augment existed: those runs trained without augmentation
         saved["augment"] = current["augment"] if augmentation_for(config.dataset) is None else False
     differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
