@@ -1,0 +1,30 @@
+"""Putting the method together: the options (declared once in ``TrainConfig``), the training loop
+behind ``lfl train``, run directories and their logs, seed sweeps, declared studies (``lfl study``,
+local or Ray) and step benchmarks (``lfl bench``).
+
+The names below load their module on first use, so importing the package stays cheap."""
+from __future__ import annotations
+
+from toolkit._faces import lazy_names
+
+_WHERE = {
+    "TrainConfig": "config",
+    "ConfigError": "config",
+    "resolve_config": "config",
+    "read_config_file": "config",
+    "PRESETS": "config",
+    "lr_at": "config",
+    "train": "run",
+    "make_loss": "run",
+    "load_run_dataset": "run",
+    "RunDirectory": "run_directory",
+    "RunLog": "log",
+    "read_metrics_csv": "log",
+    "run_seeds": "sweep",
+    "load_study": "study_spec",
+    "run_study": "study",
+    "study_command": "study_report",
+    "benchmark_steps": "bench",
+    "benchmark_all": "bench",
+}
+__getattr__, __dir__, __all__ = lazy_names(__name__, _WHERE)
