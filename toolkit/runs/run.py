@@ -34,8 +34,9 @@ from toolkit.meta.distributed import SINGLE, Replicas, convert_sync_batchnorm
 from toolkit.meta.rules import torch_optimizer
 from toolkit.runs.run_directory import RunDirectory
 from toolkit.runs.log import History, RunLog, summary_writer_class
+from toolkit.runs.reporting import GuardWarning, LossWindow, loss_postfix, run_progress, sums_from_checkpoint
 from toolkit.runs.common import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at,
-                    progress_bar, resolve_device, seed_everything, write_json)
+                    resolve_device, seed_everything, write_json)
 
 CHECKPOINT_VERSION = 1
 
@@ -49,15 +50,18 @@ class FixedLossStepper:
     the two reflections, then the step check that falls back to the task loss's own step.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *,
-                 guard_task: str | None = None, replicas: Replicas = SINGLE) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *, task: str | None = None,
+                 learned: bool = False, guard_task: str | None = None, replicas: Replicas = SINGLE) -> None:
         self.model, self.loss, self.guard_task, self.replicas = model, loss, guard_task, replicas
+        self.task, self.learned = task or guard_task or "classification", learned or guard_task is not None
         self.rule = config.rule()
         self.optimizer = torch_optimizer(self.rule, model.parameters())
         self.guard_counts = GuardCounts(next(model.parameters()).device)
         self.state = self.rule.init({k: p for k, p in model.named_parameters() if p.requires_grad})
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        """One base step; returns device scalars ``task_loss`` (L_task on the batch at θ, from the step's own
+        outputs) and, for a learned loss, ``learned_loss`` (its value there)."""
         if self.guard_task is not None:
             return self._guarded_step(train, lr)
         x, y = train
@@ -65,30 +69,43 @@ class FixedLossStepper:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         if not self.replicas.active:
-            value = self.loss(self.model(x), y)
+            outputs = self.model(x)
+            value = self.loss(outputs, y)
             value.backward()
+            task_value = losses.task_loss(outputs.detach(), y, self.task)
         else:  # the global batch's loss and gradient (toolkit.meta.distributed), then torch.optim's own step
             params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-            step = fixed_loss_gradients(self.model, self.loss, train, params, None, replicas=self.replicas)
-            value = step.value
+            step = fixed_loss_gradients(self.model, self.loss, train, params, self.task, replicas=self.replicas)
+            value, task_value = step.value, step.train_task_loss
             for k, p in params.items():
                 p.grad = step.grads[k]
         self.optimizer.step()
-        return {"train_loss": value.detach()}
+        return self._info(value, task_value)
+
+    def _info(self, value: Tensor, task_value: Tensor) -> dict[str, Tensor]:
+        info = {"task_loss": task_value.detach()}
+        if self.learned:
+            info["learned_loss"] = value.detach()
+        return info
 
     def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
         params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-        value, new_params, self.state, guard = guarded_step(self.model, self.loss, train, params, self.state,
-                                                            self.rule.with_lr(lr), self.guard_task,
-                                                            replicas=self.replicas)
+        step = guarded_step(self.model, self.loss, train, params, self.state, self.rule.with_lr(lr), self.guard_task,
+                            replicas=self.replicas)
+        self.state = step.state
         with torch.no_grad():
             for k, p in params.items():
-                p.copy_(new_params[k])
-        self.guard_counts.add(*guard, len(train[1]))
-        return {"train_loss": value}
+                p.copy_(step.params[k])
+        self.guard_counts.add(*step.guard, len(train[1]))
+        return self._info(step.value, step.task_loss)
 
     def record(self) -> dict:
+        """The history's diagnostics since the last record (the guard's shares; a host read)."""
         return {} if self.guard_task is None else self.guard_counts.read()
+
+    def summary(self) -> dict:
+        """The run's diagnostics for results.json (the guard's shares over every step)."""
+        return {} if self.guard_task is None else self.guard_counts.totals()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts.counts,
@@ -117,6 +134,11 @@ class OnlineStepper:
         if "grad_ratio" in self.learner.last:
             rec["grad_ratio"] = float(self.learner.last["grad_ratio"])
         return rec
+
+    def summary(self) -> dict:
+        """The run's diagnostics for results.json: skipped updates, the guard's shares over every step."""
+        guard = self.learner.guard_counts.totals() if self.learner.descent_guard else {}
+        return {**self.learner.check(), **guard}
 
     def state_dict(self) -> dict:
         return self.learner.state_dict()
@@ -397,25 +419,26 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     else:
         learned = has_trainable_parameters(loss)
         train_loss = frozen_copy(loss) if learned else loss
-        stepper = FixedLossStepper(model, train_loss, config,
+        stepper = FixedLossStepper(model, train_loss, config, task=task, learned=learned,
                                    guard_task=task if learned and config.descent_guard else None, replicas=replicas)
 
     start_step = 0
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    window = LossWindow(device)
     if checkpoint is not None and checkpoint["phase"] == "train":
         model.load_state_dict(checkpoint["model"])
         loss.load_state_dict(checkpoint["loss"])
         if checkpoint["stepper"] is not None:
             stepper.load_state_dict(checkpoint["stepper"])
         start_step = checkpoint["step"]
-        loss_sum = checkpoint["loss_sum"].to(device)
+        window = LossWindow(device, sums_from_checkpoint(checkpoint, learned=has_trainable_parameters(loss)))
         _set_rng_state(checkpoint["rng"], device)
         history.truncate_after(start_step, ("train", "eval"))
         snapshots.truncate_after(start_step, "train")
     elif config.learned:
         snapshots.append({"phase": "train", "step": 0, "loss": losses.loss_to_dict(loss, formula=False)})
 
-    bar = _progress_bar(config.steps, start_step, progress)
+    bar = _progress_bar(config.steps, start_step, progress, every=config.log_every)
+    guard_warning = GuardWarning()
     model.train()
     for step in range(start_step, config.steps):
         train_batch = train_batches(step)
@@ -424,29 +447,21 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         info = stepper.step(train_batch, valid_batch, lr=lr_at(config, step), diagnostics=logging)
         if replicas.active and not config.sync_batchnorm:  # per-process BatchNorm: process 0's running statistics
             replicas.broadcast_(list(model.buffers()))
-        loss_sum = loss_sum + info["train_loss"].double()
+        window.add(info)
         done = step + 1
         if logging:
-            window = config.log_every if done % config.log_every == 0 else done % config.log_every
-            record = {"phase": "train", "step": done, "lr": lr_at(config, step),
-                      "train_loss": float(loss_sum) / window}
-            if "meta_loss" in info:
-                record["meta_loss"] = float(info["meta_loss"])
-            record.update(stepper.record())
+            record = _log_record(config, done, info, window, stepper, model)
             history.append(record)
-            if not bool(all_finite(p.detach() for p in model.parameters() if p.is_floating_point())):
-                raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
-                                     f"finite (a step too large, or a loss that is not finite on this data); "
-                                     f"lower --lr (now {config.lr:g}) or check the loss")
-            loss_sum = torch.zeros_like(loss_sum)
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
+            bar.set_postfix(**loss_postfix(record), refresh=False)
+            guard_warning.check(stepper.summary().get("guarded"), done)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
             snapshots.append({"phase": "train", "step": done, "loss": losses.loss_to_dict(loss, formula=False)})
         if config.eval_every and done % config.eval_every == 0 and done != config.steps:
             metrics = evaluate(model, valid_x, valid_y, task=task)
             history.append({"phase": "eval", "step": done, **{f"valid_{k}": v for k, v in metrics.items()}})
+            bar.set_postfix(**loss_postfix({f"valid_{k}": v for k, v in metrics.items()}), refresh=False)
         if checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_path, config, "train", done, model, loss, stepper, device, loss_sum,
+            _save_checkpoint(checkpoint_path, config, "train", done, model, loss, stepper, device, window.sums,
                              elapsed())
         bar.update(1)
         if on_step is not None:
@@ -455,7 +470,8 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
 
     results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
                              elapsed())
-    results["world_size"] = replicas.world_size
+    guard_warning.check(results.get("guarded"), config.steps)
+    results.update(world_size=replicas.world_size, warnings=guard_warning.messages)
     if out is not None:
         history.truncate_after(config.steps - 1, "eval")  # a resumed finished run: no second record
         history.append({"phase": "eval", "step": config.steps,
@@ -464,7 +480,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         write_json(out / "results.json", results)
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", config.steps, model, loss, stepper, device,
-                             loss_sum, elapsed())
+                             window.sums, elapsed())
     return results
 
 
@@ -547,20 +563,35 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
         results.update(test_mse=test["mse"], valid_mse=valid["mse"], test_error=test["mse"])
         if data.target_std is not None:
             results["test_mse_original_units"] = test["mse"] * data.target_std ** 2
-    results.update(stepper.record())
+    results.update(stepper.summary())
     return results
 
 
-def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train"):
-    return progress_bar(total, initial=initial, enabled=enabled, desc=desc, unit="step")
+def _log_record(config: TrainConfig, done: int, info: dict, window: LossWindow, stepper, model: nn.Module) -> dict:
+    """The history's ``train`` record at step ``done`` (window averages, diagnostics); refuses non-finite parameters."""
+    length = config.log_every if done % config.log_every == 0 else done % config.log_every
+    record = {"phase": "train", "step": done, "lr": lr_at(config, done - 1), **window.read(length)}
+    if "meta_loss" in info:
+        record["meta_loss"] = float(info["meta_loss"])
+    record.update(stepper.record())
+    if not bool(all_finite(p.detach() for p in model.parameters() if p.is_floating_point())):
+        raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
+                             f"finite (a step too large, or a loss that is not finite on this data); "
+                             f"lower --lr (now {config.lr:g}) or check the loss")
+    return record
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train", every: int | None = None):
+    """A bar on a terminal; elsewhere a plain line every ``every`` steps (default: about 20 lines in all)."""
+    return run_progress(total, initial=initial, enabled=enabled, desc=desc, every=every or max(total // 20, 1))
 
 
 def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, model, loss, stepper,
-                     device, loss_sum, wall_time_s: float) -> None:
+                     device, loss_sums, wall_time_s: float) -> None:
     state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "phase": phase, "step": step,
              "model": model.state_dict(), "loss": loss.state_dict(),
              "stepper": stepper.state_dict() if stepper is not None else None,
-             "loss_sum": loss_sum if loss_sum is not None else torch.zeros((), dtype=torch.float64),
+             "loss_sums": loss_sums if loss_sums is not None else LossWindow("cpu").sums,
              "rng": _rng_state(device), "wall_time_s": wall_time_s}
     atomic_write(path, lambda p: torch.save(state, p))
 
