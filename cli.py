@@ -312,6 +312,11 @@ def export(source: str | None, fmt: str, approx: bool, step: int | None, max_ter
         click.echo(text)
     if note:
         click.echo(note, err=True)
+    if Path(source).is_dir():  # what the descent guard did while this loss trained (toolkit.analysis.rundir)
+        from toolkit.analysis.rundir import guard_note, read_run
+        guard = guard_note(read_run(source))
+        if guard:
+            click.echo(guard, err=True)
 
 
 @cli.command()
