@@ -81,7 +81,8 @@ def cli() -> None:
 @click.option("--seeds", default=None, help="Comma-separated seeds: one run per seed under --out, plus summary.json.")
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes for --seeds.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, with the options saved "
+                                             "there (options given must equal them; --steps may extend the run).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
 @click.option("--tensorboard", is_flag=True,
               help="Also write the history's numbers as TensorBoard scalars under --out/tensorboard "
@@ -114,7 +115,9 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     explicit["model_options"] = parse_model_options(explicit.pop("model_options", ()))
     if not explicit["model_options"]:
         del explicit["model_options"]
-    config = resolve_config(explicit, config_file=config_file, preset=preset)
+    from toolkit.runs.run import checkpoint_options  # --resume alone: the options the checkpoint trained with
+    base = checkpoint_options(out) if resume and out is not None and not seed_list else None
+    config = resolve_config(explicit, config_file=config_file, preset=preset, base=base)
     if seed_list and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.BadParameter("--seeds starts one process per seed; under torchrun train one run (--seed)",
                                  param_hint="--seeds")

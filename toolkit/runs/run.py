@@ -33,6 +33,8 @@ from toolkit.meta.online import (GuardCounts, NonFiniteError, OnlineLossLearner,
 from toolkit.meta.distributed import SINGLE, Replicas, convert_sync_batchnorm
 from toolkit.meta.rules import torch_optimizer
 from toolkit.runs.run_directory import RunDirectory
+from toolkit.runs.signals import terminate_as_interrupt
+from toolkit.runs.user_model import check_outputs, check_same_model, describe_model, model_class, reinitialise
 from toolkit.runs.log import History, RunLog, summary_writer_class
 from toolkit.runs.reporting import GuardWarning, LossWindow, loss_postfix, run_progress, sums_from_checkpoint
 from toolkit.runs.common import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at,
@@ -267,7 +269,7 @@ MIN_EVALUATION_SAMPLES = 10
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
           on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None,
-          replicas: Replicas = SINGLE, tensorboard: bool = False) -> dict:
+          replicas: Replicas = SINGLE, tensorboard: bool = False, model: nn.Module | None = None) -> dict:
     """Run one training job and return its results (also written to ``out_dir``).
 
     Args:
@@ -287,13 +289,23 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         tensorboard: also write the history's numbers as TensorBoard scalars under
             ``out_dir/tensorboard`` (:mod:`toolkit.runs.log`; needs the tensorboard package).
             An output choice, not part of the run: the config (results.json) does not hold it.
+        model: your own ``nn.Module`` to train (in place) instead of the zoo model ``config.model`` names;
+            its outputs must be (batch, classes or targets). The checkpoint records its class and shapes,
+            and ``resume`` refuses another (:mod:`toolkit.runs.user_model`); results.json's ``model`` is its class.
 
     Raises:
         NonFiniteError: training diverged; results.json then holds ``"status": "diverged"``.
         ConfigError, DataError, ...: bad options or data, before anything is written.
     """
-    kwargs = dict(progress=progress and replicas.is_main, dataset=dataset, on_step=on_step,
-                  initial_loss=initial_loss, replicas=replicas)
+    reached = [0]
+
+    def track(done: int) -> None:
+        reached[0] = done
+        if on_step is not None:
+            on_step(done)
+
+    kwargs = dict(progress=progress and replicas.is_main, dataset=dataset, on_step=track,
+                  initial_loss=initial_loss, replicas=replicas, user_model=model)
     if out_dir is None:
         return _train(config, out=None, resume=False, **kwargs)
     if not replicas.is_main:  # process 0 owns the run directory; the others only read its checkpoint
@@ -303,11 +315,15 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     out = Path(out_dir)
     created = not out.exists()
     started: list[bool] = []
-    with RunDirectory(out, resume=resume, overwrite=overwrite), RunLog(out, tensorboard=tensorboard) as log:
+    with (RunDirectory(out, resume=resume, overwrite=overwrite), RunLog(out, tensorboard=tensorboard) as log,
+          terminate_as_interrupt()):
         try:
             return _train(config, out=out, resume=resume, started=started, log=log, **kwargs)
-        except KeyboardInterrupt:
-            raise  # the checkpoint stays for --resume
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the checkpoint stays for --resume
+            if started:
+                write_json(out / "results.json", {"status": "interrupted", "step": reached[0], "seed": config.seed,
+                                                  "config": config.to_dict()})
+            raise
         except Exception as exc:
             if started:
                 status = "diverged" if isinstance(exc, NonFiniteError) else "failed"
@@ -329,6 +345,16 @@ def _remove_if_empty(path: Path) -> None:
         pass
 
 
+def _base_model(config: TrainConfig, data: Dataset, user_model: nn.Module | None, device: torch.device) -> nn.Module:
+    """The zoo model the config names, or the user's own (its outputs checked against the dataset), on ``device``."""
+    if user_model is None:
+        return build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
+                           **config.model_options).to(device)
+    user_model.to(device)
+    check_outputs(user_model, data.train.x[:2].to(device=device), data.num_outputs)
+    return user_model
+
+
 def _check_splits(data: Dataset) -> None:
     sizes = f"train {len(data.train.y)}, validation {len(data.valid.y)}, test {len(data.test.y)} samples"
     if len(data.valid.y) < MIN_EVALUATION_SAMPLES:
@@ -342,7 +368,7 @@ def _check_splits(data: Dataset) -> None:
 def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: bool, dataset: Dataset | None,
            on_step: Callable[[int], None] | None, initial_loss: nn.Module | None,
            started: list[bool] | None = None, replicas: Replicas = SINGLE, read_from: Path | None = None,
-           log: RunLog | None = None) -> dict:
+           log: RunLog | None = None, user_model: nn.Module | None = None) -> dict:
     """The run itself; ``started`` gets an entry once setup is done and files may be written.
 
     ``read_from``: the run directory whose checkpoint a process other than 0 resumes from.
@@ -362,8 +388,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     data = dataset or load_run_dataset(config)
     _check_splits(data)
     task = data.task
-    model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
-                        **config.model_options).to(device)
+    model = _base_model(config, data, user_model, device)
     if replicas.active:
         if config.sync_batchnorm:
             model = convert_sync_batchnorm(model)
@@ -389,7 +414,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
 
     checkpoint = None
     if resume and read_path is not None and read_path.exists():
-        checkpoint = _load_checkpoint(read_path, config)
+        checkpoint = _load_checkpoint(read_path, config, model)
     elif out is not None:
         (out / "loss_snapshots.jsonl").unlink(missing_ok=True)
     history.start(resume=checkpoint is not None)
@@ -402,7 +427,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
             loss = _shared_loss(searched, replicas).to(device=device, dtype=next(model.parameters()).dtype)
         else:
             _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                        data.input_shape, data.num_outputs, replicas)
+                        data.input_shape, data.num_outputs, replicas, user_model is not None)
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
@@ -471,7 +496,8 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
                              elapsed())
     guard_warning.check(results.get("guarded"), config.steps)
-    results.update(world_size=replicas.world_size, warnings=guard_warning.messages)
+    results.update(world_size=replicas.world_size, warnings=guard_warning.messages,
+                   **({"model": model_class(model), "user_model": True} if user_model is not None else {}))
     if out is not None:
         history.truncate_after(config.steps - 1, "eval")  # a resumed finished run: no second record
         history.append({"phase": "eval", "step": config.steps,
@@ -520,7 +546,7 @@ def _shared_loss(loss: nn.Module | None, replicas: Replicas) -> nn.Module:
 
 
 def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                input_shape, num_outputs, replicas: Replicas = SINGLE) -> None:
+                input_shape, num_outputs, replicas: Replicas = SINGLE, user_model: bool = False) -> None:
     """The offline phase of AdaLFL / ML3, with its records in the history."""
     history.truncate_after(-1, "init")
     snapshots.truncate_after(-1, "train")
@@ -532,7 +558,9 @@ def _initialise(config, model, loss, train_batches, meta_batches, task, history,
         bar.set_postfix(meta_loss=f"{record['meta_loss']:.4f}", refresh=False)
 
     def fresh_initialisation(scratch: nn.Module) -> None:
-        """The model builder's own initialisation, drawn anew (global RNG)."""
+        """The model builder's own initialisation (a user model's layers' own), drawn anew (global RNG)."""
+        if user_model:
+            return reinitialise(scratch)
         fresh = build_model(config.model, input_shape=input_shape, num_outputs=num_outputs, **config.model_options)
         scratch.load_state_dict(fresh.state_dict())
 
@@ -592,11 +620,22 @@ def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, mod
              "model": model.state_dict(), "loss": loss.state_dict(),
              "stepper": stepper.state_dict() if stepper is not None else None,
              "loss_sums": loss_sums if loss_sums is not None else LossWindow("cpu").sums,
-             "rng": _rng_state(device), "wall_time_s": wall_time_s}
+             "rng": _rng_state(device), "wall_time_s": wall_time_s, "model_description": describe_model(model)}
     atomic_write(path, lambda p: torch.save(state, p))
 
 
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
+def checkpoint_options(out_dir: str | Path) -> dict | None:
+    """The options of the run whose checkpoint is in ``out_dir`` (None when there is none), as ``--resume``
+    alone reads them: every option but ``device``, which may differ between machines."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    saved = _saved_config(_read_checkpoint(path), current=None)
+    known = set(TrainConfig.__dataclass_fields__)
+    return {k: v for k, v in saved.items() if k in known and k != "device"}
+
+
+def _read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     except pickle.UnpicklingError:
@@ -607,15 +646,29 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise ConfigError(f"cannot read checkpoint {path} ({reason}); delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
+    return state
+
+
+def _saved_config(state: dict, current: dict | None) -> dict:
+    """A checkpoint's config, with the options added since it was written at the values it trained with."""
     saved = dict(state["config"])
-    current = config.to_dict()
     for key, old_default in (("optimizer", "sgd"), ("sync_batchnorm", False)):  # options added later
         saved.setdefault(key, old_default)
     if "augment" not in saved:  # written before --augment existed: those runs trained without augmentation
-        saved["augment"] = current["augment"] if augmentation_for(config.dataset) is None else False
+        no_augmentation = augmentation_for(saved.get("dataset", "")) is None
+        saved["augment"] = (current or {}).get("augment", True) if no_augmentation else False
+    return saved
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, model: nn.Module | None = None) -> dict:
+    state = _read_checkpoint(path)
+    current = config.to_dict()
+    saved = _saved_config(state, current)
     differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
                        and k != "steps")
     if differing:
         raise ConfigError(f"--resume with different options than the checkpoint in {path.parent}: "
                           f"{', '.join(differing)}; use the same options or another --out")
+    if model is not None:
+        check_same_model(state.get("model_description"), model, str(path.parent))
     return state
