@@ -139,6 +139,36 @@ def pick_evenly(items: list, count: int) -> list:
     return [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, count).round().astype(int)))]
 
 
+def learner_snapshots(learner) -> list[tuple[int, losses.LearnedLoss]]:
+    """``(step, loss)`` pairs from an ``OnlineLossLearner``'s snapshots (``learner.history`` holds the
+    parameters; the loss module they belong to is the learner's own), as CPU copies."""
+    import copy
+
+    import torch
+
+    pairs = []
+    for snapshot in learner.history.snapshots:
+        loss = copy.deepcopy(learner.loss).cpu()
+        with torch.no_grad():
+            for name, parameter in loss.named_parameters():
+                parameter.copy_(snapshot["params"][name])
+        pairs.append((int(snapshot["step"]), loss))
+    return pairs
+
+
+def _snapshot_pairs(snapshots) -> list[tuple[int, losses.LearnedLoss]]:
+    from toolkit.meta.online import LossHistory, OnlineLossLearner
+
+    if isinstance(snapshots, Run):
+        return list(snapshots.snapshots())
+    if isinstance(snapshots, OnlineLossLearner):
+        return learner_snapshots(snapshots)
+    if isinstance(snapshots, LossHistory):
+        raise AnalysisError("learner.history holds the loss's parameters, not the loss: pass the learner itself, "
+                            "plot_loss_evolution(learner)")
+    return list(snapshots)
+
+
 def plot_loss_evolution(snapshots: Run | list[tuple[int, losses.LearnedLoss]], *, checkpoints: int = 6,
                         domain: tuple[float, float] | None = None, title: str | None = None):
     """The learned loss at up to ``checkpoints`` training steps, one line per step.
@@ -147,12 +177,13 @@ def plot_loss_evolution(snapshots: Run | list[tuple[int, losses.LearnedLoss]], *
     Regression: ℓ(y_pred | y=0) over y_pred.
 
     Args:
-        snapshots: a run (its ``loss_snapshots.jsonl``) or ``(step, loss)`` pairs.
+        snapshots: a run (its ``loss_snapshots.jsonl``), an ``OnlineLossLearner`` of your own loop (its
+            snapshots, every ``snapshot_every`` steps), or ``(step, loss)`` pairs.
         checkpoints: how many snapshots to draw, spread evenly (first and last always).
         domain: y_pred interval (default [0, 1] for classification, [−3, 3] for regression).
         title: figure title (default names the run).
     """
-    pairs = list(snapshots.snapshots()) if isinstance(snapshots, Run) else list(snapshots)
+    pairs = _snapshot_pairs(snapshots)
     if not pairs:
         where = f" in {snapshots.path}" if isinstance(snapshots, Run) else ""
         raise AnalysisError(f"no loss snapshots{where}: only learned losses (adalfl, ml3) are snapshotted")
@@ -508,4 +539,5 @@ def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
 
 
 __all__ = ["plot_loss_evolution", "plot_loss_surface", "plot_learning_curves", "plot_gradient_magnitude",
-           "plot_final_errors", "plot_runs", "save_figure", "gradient_magnitudes", "pick_evenly", "FORMATS"]
+           "plot_final_errors", "plot_runs", "save_figure", "learner_snapshots", "plot_diagnostics",
+           "gradient_magnitudes", "pick_evenly", "FORMATS"]
