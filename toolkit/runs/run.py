@@ -475,8 +475,9 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         window.add(info)
         done = step + 1
         if logging:
-            record = _log_record(config, done, info, window, stepper, model)
+            record = _log_record(config, done, info, window, stepper)
             history.append(record)
+            _check_finite(model, done, config)
             bar.set_postfix(**loss_postfix(record), refresh=False)
             guard_warning.check(stepper.summary().get("guarded"), done)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
@@ -595,18 +596,22 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
     return results
 
 
-def _log_record(config: TrainConfig, done: int, info: dict, window: LossWindow, stepper, model: nn.Module) -> dict:
-    """The history's ``train`` record at step ``done`` (window averages, diagnostics); refuses non-finite parameters."""
+def _log_record(config: TrainConfig, done: int, info: dict, window: LossWindow, stepper) -> dict:
+    """The history's ``train`` record at step ``done``: the window's average losses and the diagnostics."""
     length = config.log_every if done % config.log_every == 0 else done % config.log_every
     record = {"phase": "train", "step": done, "lr": lr_at(config, done - 1), **window.read(length)}
     if "meta_loss" in info:
         record["meta_loss"] = float(info["meta_loss"])
     record.update(stepper.record())
+    return record
+
+
+def _check_finite(model: nn.Module, done: int, config: TrainConfig) -> None:
+    """Refuse to go on with non-finite parameters (after the record that shows it was written)."""
     if not bool(all_finite(p.detach() for p in model.parameters() if p.is_floating_point())):
         raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
                              f"finite (a step too large, or a loss that is not finite on this data); "
                              f"lower --lr (now {config.lr:g}) or check the loss")
-    return record
 
 
 def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train", every: int | None = None):
