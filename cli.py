@@ -5,10 +5,8 @@ line on stderr and exit status 2, never a traceback.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import click
 
 from toolkit import __version__
 from toolkit.runs.config import PRESETS as PRESET_NAMES, click_options
+from toolkit.runs.signals import terminate_as_interrupt
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exception types that mean 'the user asked for something wrong' (imported lazily)."""
@@ -42,25 +41,6 @@ INTERRUPTED = ("Interrupted; the last checkpoint is kept: rerun lfl train with -
                "command (finished runs are reused), to continue.")
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (a scheduler pre-empting the job, ``kill``) behaves as Ctrl-C: the run keeps its checkpoint,
-    says it was interrupted and releases its lock; a study stops its workers. The previous handler is
-    restored on the way out (``main`` may be called from Python). Only the main thread can set handlers."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class LflGroup(click.Group):
     """The ``lfl`` group: user errors become one line on stderr and exit status 2, never a traceback.
 
@@ -69,7 +49,7 @@ class LflGroup(click.Group):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            with _terminate_as_interrupt():
+            with terminate_as_interrupt():  # SIGTERM (pre-emption, kill) as Ctrl-C, in every command
                 super().main(args=args, prog_name=prog_name or "lfl", complete_var=complete_var,
                              standalone_mode=False, **extra)
         except click.exceptions.Exit as exc:
@@ -108,7 +88,8 @@ def cli() -> None:
 @click.option("--seeds", default=None, help="Comma-separated seeds: one run per seed under --out, plus summary.json.")
 @click.option("--jobs", default=1, show_default=True, type=int, help="Parallel processes for --seeds.")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Run directory for results and history.")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its checkpoint, with the options saved "
+                                             "there (options given must equal them; --steps may extend the run).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out (otherwise it is refused).")
 @click.option("--tensorboard", is_flag=True,
               help="Also write the history's numbers as TensorBoard scalars under --out/tensorboard "
@@ -141,7 +122,9 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     explicit["model_options"] = parse_model_options(explicit.pop("model_options", ()))
     if not explicit["model_options"]:
         del explicit["model_options"]
-    config = resolve_config(explicit, config_file=config_file, preset=preset)
+    from toolkit.runs.run import checkpoint_options  # --resume alone: the options the checkpoint trained with
+    base = checkpoint_options(out) if resume and out is not None and not seed_list else None
+    config = resolve_config(explicit, config_file=config_file, preset=preset, base=base)
     if seed_list and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise click.BadParameter("--seeds starts one process per seed; under torchrun train one run (--seed)",
                                  param_hint="--seeds")
@@ -334,6 +317,11 @@ def export(source: str | None, fmt: str, approx: bool, step: int | None, max_ter
         click.echo(text)
     if note:
         click.echo(note, err=True)
+    if Path(source).is_dir():  # what the descent guard did while this loss trained (toolkit.analysis.rundir)
+        from toolkit.analysis.rundir import guard_note, read_run
+        guard = guard_note(read_run(source))
+        if guard:
+            click.echo(guard, err=True)
 
 
 @cli.command()

@@ -81,8 +81,10 @@ def test_learning_curves_gradient_and_final_errors(runs):
     valid, train_ce, train_learned = curves.axes
     assert curves.get_suptitle() == "Learning curves (mean ± std over seeds)"
     assert _labels(valid) == ("validation error (◆ final test error)", "step", "validation error (fraction wrong)")
-    assert _labels(train_ce) == ("training loss: cross-entropy", "step", "cross-entropy")
-    assert _labels(train_learned) == ("training loss: adalfl-mlp", "step", "learned loss M (its own scale)")
+    # runs written before task_loss/learned_loss: their train_loss reads as the task loss for ce, M for adalfl
+    assert _labels(train_ce) == ("task loss on training batches: cross-entropy", "step",
+                                 "cross-entropy (training batch)")
+    assert _labels(train_learned) == ("learned loss M: adalfl-mlp", "step", "learned loss M (its own scale)")
     assert sorted(t.get_text() for t in curves.legends[0].get_texts()) == ["adalfl-mlp", "ce"]
     assert all(len(ax.collections) >= 1 for ax in (train_ce, train_learned))  # a ±1 std band per method
     run = next(r for r in runs if r.method == "adalfl-mlp")
@@ -92,7 +94,7 @@ def test_learning_curves_gradient_and_final_errors(runs):
     assert gradient.axes[0].get_yscale() == "log"
     diagnostics = plot_diagnostics(run)
     assert [ax.get_title() for ax in diagnostics.axes] == [
-        "meta-objective L_task(θ')", "training loss M (learned)", "‖∂M/∂f‖ / ‖∂L_task/∂f‖",
+        "meta-objective L_task(θ')", "training batch: M and the task loss", "‖∂M/∂f‖ / ‖∂L_task/∂f‖",
         "skipped non-finite updates (total)"]
     assert [line.get_label() for line in diagnostics.axes[0].get_lines()] == ["offline phase", "online"]
     assert list(diagnostics.axes[3].get_lines()[1].get_ydata()) == [0, 0, 1]
@@ -108,7 +110,7 @@ def test_each_training_loss_fills_its_own_axis(runs):
     """A learned loss in the thousands and cross-entropy below 1 never share a linear axis (a flat line)."""
     curves = plot_learning_curves(runs)
     checked = 0
-    for ax in (ax for ax in curves.axes if ax.get_title().startswith("training loss")):
+    for ax in (ax for ax in curves.axes if ax.get_title().startswith(("task loss", "learned loss"))):
         low, high = ax.get_ylim()
         for line in ax.get_lines():
             values = line.get_ydata()

@@ -62,7 +62,7 @@ def test_the_csv_holds_exactly_the_history_numbers(tmp_path, digits):
     assert rows == history_rows(tmp_path)
     assert rows == read_metrics_csv(tmp_path / "metrics.csv")
     names = {(phase, name) for phase, _, name, _ in rows}
-    assert {("init", "meta_loss"), ("train", "train_loss"), ("train", "grad_ratio"),
+    assert {("init", "meta_loss"), ("train", "task_loss"), ("train", "learned_loss"), ("train", "grad_ratio"),
             ("eval", "valid_error")} <= names  # keys that appear only in some records still get their rows
 
 
@@ -88,7 +88,7 @@ def test_a_run_from_before_metrics_csv_gets_one_on_resume(tmp_path, digits):
     (tmp_path / "metrics.csv").unlink()
     train(config, out_dir=tmp_path, resume=True, progress=False, dataset=digits)
     assert csv_rows(tmp_path) == history_rows(tmp_path)
-    assert [s for p, s, n, _ in csv_rows(tmp_path) if n == "train_loss"] == [10, 20, 30, 40]
+    assert [s for p, s, n, _ in csv_rows(tmp_path) if n == "task_loss"] == [10, 20, 30, 40]
 
 
 def test_truncation_rewrites_the_csv_as_history_truncate_after_keeps_lines(tmp_path):
@@ -128,7 +128,7 @@ def test_tensorboard_events_hold_the_history_scalars(tmp_path, digits):
         if value is not None:
             expected.setdefault(f"{phase}/{name}", []).append((step, value))
     events = scalar_events(tmp_path / "straight")
-    assert events.keys() == expected.keys() and "train/train_loss" in events
+    assert events.keys() == expected.keys() and "train/task_loss" in events
     for tag, points in expected.items():  # event files store float32
         assert [s for s, _ in events[tag]] == [s for s, _ in points], tag
         assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(events[tag], points)), tag
@@ -136,6 +136,6 @@ def test_tensorboard_events_hold_the_history_scalars(tmp_path, digits):
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupted):
         train(config, out_dir=resumed, progress=False, dataset=digits, tensorboard=True, on_step=interrupt_at(35))
-    assert max(step for step, _ in scalar_events(resumed)["train/train_loss"]) == 30  # checkpoint: 24
+    assert max(step for step, _ in scalar_events(resumed)["train/task_loss"]) == 30  # checkpoint: 24
     train(config, out_dir=resumed, resume=True, progress=False, dataset=digits, tensorboard=True)
     assert scalar_events(resumed) == events  # steps after the checkpoint once, not twice

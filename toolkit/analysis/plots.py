@@ -139,6 +139,36 @@ def pick_evenly(items: list, count: int) -> list:
     return [items[i] for i in sorted(set(np.linspace(0, len(items) - 1, count).round().astype(int)))]
 
 
+def learner_snapshots(learner) -> list[tuple[int, losses.LearnedLoss]]:
+    """``(step, loss)`` pairs from an ``OnlineLossLearner``'s snapshots (``learner.history`` holds the
+    parameters; the loss module they belong to is the learner's own), as CPU copies."""
+    import copy
+
+    import torch
+
+    pairs = []
+    for snapshot in learner.history.snapshots:
+        loss = copy.deepcopy(learner.loss).cpu()
+        with torch.no_grad():
+            for name, parameter in loss.named_parameters():
+                parameter.copy_(snapshot["params"][name])
+        pairs.append((int(snapshot["step"]), loss))
+    return pairs
+
+
+def _snapshot_pairs(snapshots) -> list[tuple[int, losses.LearnedLoss]]:
+    from toolkit.meta.online import LossHistory, OnlineLossLearner
+
+    if isinstance(snapshots, Run):
+        return list(snapshots.snapshots())
+    if isinstance(snapshots, OnlineLossLearner):
+        return learner_snapshots(snapshots)
+    if isinstance(snapshots, LossHistory):
+        raise AnalysisError("learner.history holds the loss's parameters, not the loss: pass the learner itself, "
+                            "plot_loss_evolution(learner)")
+    return list(snapshots)
+
+
 def plot_loss_evolution(snapshots: Run | list[tuple[int, losses.LearnedLoss]], *, checkpoints: int = 6,
                         domain: tuple[float, float] | None = None, title: str | None = None):
     """The learned loss at up to ``checkpoints`` training steps, one line per step.
@@ -147,12 +177,13 @@ def plot_loss_evolution(snapshots: Run | list[tuple[int, losses.LearnedLoss]], *
     Regression: ℓ(y_pred | y=0) over y_pred.
 
     Args:
-        snapshots: a run (its ``loss_snapshots.jsonl``) or ``(step, loss)`` pairs.
+        snapshots: a run (its ``loss_snapshots.jsonl``), an ``OnlineLossLearner`` of your own loop (its
+            snapshots, every ``snapshot_every`` steps), or ``(step, loss)`` pairs.
         checkpoints: how many snapshots to draw, spread evenly (first and last always).
         domain: y_pred interval (default [0, 1] for classification, [−3, 3] for regression).
         title: figure title (default names the run).
     """
-    pairs = list(snapshots.snapshots()) if isinstance(snapshots, Run) else list(snapshots)
+    pairs = _snapshot_pairs(snapshots)
     if not pairs:
         where = f" in {snapshots.path}" if isinstance(snapshots, Run) else ""
         raise AnalysisError(f"no loss snapshots{where}: only learned losses (adalfl, ml3) are snapshotted")
@@ -197,33 +228,43 @@ def _metric_name(runs: list[Run], prefix: str) -> str:
     return f"{prefix}_mse" if regression else f"{prefix}_error"
 
 
-FIXED_LOSS_NAMES = {"ce": "cross-entropy", "mse": "squared error"}
 DASHES = [(1, 0), (5, 2), (1.5, 1.5), (6, 2, 1.5, 2), (3, 1)]
 
 
-def _training_loss_panels(runs: list[Run], labels: list[str]) -> dict[str, list[str]]:
-    """Panel title → the method labels drawn there: one panel per scale of the loss being minimised.
+def _training_losses(runs: list[Run], labels: list[str]):
+    """The history's training losses as rows (method, seed, step, value, name), name task_loss or learned_loss."""
+    import pandas as pd
 
-    The fixed task losses (``ce``, ``mse``) of every method share a panel, so their values compare; a
-    learned loss M has a scale of its own (often 1,000× cross-entropy's), so each such method gets its own.
+    return pd.DataFrame([{"method": m, "seed": r.seed, "step": rec["step"], "value": rec[name], "name": name}
+                         for r, m in zip(runs, labels) for rec in r.records("train")
+                         for name in ("task_loss", "learned_loss") if rec.get(name) is not None],
+                        columns=["method", "seed", "step", "value", "name"])
+
+
+def _training_loss_panels(train, task_name: str) -> dict[str, tuple[str, list[str]]]:
+    """Panel title → (loss name, method labels drawn there).
+
+    The task loss on the training batches (logged for every method) shares one panel, so every
+    method's values compare; a learned loss M has a scale of its own (often 1,000× cross-entropy's),
+    so each method's learned loss gets a panel of its own.
     """
-    panels: dict[tuple[bool, str], list[str]] = {}
-    for run, label in zip(runs, labels):
-        fixed = FIXED_LOSS_NAMES.get(run.results.get("loss")) if not run.results.get("loss_from") else None
-        members = panels.setdefault((fixed is None, f"training loss: {fixed or label}"), [])
-        if label not in members:
-            members.append(label)
-    return {title: sorted(members) for (_, title), members in sorted(panels.items())}  # fixed losses first
+    panels: dict[str, tuple[str, list[str]]] = {}
+    task_methods = sorted(set(train.loc[train["name"] == "task_loss", "method"]))
+    if task_methods:
+        panels[f"task loss on training batches: {task_name}"] = ("task_loss", task_methods)
+    for method in sorted(set(train.loc[train["name"] == "learned_loss", "method"])):
+        panels[f"learned loss M: {method}"] = ("learned_loss", [method])
+    return panels
 
 
 def plot_learning_curves(runs: list[Run], *, title: str | None = None):
     """Validation error and training loss over steps; mean and ±1 std band over the runs of each method.
 
     Validation error (one shared axis: every method is measured the same way) comes first, with each
-    method's final test error at the last step (mean ± std). The training loss is drawn on one panel
-    per scale (:func:`_training_loss_panels`): cross-entropy runs together, each learned loss alone,
-    so that a learned loss in the thousands does not flatten cross-entropy's curve. One legend below
-    the panels names the methods by colour.
+    method's final test error at the last step (mean ± std). Then the task loss on the training batches,
+    every method on one axis, and each learned loss's own value on a panel of its own
+    (:func:`_training_loss_panels`), so that a learned loss in the thousands flattens no other curve.
+    One legend below the panels names the methods by colour.
     """
     import pandas as pd
     import seaborn as sns
@@ -235,9 +276,7 @@ def plot_learning_curves(runs: list[Run], *, title: str | None = None):
     check_one_dataset(runs)
     metric = _metric_name(runs, "valid")
     labels = method_labels(runs)
-    train = pd.DataFrame([{"method": m, "seed": r.seed, "step": rec["step"], "value": rec["train_loss"]}
-                          for r, m in zip(runs, labels) for rec in r.records("train")
-                          if rec.get("train_loss") is not None])
+    train = _training_losses(runs, labels)
     valid = pd.DataFrame([{"method": m, "seed": r.seed, "step": rec["step"], "value": rec[metric]}
                           for r, m in zip(runs, labels) for rec in r.records("eval") if rec.get(metric) is not None])
     if train.empty and valid.empty:
@@ -245,8 +284,8 @@ def plot_learning_curves(runs: list[Run], *, title: str | None = None):
     methods = sorted(set(labels))
     colours = dict(zip(methods, sns.color_palette("colorblind", len(methods))))
     dashes = dict(zip(methods, DASHES * len(methods)))  # colour and line style: neighbours in hue still differ
-    panels = {t: ms for t, ms in _training_loss_panels(runs, labels).items()
-              if not train.empty and train["method"].isin(ms).any()}
+    task_name = "squared error" if metric.endswith("mse") else "cross-entropy"
+    panels = _training_loss_panels(train, task_name)
     count = 1 + len(panels)
     columns = min(count, 3)
     with sns.axes_style("whitegrid"):
@@ -263,14 +302,13 @@ def plot_learning_curves(runs: list[Run], *, title: str | None = None):
                        else "validation MSE (◆ final test MSE)")
     ax_valid.set_xlabel("step")
     ax_valid.set_ylabel("validation error (fraction wrong)" if metric.endswith("error") else "validation MSE")
-    for ax, (panel_title, members) in zip(axes[1:], panels.items()):
-        data = train[train["method"].isin(members)]
+    for ax, (panel_title, (name, members)) in zip(axes[1:], panels.items()):
+        data = train[(train["name"] == name) & train["method"].isin(members)]
         sns.lineplot(data=data, x="step", y="value", hue="method", hue_order=members, palette=colours,
                      style="method", style_order=members, dashes=dashes, errorbar="sd", ax=ax, legend=False)
-        fixed = panel_title.removeprefix("training loss: ") in FIXED_LOSS_NAMES.values()
         ax.set_title(_wrap(panel_title, 44))
         ax.set_xlabel("step")
-        _loss_axis(ax, data["value"], panel_title.removeprefix("training loss: ") if fixed
+        _loss_axis(ax, data["value"], f"{task_name} (training batch)" if name == "task_loss"
                    else "learned loss M (its own scale)")
     handles = [Line2D([], [], color=colours[m], linewidth=2, dashes=dashes[m]) for m in methods]
     fig.legend(handles, [_wrap(m, 60) for m in methods], loc="outside lower center", title="method",
@@ -341,44 +379,76 @@ def plot_gradient_magnitude(run: Run, *, snapshots: list[tuple[int, losses.Learn
 
 
 def plot_diagnostics(run: Run, *, title: str | None = None):
-    """A learned-loss run's health over steps: meta-objective, training loss, gradient scale, skipped updates.
+    """A learned-loss run's health over steps, one panel per kind of record it has.
 
-    Reads the ``train`` records of ``history.jsonl`` (every ``--log-every`` steps), and the offline
-    phase's meta-objective when there was one.
+    The meta-objective (with the offline phase before step 0), the learned loss M beside the task loss
+    on the training batches, the gradient scale, skipped non-finite updates, and the descent guard's
+    shares per logging window: samples reflected, steps reflected in parameter space, steps rejected.
+    Reads the ``train`` (and ``init``) records of ``history.jsonl``, written every ``--log-every`` steps.
     """
-    records = [r for r in run.records("train") if r.get("meta_loss") is not None]
+    records = run.records("train")
     init = [r for r in run.records("init") if r.get("meta_loss") is not None]
-    if not records and not init:
-        raise AnalysisError(f"{run.path} has no meta-objective records: it is not a learned-loss run")
-    from matplotlib.ticker import MaxNLocator
+    has = lambda key: any(r.get(key) is not None for r in records)  # noqa: E731
+    panels = [draw for draw, present in ((_meta_panel, has("meta_loss") or bool(init)),
+                                         (_learned_loss_panel, has("learned_loss")),
+                                         (_ratio_panel, has("grad_ratio")),
+                                         (_skips_panel, has("skipped_base")),
+                                         (_guard_panel, has("guarded"))) if present]
+    if not {_meta_panel, _learned_loss_panel, _guard_panel} & set(panels):
+        raise AnalysisError(f"{run.path} has no meta-objective, learned-loss or descent-guard records: "
+                            "it is not a learned-loss run")
+    fig, axes = _figure(len(panels), width=4.2)
+    for ax, draw in zip(axes, panels):
+        draw(ax, records, init, run.task)
+        ax.set_xlabel("step")
+    fig.suptitle(title or f"Learned-loss diagnostics: {_run_name(run)}")
+    return fig
 
-    fig, axes = _figure(4, width=4.2)
-    ax = axes[0]
+
+def _points(records: list[dict], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in records if r.get(key) is not None]
+
+
+def _meta_panel(ax, records, init, task) -> None:
+    online = _points(records, "meta_loss")
     if init:
         ax.plot([r["step"] - init[-1]["step"] for r in init], [r["meta_loss"] for r in init],
                 color="tab:grey", label="offline phase", **_markers(init))
-    ax.plot([r["step"] for r in records], [r["meta_loss"] for r in records], color="tab:blue", label="online",
-            **_markers(records))
+    if online:
+        ax.plot(*zip(*online), color="tab:blue", label="online", **_markers(online))
     ax.set_title("meta-objective L_task(θ')")
-    ax.set_xlabel("step (offline phase before 0)")
-    _loss_axis(ax, [r["meta_loss"] for r in [*init, *records]],
-               f"{'squared error' if run.task == 'regression' else 'cross-entropy'} after the step")
+    _loss_axis(ax, [r["meta_loss"] for r in init] + [v for _, v in online],
+               f"{'squared error' if task == 'regression' else 'cross-entropy'} after the step")
     ax.legend(fontsize="small")
-    ax = axes[1]
-    points = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
-    if points:
-        ax.plot(*zip(*points), color="tab:green", **_markers(points))
-    ax.set_title("training loss M (learned)")
-    _loss_axis(ax, [v for _, v in points], "learned loss M (its own scale)")
-    ax = axes[2]
-    points = [(r["step"], r["grad_ratio"]) for r in records if r.get("grad_ratio") is not None]
-    if points:
-        ax.plot(*zip(*points), color="tab:red", **_markers(points))
+    ax.set_xlabel("step (offline phase before 0)")
+
+
+def _learned_loss_panel(ax, records, init, task) -> None:
+    learned, task_loss = _points(records, "learned_loss"), _points(records, "task_loss")
+    ax.plot(*zip(*learned), color="tab:green", label="learned loss M", **_markers(learned))
+    _loss_axis(ax, [v for _, v in learned], "learned loss M (its own scale)")
+    ax.set_title("training batch: M and the task loss")
+    if task_loss:
+        twin = ax.twinx()
+        twin.plot(*zip(*task_loss), color="tab:brown", linestyle="--", label="task loss", **_markers(task_loss))
+        _loss_axis(twin, [v for _, v in task_loss], "squared error" if task == "regression" else "cross-entropy")
+        twin.grid(False)
+        ax.legend([*ax.get_lines(), *twin.get_lines()], ["learned loss M (left)", "task loss (right)"],
+                  fontsize="small")
+
+
+def _ratio_panel(ax, records, init, task) -> None:
+    points = _points(records, "grad_ratio")
+    ax.plot(*zip(*points), color="tab:red", **_markers(points))
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
     _log_axis(ax, [v for _, v in points], include=(1.0,))
     ax.set_title("‖∂M/∂f‖ / ‖∂L_task/∂f‖")
     ax.set_ylabel("gradient-norm ratio (log scale, 1 = equal)")
-    ax = axes[3]
+
+
+def _skips_panel(ax, records, init, task) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     counts = [r.get(k, 0) for r in records for k in ("skipped_base", "skipped_meta")]
     for key, colour, style in (("skipped_base", "tab:orange", "-"), ("skipped_meta", "tab:purple", "--")):
         ax.step([r["step"] for r in records], [r.get(key, 0) for r in records], where="post", color=colour,
@@ -388,10 +458,23 @@ def plot_diagnostics(run: Run, *, title: str | None = None):
     ax.set_title("skipped non-finite updates (total)")
     ax.set_ylabel("updates skipped so far")
     ax.legend(fontsize="small")
-    for ax in axes[1:]:
-        ax.set_xlabel("step")
-    fig.suptitle(title or f"Learned-loss diagnostics: {_run_name(run)}")
-    return fig
+
+
+GUARD_SERIES = (("guarded", "samples reflected", "tab:red", "-"),
+                ("guarded_steps", "steps reflected (parameter space)", "tab:blue", "--"),
+                ("rejected_steps", "steps rejected (task loss's step taken)", "tab:grey", ":"))
+
+
+def _guard_panel(ax, records, init, task) -> None:
+    for key, label, colour, style in GUARD_SERIES:
+        points = _points(records, key)
+        if points:
+            ax.plot(*zip(*points), color=colour, linestyle=style, label=label, **_markers(points))
+    ax.axhline(0.5, color="black", linewidth=0.8, alpha=0.4)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title("descent guard (share per logging window)")
+    ax.set_ylabel("share (0.5: the run warns above it)")
+    ax.legend(fontsize="small")
 
 
 def plot_final_errors(runs: list[Run], *, title: str | None = None):
@@ -441,7 +524,7 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, formats: Iterable[str] = 
         written += _save(plot_loss_evolution(snapshots, title=f"Learned loss during training: {_run_name(run)}"),
                          out / f"loss_evolution_{label}", formats)
         written += _save(plot_gradient_magnitude(run, snapshots=snapshots), out / f"loss_gradient_{label}", formats)
-        if any(r.get("meta_loss") is not None for r in run.records("train")):
+        if any(r.get(k) is not None for r in run.records("train") for k in ("meta_loss", "learned_loss", "guarded")):
             written += _save(plot_diagnostics(run), out / f"diagnostics_{label}", formats)
         final = run.loss_at() if (run.path / "loss.json").exists() else snapshots[-1][1]
         written += _save(plot_loss_surface(final, title=f"Learned loss surface ℓ(y, ŷ): {_run_name(run)}"),
@@ -456,4 +539,5 @@ def _save(fig, stem: Path, formats: tuple[str, ...]) -> list[Path]:
 
 
 __all__ = ["plot_loss_evolution", "plot_loss_surface", "plot_learning_curves", "plot_gradient_magnitude",
-           "plot_final_errors", "plot_runs", "save_figure", "gradient_magnitudes", "pick_evenly", "FORMATS"]
+           "plot_final_errors", "plot_runs", "save_figure", "learner_snapshots", "plot_diagnostics",
+           "gradient_magnitudes", "pick_evenly", "FORMATS"]

@@ -124,6 +124,36 @@ class Run:
         raise AnalysisError(f"no loss snapshot at step {step} in {self.path}; steps: {_short_list(steps)}")
 
 
+GUARD_KEYS = ("guarded", "guarded_steps", "rejected_steps")
+
+
+def guard_shares(run: Run) -> dict[str, float] | None:
+    """What the descent guard did over the whole run: shares of samples reflected (``guarded``), of steps
+    reflected in parameter space and of steps rejected; None for a run without the guard.
+
+    From results.json; runs written before results.json held the run's totals (no ``warnings`` key
+    there; their shares read 0) get them from the history's records, each weighted by its steps.
+    """
+    if "warnings" in run.results and all(k in run.results for k in GUARD_KEYS):
+        return {k: float(run.results[k]) for k in GUARD_KEYS}
+    records = [r for r in run.records("train") if all(isinstance(r.get(k), (int, float)) for k in GUARD_KEYS)]
+    if not records:
+        return None
+    steps = [r["step"] - previous for r, previous in zip(records, [0, *(r["step"] for r in records)])]
+    total = sum(steps) or 1
+    return {k: sum(r[k] * n for r, n in zip(records, steps)) / total for k in GUARD_KEYS}
+
+
+def guard_note(run: Run) -> str | None:
+    """One line on the descent guard's work in a run (for ``lfl export``), or None without the guard."""
+    shares = guard_shares(run)
+    if shares is None:
+        return None
+    return (f"descent guard: reflected {shares['guarded']:.1%} of the training samples' learned-loss gradients; "
+            f"{shares['guarded_steps']:.1%} of the steps reflected in parameter space, {shares['rejected_steps']:.1%} "
+            "replaced by the task loss's step")
+
+
 def read_run(path: str | Path) -> Run:
     """Read a run directory; raise :class:`AnalysisError` if it is not one."""
     path = Path(path)
@@ -133,7 +163,32 @@ def read_run(path: str | Path) -> Run:
     if not any((path / name).exists() for name in RUN_FILES):
         raise AnalysisError(f"{path} is not a run directory: none of {', '.join(RUN_FILES)} in it")
     results = _json(path / "results.json") if (path / "results.json").exists() else {}
-    return Run(path=path, results=results, history=list(_jsonl(path / "history.jsonl")))
+    return Run(path=path, results=results, history=renamed_losses(list(_jsonl(path / "history.jsonl")), results))
+
+
+LEARNED_METHODS = ("adalfl", "ml3", "taylorglo", "reused", "reused-adapt")
+
+
+def renamed_losses(history: list[dict[str, Any]], results: dict[str, Any]) -> list[dict[str, Any]]:
+    """History written before ``task_loss`` and ``learned_loss`` existed, in those names.
+
+    Such runs logged one ``train_loss``: the task loss for fixed cross-entropy (and squared error on
+    regression), the learned loss's own value for a learned or reused loss. Where results.json does not
+    say which (a run in progress: a meta-objective in the records marks a learned loss) or neither
+    (squared error on a classification task), ``train_loss`` stays as it was.
+    """
+    if not any("train_loss" in r and "task_loss" not in r and "learned_loss" not in r for r in history):
+        return history
+    loss, task = results.get("loss"), results.get("task", "classification")
+    if loss == "ce" or (loss == "mse" and task == "regression"):
+        name = "task_loss"
+    elif loss in LEARNED_METHODS or results.get("loss_from") or (
+            not results and any(r.get("meta_loss") is not None for r in history)):
+        name = "learned_loss"
+    else:
+        return history
+    return [{(name if k == "train_loss" else k): v for k, v in r.items()}
+            if "train_loss" in r and name not in r else r for r in history]
 
 
 def find_runs(paths: list[str | Path]) -> list[Run]:
@@ -271,5 +326,5 @@ def _json(path: Path) -> dict[str, Any]:
         raise AnalysisError(f"{path} is not valid JSON ({exc})") from None
 
 
-__all__ = ["AnalysisError", "Run", "read_run", "find_runs", "load_loss_source", "run_labels", "RUN_FILES",
+__all__ = ["AnalysisError", "Run", "read_run", "renamed_losses", "guard_shares", "guard_note", "find_runs", "load_loss_source", "run_labels", "RUN_FILES",
            "method_labels", "check_one_dataset", "budget_note", "BUDGET_KEYS", "NOT_SETTINGS"]

@@ -78,7 +78,7 @@ class Lookahead:
             None when the guard is off; :mod:`toolkit.meta.descent`).
         guarded_step: whether it reflected the batch step in parameter space (0-d bool tensor, or None).
         task_grads: ∇θ L_task on the training batch at θ (with the guard only; for a fallback step).
-        train_task_loss: L_task on the training batch at θ (detached; with the guard only).
+        train_task_loss: L_task on the training batch at θ (detached), from the outputs the step computed.
     """
 
     params: TensorDict
@@ -146,7 +146,8 @@ class BatchGradients:
     Attributes:
         value: M on the (global) batch; outputs: the model's outputs on it (detached).
         grads: ∇θ M, after the descent guard's reflections when it is on.
-        task_grads, train_task_loss: ∇θ L_task and L_task on the batch (with the guard only).
+        task_grads: ∇θ L_task on the batch (with the guard only).
+        train_task_loss: L_task on the batch, from the outputs already computed (whenever ``task`` is given).
         reflect: the per-sample reflection, step_reflect: the parameter-space one (guard only).
     """
 
@@ -167,7 +168,7 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
     Args:
         local_outputs: the model's outputs on this process's rows, with their graph to ``leaves``.
         m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
-        task: the task loss's task, read by the descent guard only (None without it).
+        task: the task loss's task, for the guard and for L_task on the batch (None: neither).
         descent_guard: reflect m per sample, then the parameter gradient in parameter space
             (:mod:`toolkit.meta.descent`), all on global quantities, so every process decides alike.
         create_graph: keep the graph of the gradient (through m and the reflections) for the unrolled
@@ -178,7 +179,8 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
     if not descent_guard:
         grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(m),
                                                     create_graph=create_graph)))
-        return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads))
+        return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads),
+                              train_task_loss=None if task is None else task_loss(outputs, targets, task))
     reflect = descent_reflection(m, outputs, targets, task)
     grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect(m)),
                                                 retain_graph=True, create_graph=create_graph)))

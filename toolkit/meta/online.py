@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +58,7 @@ class LossHistory:
     """Snapshots of the loss parameters and diagnostics, recorded every N steps.
 
     ``snapshots``: list of {"step": int, "params": {name: CPU tensor}}.
-    ``records``: list of dicts of host numbers (step, meta_loss, train_loss, grad_ratio, skips).
+    ``records``: list of dicts of host numbers (step, task_loss, learned_loss, meta_loss, grad_ratio, skips).
     """
 
     snapshots: list[dict] = field(default_factory=list)
@@ -159,7 +160,9 @@ class OnlineLossLearner:
             diagnostics: also compute the gradient-scale ratio ‖∂M/∂f‖ / ‖∂L_task/∂f‖.
 
         Returns:
-            Device scalars: "train_loss", and on meta steps "meta_loss" (and "grad_ratio").
+            Device scalars: "learned_loss" (M on the training batch at the current θ), "task_loss"
+            (cross-entropy or squared error on the same batch and θ, from the same outputs), and on
+            meta steps "meta_loss" (and "grad_ratio").
         """
         rule = self.rule
         if lr is not None:
@@ -203,22 +206,23 @@ class OnlineLossLearner:
         self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.online_meta_lr,
                                       clip=self.meta_clip, apply=meta_ok)
         self._count(base_ok, meta_ok)
-        info = {"train_loss": result.train_loss, "meta_loss": result.meta_loss}
+        info = {"learned_loss": result.train_loss, "task_loss": result.train_task_loss.detach(),
+                "meta_loss": result.meta_loss}
         if result.grad_ratio is not None:
             info["grad_ratio"] = result.grad_ratio
         return info
 
     def _plain_step(self, train, rule: StepRule) -> dict[str, Tensor]:
         params = self._params()
-        train_loss, new_params, new_state, guard = guarded_step(self.model, self.loss, train, params, self.state,
-                                                                rule, self.task, replicas=self.replicas,
-                                                                descent_guard=self.descent_guard, io=self.io)
+        step = guarded_step(self.model, self.loss, train, params, self.state, rule, self.task,
+                            replicas=self.replicas, descent_guard=self.descent_guard, io=self.io)
+        train_loss, new_params, new_state, guard = step.value, step.params, step.state, step.guard
         if guard is not None:
             self.guard_counts.add(*guard, len(train[1]))
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_state, ok)
         self._count(ok, torch.ones_like(ok))
-        return {"train_loss": train_loss.detach()}
+        return {"learned_loss": train_loss.detach(), "task_loss": step.task_loss.detach()}
 
     def _commit_base(self, params, new_params, new_state: State, ok: Tensor) -> None:
         with torch.no_grad():
@@ -334,11 +338,21 @@ def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[
                                descent_guard=descent_guard, value=value)
 
 
+class FixedStep(NamedTuple):
+    """One step of :func:`guarded_step`: M and L_task on the batch at θ, θ', the state', the guard counts or None."""
+
+    value: Tensor
+    params: dict[str, Tensor]
+    state: State
+    guard: tuple[Tensor, Tensor, Tensor] | None
+    task_loss: Tensor
+
+
 @with_model_precision
 def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], state: State,
                  rule: StepRule, task: str, *, replicas: Replicas = SINGLE, descent_guard: bool = True,
-                 io: ModelIO = PLAIN):
-    """One step on a fixed loss, out of place: (M on the batch, θ', state', guard counts or None).
+                 io: ModelIO = PLAIN) -> FixedStep:
+    """One step on a fixed loss, out of place (a :class:`FixedStep`).
 
     The gradient is :func:`fixed_loss_gradients`'s. With ``descent_guard``: the two reflections of
     :mod:`toolkit.meta.descent`, the rule's update (equal to its ``torch.optim`` counterpart), then
@@ -352,40 +366,61 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
     with torch.no_grad():
         new_params, new_state = rule.update(theta, step.grads, state)
     if not descent_guard:
-        return value, new_params, new_state, None
+        return FixedStep(value, new_params, new_state, None, step.train_task_loss)
     new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
                                                           step.task_grads, step.train_task_loss, state, rule, task,
                                                           replicas=replicas, io=io)
-    return value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected)
+    return FixedStep(value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected),
+                     step.train_task_loss)
 
 
 class GuardCounts:
-    """What the descent guard did since the last read, counted on the device (no host sync per step).
+    """What the descent guard did, counted on the device (no host sync per step).
 
-    ``counts`` is [samples reflected, samples seen, steps reflected in parameter space, steps,
-    steps rejected by the step check]; :meth:`read` turns it into shares and starts afresh.
+    ``counts`` is two rows of [samples reflected, samples seen, steps reflected in parameter space,
+    steps, steps rejected by the step check]: row 0 since the last :meth:`read` (the history's
+    window), row 1 since the run began (:meth:`totals`, for results.json).
     """
 
+    FIELDS = 5
+
     def __init__(self, device: torch.device | str) -> None:
-        self.counts = torch.zeros(5, dtype=torch.long, device=device)
+        self.counts = torch.zeros(2, self.FIELDS, dtype=torch.long, device=device)
 
     def add(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
         one = torch.ones((), dtype=torch.long, device=rows.device)
         self.counts = self.counts + torch.stack([rows.long(), one * samples, step.long(), one, rejected.long()])
 
     def read(self) -> dict[str, float]:
-        """Shares of samples reflected (``guarded``), of steps reflected in parameter space
-        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read."""
-        rows, samples, steps_reflected, steps, rejected = (int(v) for v in self.counts.tolist())
-        self.counts = torch.zeros_like(self.counts)
-        return {"guarded": rows / samples if samples else 0.0,
-                "guarded_steps": steps_reflected / steps if steps else 0.0,
-                "rejected_steps": rejected / steps if steps else 0.0}
+        """Shares since the last read of samples reflected (``guarded``), of steps reflected in parameter space
+        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read.
+        Starts the window afresh; the run's totals keep counting."""
+        window = self.counts[0].tolist()
+        self.counts = self.counts * torch.tensor([[0], [1]], dtype=torch.long, device=self.counts.device)
+        return _guard_shares(window)
+
+    def totals(self) -> dict[str, float]:
+        """The same shares over the whole run (every step since the counts began); one host read."""
+        return _guard_shares(self.counts[1].tolist())
 
     def load(self, counts: Tensor | None) -> None:
-        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout)."""
-        if counts is not None and counts.shape == self.counts.shape:
+        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout).
+
+        A checkpoint written before the totals were kept holds the window only: it counts as both rows.
+        """
+        if counts is None:
+            return
+        if counts.shape == (self.FIELDS,):
+            counts = torch.stack([counts, counts])
+        if counts.shape == self.counts.shape:
             self.counts = counts.to(self.counts.device)
+
+
+def _guard_shares(counts: list[int]) -> dict[str, float]:
+    rows, samples, steps_reflected, steps, rejected = (int(v) for v in counts)
+    return {"guarded": rows / samples if samples else 0.0,
+            "guarded_steps": steps_reflected / steps if steps else 0.0,
+            "rejected_steps": rejected / steps if steps else 0.0}
 
 
 def frozen_copy(loss: nn.Module) -> nn.Module:
@@ -397,4 +432,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "GuardCounts", "accept_or_fall_back", "guarded_step", "fixed_loss_gradients"]
+           "GuardCounts", "FixedStep", "accept_or_fall_back", "guarded_step", "fixed_loss_gradients"]

@@ -18,6 +18,8 @@ _WHERE = {
     "make_loss": "run",
     "load_run_dataset": "run",
     "RunDirectory": "run_directory",
+    "RunWriter": "writer",
+    "terminate_as_interrupt": "signals",
     "RunLog": "log",
     "read_metrics_csv": "log",
     "run_seeds": "sweep",

@@ -310,13 +310,13 @@ def _checked_options(data: Mapping[str, Any], *, where: str) -> dict[str, Any]:
 
 
 def resolve_config(options: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
-                   preset: str | None = None) -> TrainConfig:
-    """A TrainConfig from, lowest first: defaults, ``preset``, ``config_file`` (its own ``preset`` key
-    included, below its values), then the explicit ``options``.
+                   preset: str | None = None, base: Mapping[str, Any] | None = None) -> TrainConfig:
+    """A TrainConfig from, lowest first: defaults, ``base`` (a resumed run's saved options), ``preset``,
+    ``config_file`` (its own ``preset`` key included, below its values), then the explicit ``options``.
 
     ``lfl train`` calls this with the options given on its command line; the Python API the same.
     """
-    layers: dict[str, Any] = {}
+    layers: dict[str, Any] = _checked_options(dict(base), where="the checkpoint") if base else {}
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose {', '.join(PRESETS)}")

@@ -33,9 +33,12 @@ from toolkit.meta.online import (GuardCounts, NonFiniteError, OnlineLossLearner,
 from toolkit.meta.distributed import SINGLE, Replicas, convert_sync_batchnorm
 from toolkit.meta.rules import torch_optimizer
 from toolkit.runs.run_directory import RunDirectory
+from toolkit.runs.signals import terminate_as_interrupt
+from toolkit.runs.user_model import check_outputs, check_same_model, describe_model, model_class, reinitialise
 from toolkit.runs.log import History, RunLog, summary_writer_class
+from toolkit.runs.reporting import GuardWarning, LossWindow, loss_postfix, run_progress, sums_from_checkpoint
 from toolkit.runs.common import (BatchStream, ConfigError, TrainConfig, atomic_write, evaluate, lr_at,
-                    progress_bar, resolve_device, seed_everything, write_json)
+                    resolve_device, seed_everything, write_json)
 
 CHECKPOINT_VERSION = 1
 
@@ -49,15 +52,18 @@ class FixedLossStepper:
     the two reflections, then the step check that falls back to the task loss's own step.
     """
 
-    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *,
-                 guard_task: str | None = None, replicas: Replicas = SINGLE) -> None:
+    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *, task: str | None = None,
+                 learned: bool = False, guard_task: str | None = None, replicas: Replicas = SINGLE) -> None:
         self.model, self.loss, self.guard_task, self.replicas = model, loss, guard_task, replicas
+        self.task, self.learned = task or guard_task or "classification", learned or guard_task is not None
         self.rule = config.rule()
         self.optimizer = torch_optimizer(self.rule, model.parameters())
         self.guard_counts = GuardCounts(next(model.parameters()).device)
         self.state = self.rule.init({k: p for k, p in model.named_parameters() if p.requires_grad})
 
     def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        """One base step; returns device scalars ``task_loss`` (L_task on the batch at θ, from the step's own
+        outputs) and, for a learned loss, ``learned_loss`` (its value there)."""
         if self.guard_task is not None:
             return self._guarded_step(train, lr)
         x, y = train
@@ -65,30 +71,43 @@ class FixedLossStepper:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         if not self.replicas.active:
-            value = self.loss(self.model(x), y)
+            outputs = self.model(x)
+            value = self.loss(outputs, y)
             value.backward()
+            task_value = losses.task_loss(outputs.detach(), y, self.task)
         else:  # the global batch's loss and gradient (toolkit.meta.distributed), then torch.optim's own step
             params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-            step = fixed_loss_gradients(self.model, self.loss, train, params, None, replicas=self.replicas)
-            value = step.value
+            step = fixed_loss_gradients(self.model, self.loss, train, params, self.task, replicas=self.replicas)
+            value, task_value = step.value, step.train_task_loss
             for k, p in params.items():
                 p.grad = step.grads[k]
         self.optimizer.step()
-        return {"train_loss": value.detach()}
+        return self._info(value, task_value)
+
+    def _info(self, value: Tensor, task_value: Tensor) -> dict[str, Tensor]:
+        info = {"task_loss": task_value.detach()}
+        if self.learned:
+            info["learned_loss"] = value.detach()
+        return info
 
     def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
         params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
-        value, new_params, self.state, guard = guarded_step(self.model, self.loss, train, params, self.state,
-                                                            self.rule.with_lr(lr), self.guard_task,
-                                                            replicas=self.replicas)
+        step = guarded_step(self.model, self.loss, train, params, self.state, self.rule.with_lr(lr), self.guard_task,
+                            replicas=self.replicas)
+        self.state = step.state
         with torch.no_grad():
             for k, p in params.items():
-                p.copy_(new_params[k])
-        self.guard_counts.add(*guard, len(train[1]))
-        return {"train_loss": value}
+                p.copy_(step.params[k])
+        self.guard_counts.add(*step.guard, len(train[1]))
+        return self._info(step.value, step.task_loss)
 
     def record(self) -> dict:
+        """The history's diagnostics since the last record (the guard's shares; a host read)."""
         return {} if self.guard_task is None else self.guard_counts.read()
+
+    def summary(self) -> dict:
+        """The run's diagnostics for results.json (the guard's shares over every step)."""
+        return {} if self.guard_task is None else self.guard_counts.totals()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts.counts,
@@ -117,6 +136,11 @@ class OnlineStepper:
         if "grad_ratio" in self.learner.last:
             rec["grad_ratio"] = float(self.learner.last["grad_ratio"])
         return rec
+
+    def summary(self) -> dict:
+        """The run's diagnostics for results.json: skipped updates, the guard's shares over every step."""
+        guard = self.learner.guard_counts.totals() if self.learner.descent_guard else {}
+        return {**self.learner.check(), **guard}
 
     def state_dict(self) -> dict:
         return self.learner.state_dict()
@@ -285,7 +309,7 @@ MIN_EVALUATION_SAMPLES = 10
 def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True, dataset: Dataset | None = None,
           on_step: Callable[[int], None] | None = None, initial_loss: nn.Module | None = None,
-          replicas: Replicas = SINGLE, tensorboard: bool = False) -> dict:
+          replicas: Replicas = SINGLE, tensorboard: bool = False, model: nn.Module | None = None) -> dict:
     """Run one training job and return its results (also written to ``out_dir``).
 
     Args:
@@ -305,13 +329,23 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
         tensorboard: also write the history's numbers as TensorBoard scalars under
             ``out_dir/tensorboard`` (:mod:`toolkit.runs.log`; needs the tensorboard package).
             An output choice, not part of the run: the config (results.json) does not hold it.
+        model: your own ``nn.Module`` to train (in place) instead of the zoo model ``config.model`` names;
+            its outputs must be (batch, classes or targets). The checkpoint records its class and shapes,
+            and ``resume`` refuses another (:mod:`toolkit.runs.user_model`); results.json's ``model`` is its class.
 
     Raises:
         NonFiniteError: training diverged; results.json then holds ``"status": "diverged"``.
         ConfigError, DataError, ...: bad options or data, before anything is written.
     """
-    kwargs = dict(progress=progress and replicas.is_main, dataset=dataset, on_step=on_step,
-                  initial_loss=initial_loss, replicas=replicas)
+    reached = [0]
+
+    def track(done: int) -> None:
+        reached[0] = done
+        if on_step is not None:
+            on_step(done)
+
+    kwargs = dict(progress=progress and replicas.is_main, dataset=dataset, on_step=track,
+                  initial_loss=initial_loss, replicas=replicas, user_model=model)
     if out_dir is None:
         return _train(config, out=None, resume=False, **kwargs)
     if not replicas.is_main:  # process 0 owns the run directory; the others only read its checkpoint
@@ -321,11 +355,15 @@ def train(config: TrainConfig, *, out_dir: str | Path | None = None, resume: boo
     out = Path(out_dir)
     created = not out.exists()
     started: list[bool] = []
-    with RunDirectory(out, resume=resume, overwrite=overwrite), RunLog(out, tensorboard=tensorboard) as log:
+    with (RunDirectory(out, resume=resume, overwrite=overwrite), RunLog(out, tensorboard=tensorboard) as log,
+          terminate_as_interrupt()):
         try:
             return _train(config, out=out, resume=resume, started=started, log=log, **kwargs)
-        except KeyboardInterrupt:
-            raise  # the checkpoint stays for --resume
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the checkpoint stays for --resume
+            if started:
+                write_json(out / "results.json", {"status": "interrupted", "step": reached[0], "seed": config.seed,
+                                                  "config": config.to_dict()})
+            raise
         except Exception as exc:
             if started:
                 status = "diverged" if isinstance(exc, NonFiniteError) else "failed"
@@ -358,6 +396,16 @@ def _remove_if_empty(path: Path) -> None:
         pass
 
 
+def _base_model(config: TrainConfig, data: Dataset, user_model: nn.Module | None, device: torch.device) -> nn.Module:
+    """The zoo model the config names, or the user's own (its outputs checked against the dataset), on ``device``."""
+    if user_model is None:
+        return build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
+                           **config.model_options).to(device)
+    user_model.to(device)
+    check_outputs(user_model, data.train.x[:2].to(device=device), data.num_outputs)
+    return user_model
+
+
 def _check_splits(data: Dataset) -> None:
     sizes = f"train {len(data.train.y)}, validation {len(data.valid.y)}, test {len(data.test.y)} samples"
     if len(data.valid.y) < MIN_EVALUATION_SAMPLES:
@@ -371,7 +419,7 @@ def _check_splits(data: Dataset) -> None:
 def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: bool, dataset: Dataset | None,
            on_step: Callable[[int], None] | None, initial_loss: nn.Module | None,
            started: list[bool] | None = None, replicas: Replicas = SINGLE, read_from: Path | None = None,
-           log: RunLog | None = None) -> dict:
+           log: RunLog | None = None, user_model: nn.Module | None = None) -> dict:
     """The run itself; ``started`` gets an entry once setup is done and files may be written.
 
     ``read_from``: the run directory whose checkpoint a process other than 0 resumes from.
@@ -389,8 +437,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     data = dataset or load_run_dataset(config)
     _check_splits(data)
     task = data.task
-    model = build_model(config.model, input_shape=data.input_shape, num_outputs=data.num_outputs,
-                        **config.model_options).to(device)
+    model = _base_model(config, data, user_model, device)
     if replicas.active:
         if config.sync_batchnorm:
             model = convert_sync_batchnorm(model)
@@ -416,7 +463,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
 
     checkpoint = None
     if resume and read_path is not None and read_path.exists():
-        checkpoint = _load_checkpoint(read_path, config)
+        checkpoint = _load_checkpoint(read_path, config, model)
     elif out is not None:
         (out / "loss_snapshots.jsonl").unlink(missing_ok=True)
     history.start(resume=checkpoint is not None)
@@ -429,7 +476,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
             loss = _shared_loss(searched, replicas).to(device=device, dtype=next(model.parameters()).dtype)
         else:
             _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                        data.input_shape, data.num_outputs, replicas)
+                        data.input_shape, data.num_outputs, replicas, user_model is not None)
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", 0, model, loss, None, device, None, elapsed())
 
@@ -446,25 +493,26 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     else:
         learned = has_trainable_parameters(loss)
         train_loss = frozen_copy(loss) if learned else loss
-        stepper = FixedLossStepper(model, train_loss, config,
+        stepper = FixedLossStepper(model, train_loss, config, task=task, learned=learned,
                                    guard_task=task if learned and config.descent_guard else None, replicas=replicas)
 
     start_step = 0
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    window = LossWindow(device)
     if checkpoint is not None and checkpoint["phase"] == "train":
         model.load_state_dict(checkpoint["model"])
         loss.load_state_dict(checkpoint["loss"])
         if checkpoint["stepper"] is not None:
             stepper.load_state_dict(checkpoint["stepper"])
         start_step = checkpoint["step"]
-        loss_sum = checkpoint["loss_sum"].to(device)
+        window = LossWindow(device, sums_from_checkpoint(checkpoint, learned=has_trainable_parameters(loss)))
         _set_rng_state(checkpoint["rng"], device)
         history.truncate_after(start_step, ("train", "eval"))
         snapshots.truncate_after(start_step, "train")
     elif config.learned:
         snapshots.append({"phase": "train", "step": 0, "loss": losses.loss_to_dict(loss, formula=False)})
 
-    bar = _progress_bar(config.steps, start_step, progress)
+    bar = _progress_bar(config.steps, start_step, progress, every=config.log_every)
+    guard_warning = GuardWarning()
     model.train()
     for step in range(start_step, config.steps):
         train_batch = train_batches(step)
@@ -473,29 +521,22 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         info = stepper.step(train_batch, valid_batch, lr=lr_at(config, step), diagnostics=logging)
         if replicas.active and not config.sync_batchnorm:  # per-process BatchNorm: process 0's running statistics
             replicas.broadcast_(list(model.buffers()))
-        loss_sum = loss_sum + info["train_loss"].double()
+        window.add(info)
         done = step + 1
         if logging:
-            window = config.log_every if done % config.log_every == 0 else done % config.log_every
-            record = {"phase": "train", "step": done, "lr": lr_at(config, step),
-                      "train_loss": float(loss_sum) / window}
-            if "meta_loss" in info:
-                record["meta_loss"] = float(info["meta_loss"])
-            record.update(stepper.record())
+            record = _log_record(config, done, info, window, stepper)
             history.append(record)
-            if not bool(all_finite(p.detach() for p in model.parameters() if p.is_floating_point())):
-                raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
-                                     f"finite (a step too large, or a loss that is not finite on this data); "
-                                     f"lower --lr (now {config.lr:g}) or check the loss")
-            loss_sum = torch.zeros_like(loss_sum)
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}", refresh=False)
+            _check_finite(model, done, config)
+            bar.set_postfix(**loss_postfix(record), refresh=False)
+            guard_warning.check(stepper.summary().get("guarded"), done)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
             snapshots.append({"phase": "train", "step": done, "loss": losses.loss_to_dict(loss, formula=False)})
         if config.eval_every and done % config.eval_every == 0 and done != config.steps:
             metrics = evaluate(model, valid_x, valid_y, task=task)
             history.append({"phase": "eval", "step": done, **{f"valid_{k}": v for k, v in metrics.items()}})
+            bar.set_postfix(**loss_postfix({f"valid_{k}": v for k, v in metrics.items()}), refresh=False)
         if checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0:
-            _save_checkpoint(checkpoint_path, config, "train", done, model, loss, stepper, device, loss_sum,
+            _save_checkpoint(checkpoint_path, config, "train", done, model, loss, stepper, device, window.sums,
                              elapsed())
         bar.update(1)
         if on_step is not None:
@@ -504,7 +545,9 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
 
     results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
                              elapsed())
-    results["world_size"] = replicas.world_size
+    guard_warning.check(results.get("guarded"), config.steps)
+    results.update(world_size=replicas.world_size, warnings=guard_warning.messages,
+                   **({"model": model_class(model), "user_model": True} if user_model is not None else {}))
     if out is not None:
         history.truncate_after(config.steps - 1, "eval")  # a resumed finished run: no second record
         history.append({"phase": "eval", "step": config.steps,
@@ -513,7 +556,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         write_json(out / "results.json", results)
         if checkpoint_path is not None and config.checkpoint_every:
             _save_checkpoint(checkpoint_path, config, "train", config.steps, model, loss, stepper, device,
-                             loss_sum, elapsed())
+                             window.sums, elapsed())
     return results
 
 
@@ -553,7 +596,7 @@ def _shared_loss(loss: nn.Module | None, replicas: Replicas) -> nn.Module:
 
 
 def _initialise(config, model, loss, train_batches, meta_batches, task, history, snapshots, progress,
-                input_shape, num_outputs, replicas: Replicas = SINGLE) -> None:
+                input_shape, num_outputs, replicas: Replicas = SINGLE, user_model: bool = False) -> None:
     """The offline phase of AdaLFL / ML3, with its records in the history."""
     history.truncate_after(-1, "init")
     snapshots.truncate_after(-1, "train")
@@ -565,7 +608,9 @@ def _initialise(config, model, loss, train_batches, meta_batches, task, history,
         bar.set_postfix(meta_loss=f"{record['meta_loss']:.4f}", refresh=False)
 
     def fresh_initialisation(scratch: nn.Module) -> None:
-        """The model builder's own initialisation, drawn anew (global RNG)."""
+        """The model builder's own initialisation (a user model's layers' own), drawn anew (global RNG)."""
+        if user_model:
+            return reinitialise(scratch)
         fresh = build_model(config.model, input_shape=input_shape, num_outputs=num_outputs, **config.model_options)
         scratch.load_state_dict(fresh.state_dict())
 
@@ -596,25 +641,55 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
         results.update(test_mse=test["mse"], valid_mse=valid["mse"], test_error=test["mse"])
         if data.target_std is not None:
             results["test_mse_original_units"] = test["mse"] * data.target_std ** 2
-    results.update(stepper.record())
+    results.update(stepper.summary())
     return results
 
 
-def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train"):
-    return progress_bar(total, initial=initial, enabled=enabled, desc=desc, unit="step")
+def _log_record(config: TrainConfig, done: int, info: dict, window: LossWindow, stepper) -> dict:
+    """The history's ``train`` record at step ``done``: the window's average losses and the diagnostics."""
+    length = config.log_every if done % config.log_every == 0 else done % config.log_every
+    record = {"phase": "train", "step": done, "lr": lr_at(config, done - 1), **window.read(length)}
+    if "meta_loss" in info:
+        record["meta_loss"] = float(info["meta_loss"])
+    record.update(stepper.record())
+    return record
+
+
+def _check_finite(model: nn.Module, done: int, config: TrainConfig) -> None:
+    """Refuse to go on with non-finite parameters (after the record that shows it was written)."""
+    if not bool(all_finite(p.detach() for p in model.parameters() if p.is_floating_point())):
+        raise NonFiniteError(f"training diverged by step {done}: the model's parameters are no longer "
+                             f"finite (a step too large, or a loss that is not finite on this data); "
+                             f"lower --lr (now {config.lr:g}) or check the loss")
+
+
+def _progress_bar(total: int, initial: int, enabled: bool, desc: str = "train", every: int | None = None):
+    """A bar on a terminal; elsewhere a plain line every ``every`` steps (default: about 20 lines in all)."""
+    return run_progress(total, initial=initial, enabled=enabled, desc=desc, every=every or max(total // 20, 1))
 
 
 def _save_checkpoint(path: Path, config: TrainConfig, phase: str, step: int, model, loss, stepper,
-                     device, loss_sum, wall_time_s: float) -> None:
+                     device, loss_sums, wall_time_s: float) -> None:
     state = {"version": CHECKPOINT_VERSION, "config": config.to_dict(), "phase": phase, "step": step,
              "model": model.state_dict(), "loss": loss.state_dict(),
              "stepper": stepper.state_dict() if stepper is not None else None,
-             "loss_sum": loss_sum if loss_sum is not None else torch.zeros((), dtype=torch.float64),
-             "rng": _rng_state(device), "wall_time_s": wall_time_s}
+             "loss_sums": loss_sums if loss_sums is not None else LossWindow("cpu").sums,
+             "rng": _rng_state(device), "wall_time_s": wall_time_s, "model_description": describe_model(model)}
     atomic_write(path, lambda p: torch.save(state, p))
 
 
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
+def checkpoint_options(out_dir: str | Path) -> dict | None:
+    """The options of the run whose checkpoint is in ``out_dir`` (None when there is none), as ``--resume``
+    alone reads them: every option but ``device``, which may differ between machines."""
+    path = Path(out_dir) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    saved = _saved_config(_read_checkpoint(path), current=None)
+    known = set(TrainConfig.__dataclass_fields__)
+    return {k: v for k, v in saved.items() if k in known and k != "device"}
+
+
+def _read_checkpoint(path: Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle code
     except pickle.UnpicklingError:
@@ -625,17 +700,31 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict:
         raise ConfigError(f"cannot read checkpoint {path} ({reason}); delete it to start afresh") from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
+    return state
+
+
+def _saved_config(state: dict, current: dict | None) -> dict:
+    """A checkpoint's config, with the options added since it was written at the values it trained with."""
     saved = dict(state["config"])
-    current = config.to_dict()
     for key, old_default in (("optimizer", "sgd"), ("sync_batchnorm", False)):  # options added later
         saved.setdefault(key, old_default)
     if saved.get("loss_from") is not None and saved.get("loss_scale") == "normalised" and current["loss_scale"] is None:
         saved["loss_scale"] = None  # written when --loss-from ignored --loss-scale: the loss as it said, as now
     if "augment" not in saved:  # written before --augment existed: those runs trained without augmentation
-        saved["augment"] = current["augment"] if augmentation_for(config.dataset) is None else False
+        no_augmentation = augmentation_for(saved.get("dataset", "")) is None
+        saved["augment"] = (current or {}).get("augment", True) if no_augmentation else False
+    return saved
+
+
+def _load_checkpoint(path: Path, config: TrainConfig, model: nn.Module | None = None) -> dict:
+    state = _read_checkpoint(path)
+    current = config.to_dict()
+    saved = _saved_config(state, current)
     differing = sorted(k for k in current if k not in ("device",) and saved.get(k) != current[k]
                        and k != "steps")
     if differing:
         raise ConfigError(f"--resume with different options than the checkpoint in {path.parent}: "
                           f"{', '.join(differing)}; use the same options or another --out")
+    if model is not None:
+        check_same_model(state.get("model_description"), model, str(path.parent))
     return state
