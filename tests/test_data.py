@@ -448,7 +448,7 @@ def test_diabetes_regression_targets_are_standardised_and_recoverable():
 
 def test_missing_sklearn_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
-    with pytest.raises(DataError, match=r"install scikit-learn: pip install 'onlinelfl\[sklearn\]'"):
+    with pytest.raises(DataError, match=r"install scikit-learn: pip install 'scikit-learn>=1.3'"):
         load_dataset("wine")
     status = {entry["name"]: entry for entry in dataset_status()}
     assert status["wine"]["found"] is False and "pip install" in status["wine"]["hint"]
