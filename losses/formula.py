@@ -49,6 +49,7 @@ MAX_EXTREMUM_ARGUMENTS = 16
 """Most arguments of one Max or Min, nested ones flattened: SymPy compares every pair, slowly."""
 FLOAT64_DECADES = math.log10(1.7976931348623157e308)
 """Decimal exponent of the largest float64: powers beyond it (or below its inverse) are refused."""
+_FLOAT64_BITS = 1024  # Integers of more bits (numerators, denominators) are beyond float64's range.
 _QUOTED = 60  # Most characters of the user's text that a message repeats.
 
 NAMES: dict[str, sympy.Basic] = {Y_PRED.name: Y_PRED, Y_TRUE.name: Y_TRUE, "pi": sympy.pi, "E": sympy.E}
@@ -171,6 +172,9 @@ def _checked(value: sympy.Basic) -> sympy.Expr:
         raise FormulaError("the formula is undefined or infinite (e.g. a division by zero or log(0))")
     if value.has(sympy.I):
         raise FormulaError("the formula has an imaginary number (e.g. sqrt(-1) or log(-1)); a loss must be real")
+    if any(max(number.p.bit_length(), number.q.bit_length()) > _FLOAT64_BITS for number in value.atoms(sympy.Rational)):
+        raise FormulaError("a number in the formula (after multiplying out numbers) is beyond float64's range "
+                           "(about 1e±308); use smaller numbers")
     return value
 
 

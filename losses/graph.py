@@ -84,7 +84,8 @@ def graph_to_expression(nodes: Any) -> sympy.Expr:
         try:
             built.append(_decode(node, built, classes))
         except (TypeError, ValueError, IndexError, AttributeError) as error:
-            raise ValueError(f"expression graph node {position} {node!r} is invalid: {error}") from None
+            text = repr(node) if len(repr(node)) <= 60 else repr(node)[:57] + "..."
+            raise ValueError(f"expression graph node {position} {text} is invalid: {error}") from None
     return built[-1]
 
 
@@ -119,7 +120,7 @@ def _decode(node: Any, built: list[sympy.Basic], classes: dict[str, type]) -> sy
     name, arguments = node[0], node[1:]
     atoms = {
         "Symbol": lambda text: sympy.Symbol(text),
-        "Float": lambda text: sympy_float(float(text)),
+        "Float": _float,
         "Integer": lambda text: sympy.Integer(int(text)),
         "Rational": lambda p, q: sympy.Rational(int(p), int(q)),
         "S": _singleton,
@@ -137,6 +138,13 @@ def _decode(node: Any, built: list[sympy.Basic], classes: dict[str, type]) -> sy
         return classes[name](*children, evaluate=False)
     except TypeError:  # Classes without an evaluate flag, e.g. ExprCondPair.
         return classes[name](*children)
+
+
+def _float(text: str) -> sympy.Float:
+    value = float(text)
+    if value != value or abs(value) == float("inf"):
+        raise ValueError("a Float must be finite")
+    return sympy_float(value)
 
 
 def _singleton(name: str) -> sympy.Basic:
