@@ -139,17 +139,19 @@ CHILD = r"""
 import json, resource, signal, sys, time
 stats_path, kind, payload = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 import cli, losses, sympy, torch, numpy, toolkit.data.formats, toolkit.data.datasets, toolkit.runs.run  # imports first
-def vm_bytes():
+def status(key):  # Bytes; VmHWM is this process's peak resident memory (ru_maxrss survives exec).
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize:"))
-limit = vm_bytes() + int(sys.argv[4])
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":"))
+limit = status("VmSize") + int(sys.argv[4])
+imported = status("VmRSS")
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 signal.alarm(int(sys.argv[5]))
 start, code = time.perf_counter(), 0
 def stats():
     with open(stats_path, "w") as f:
         json.dump({"seconds": time.perf_counter() - start,
-                   "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
+                   "peak_rss_mib": status("VmHWM") / 2**20,
+                   "imports_rss_mib": imported / 2**20}, f)
 if kind == "lfl":
     try:
         cli.main(payload)
@@ -181,7 +183,8 @@ def test_hostile_case_is_bounded(name, tmp_path) -> None:
     line = _assert_one_line(result.returncode, result.stderr, CASES[name][1])
     measured = json.loads(stats.read_text())
     assert measured["seconds"] < CASE_SECONDS
-    print(f"\nHOSTILE {name} | exit {result.returncode} | {line[:100]} | {measured['peak_rss_mib']:.0f} MiB | "
+    print(f"\nHOSTILE {name} | exit {result.returncode} | {line[:100]} | peak {measured['peak_rss_mib']:.0f} MiB "
+          f"(imports {measured['imports_rss_mib']:.0f}) | "
           f"{measured['seconds']:.2f} s (child {time.perf_counter() - started:.1f} s with imports)")
 
 
