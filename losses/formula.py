@@ -15,9 +15,10 @@ tree and builds the SymPy expression itself, node by node, from a whitelist:
 Anything else is a ``FormulaError`` whose one-line message names the construct.
 SymPy computes numbers exactly, so powers whose value leaves float64's range
 (``9**9**9**9``) are refused before SymPy is asked to compute them. Sums and
-products are built in one SymPy call each and ``Max``/``Min`` take at most
-``MAX_EXTREMUM_ARGUMENTS``, so the time to parse grows about linearly with the
-text (SymPy itself needs a few milliseconds per function call).
+products are built in one SymPy call each, ``Max``/``Min`` take at most
+``MAX_EXTREMUM_ARGUMENTS`` and are built without SymPy's pairwise comparisons,
+so the time to parse grows about linearly with the text (SymPy itself needs a
+few milliseconds per function call).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import mpmath
 import sympy
 from sympy.core.function import Application
 from sympy.core.parameters import distribute
+from sympy.core.sorting import default_sort_key
 from sympy.logic.boolalg import Boolean, BooleanFunction
 
 from losses.symbols import Y_PRED, Y_TRUE
@@ -47,6 +49,7 @@ MAX_EXTREMUM_ARGUMENTS = 16
 """Most arguments of one Max or Min, nested ones flattened: SymPy compares every pair, slowly."""
 FLOAT64_DECADES = math.log10(1.7976931348623157e308)
 """Decimal exponent of the largest float64: powers beyond it (or below its inverse) are refused."""
+_FLOAT64_BITS = 1024  # Integers of more bits (numerators, denominators) are beyond float64's range.
 _QUOTED = 60  # Most characters of the user's text that a message repeats.
 
 NAMES: dict[str, sympy.Basic] = {Y_PRED.name: Y_PRED, Y_TRUE.name: Y_TRUE, "pi": sympy.pi, "E": sympy.E}
@@ -169,6 +172,9 @@ def _checked(value: sympy.Basic) -> sympy.Expr:
         raise FormulaError("the formula is undefined or infinite (e.g. a division by zero or log(0))")
     if value.has(sympy.I):
         raise FormulaError("the formula has an imaginary number (e.g. sqrt(-1) or log(-1)); a loss must be real")
+    if any(max(number.p.bit_length(), number.q.bit_length()) > _FLOAT64_BITS for number in value.atoms(sympy.Rational)):
+        raise FormulaError("a number in the formula (after multiplying out numbers) is beyond float64's range "
+                           "(about 1e±308); use smaller numbers")
     return value
 
 
@@ -179,6 +185,7 @@ class _Builder:
         self.lines = [line.encode("utf-8") for line in source.split("\n")]  # As ast numbers lines and columns.
         self.functions = formula_functions()
         self.depth = 0
+        self.sizes: dict[sympy.Basic, float] = {}  # Node counts, for ordering the arguments of Max and Min.
 
     def build(self, node: ast.AST) -> Any:
         self.depth += 1
@@ -273,6 +280,7 @@ class _Builder:
             _check_exponential(arguments[0])
         if function in (sympy.Max, sympy.Min):
             _check_extremum(name, function, arguments)
+            return _call(f"{name}(...)", _extremum, function, self.sizes, *arguments)
         # Functions evaluate with distribution on: with it off, SymPy negates -(y + 1) into an
         # unevaluated product and sin(-y - 1), tanh, erf, Abs, ... recurse without end.
         with distribute(True):
@@ -413,6 +421,38 @@ def _check_extremum(name: str, function: type, arguments: list[Any]) -> None:
         raise FormulaError(
             f"{name} of {count} arguments (nested {name} included); at most {MAX_EXTREMUM_ARGUMENTS} are allowed"
         )
+
+
+def _extremum(function: type, sizes: dict[sympy.Basic, float], *arguments: sympy.Expr) -> sympy.Expr:
+    """``Max`` or ``Min`` of ``arguments``, the tree SymPy builds, without its pairwise comparisons.
+
+    SymPy compares every pair of arguments symbolically (``factor_terms`` of
+    their difference), and sorts them by a node count it computes afresh, so a
+    nested ``Min`` inside a ``Max`` is traversed again at every level: nested
+    extrema took time growing with the cube of their depth. Here only what is
+    cheap is done: nested ones of the same kind are merged and checked as SymPy
+    does, repeated arguments dropped, the numbers among the arguments reduced to
+    their extreme, and the arguments put in SymPy's canonical order (node count,
+    then sort key) with node counts remembered in ``sizes`` across the formula.
+    """
+    values = list(dict.fromkeys(function._new_args_filter(arguments)))
+    numbers = [value for value in values if isinstance(value, sympy.Number)]
+    if len(numbers) > 1:
+        extreme = (max if function is sympy.Max else min)(numbers)
+        values = [value for value in values if not isinstance(value, sympy.Number)] + [extreme]
+    if len(values) == 1:
+        return values[0]
+    values.sort(key=lambda value: (_node_count(value, sizes), default_sort_key(value)))
+    result = sympy.Expr.__new__(function, *values)
+    result._argset = frozenset(values)
+    return result
+
+
+def _node_count(node: sympy.Basic, sizes: dict[sympy.Basic, float]) -> float:
+    """SymPy's ``_node_count`` (a Float counts one half), remembered in ``sizes``."""
+    if node not in sizes:
+        sizes[node] = 0.5 if node.is_Float else 1 + sum(_node_count(child, sizes) for child in node.args)
+    return sizes[node]
 
 
 def _check_exponential(argument: sympy.Expr) -> None:

@@ -77,7 +77,7 @@ def loss_from_dict(data: Mapping[str, Any]) -> LearnedLoss:
             f"format_version {data['format_version']!r} is not supported (this version of losses reads "
             f"{FORMAT_VERSION}); re-save the loss with this version or upgrade the package"
         )
-    cls = LOSS_KINDS.get(data["kind"])
+    cls = LOSS_KINDS.get(data["kind"]) if isinstance(data["kind"], str) else None
     if cls is None:
         raise LossFileError(f"unknown kind {data['kind']!r}; known kinds: {', '.join(LOSS_KINDS)}")
     try:
@@ -142,6 +142,9 @@ def load_loss(path: str | os.PathLike[str]) -> LearnedLoss:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise LossFileError(f"{path}: JSON nested too deeply for a loss file; write it again with losses.save_loss") \
+            from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise LossFileError(
             f"{path}: not valid JSON ({error}); the file may be truncated or not a loss file. "

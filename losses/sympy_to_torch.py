@@ -45,6 +45,16 @@ def _mul(*args: Any) -> Any:
     return functools.reduce(operator.mul, args)
 
 
+def _all(*args: Any) -> Any:
+    """``And`` of any number of conditions (SymPy merges ``a & b & c`` into one ``And``)."""
+    return functools.reduce(operator.and_, args)
+
+
+def _any(*args: Any) -> Any:
+    """``Or`` of any number of conditions."""
+    return functools.reduce(operator.or_, args)
+
+
 def _extreme(pair: Callable[[Tensor, Tensor], Tensor], clamp: str, pick: Callable, *args: Any) -> Tensor:
     tensors = [a for a in args if isinstance(a, Tensor)]
     numbers = [a for a in args if not isinstance(a, Tensor)]
@@ -110,8 +120,8 @@ SYMPY_TO_TORCH: dict[type, Callable[..., Any]] = {
     sympy.LessThan: operator.le,
     sympy.StrictGreaterThan: operator.gt,
     sympy.GreaterThan: operator.ge,
-    sympy.And: operator.and_,
-    sympy.Or: operator.or_,
+    sympy.And: _all,
+    sympy.Or: _any,
     sympy.Not: operator.invert,
 }
 """SymPy class → torch callable taking the evaluated arguments (tensors or numbers)."""
@@ -282,7 +292,7 @@ def _as_expression(expr: sympy.Basic | int | float) -> sympy.Basic:
 
 
 def _fold(node: sympy.Basic) -> Literal:
-    if node.is_Integer:
+    if node.is_Integer and abs(int(node)) <= _INT64_MAX:  # Torch takes Python ints up to int64 only.
         return Literal(int(node))
     if isinstance(node, sympy.logic.boolalg.BooleanAtom):
         return Literal(bool(node))
@@ -292,6 +302,9 @@ def _fold(node: sympy.Basic) -> Literal:
         raise ValueError(f"constant {_short(node)} is not a real number") from None
     except OverflowError:  # E.g. exp(exp(exp(exp(10)))): too large even to round to a float.
         raise ValueError(f"constant {_short(node)} is too large for float64") from None
+
+
+_INT64_MAX = 2**63 - 1
 
 
 def _short(node: sympy.Basic) -> str:

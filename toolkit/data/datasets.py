@@ -335,11 +335,24 @@ def _standardise_images(images: dict[str, np.ndarray]) -> dict[str, torch.Tensor
     return {key: tensor.sub_(mean).div_(std) for key, tensor in tensors.items()}
 
 
+def _scaled_statistics(train: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-column (scale, mean/scale, std/scale) of (N, F), with scale the largest |value| (1 for zeros).
+
+    Computed on values divided by their scale, so that columns near float64's
+    limit (1e308) neither overflow the variance nor become infinite.
+    """
+    scale = np.max(np.abs(train), axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    scaled = train / scale
+    return scale, scaled.mean(axis=0), scaled.std(axis=0)
+
+
 def _standardise_features(features: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Standardises each column of (N, F) with the train statistics; constant columns are only centred."""
-    mean, std = features["train"].mean(axis=0), features["train"].std(axis=0)
-    std = np.where(std > 1e-12 * np.maximum(1.0, np.abs(mean)), std, 1.0)
-    return {key: torch.from_numpy(((value - mean) / std).astype(np.float32)) for key, value in features.items()}
+    scale, mean, std = _scaled_statistics(features["train"])
+    std = np.where(std > 1e-12 * np.maximum(1.0 / scale, np.abs(mean)), std, 1.0)
+    return {key: torch.from_numpy(((value / scale - mean) / std).astype(np.float32))
+            for key, value in features.items()}
 
 
 def _build(name: str, raw: _Raw, *, valid_fraction: float, seed: int) -> Dataset:
@@ -360,8 +373,10 @@ def _build(name: str, raw: _Raw, *, valid_fraction: float, seed: int) -> Dataset
     if raw.task == CLASSIFICATION:
         targets = {key: torch.tensor(value, dtype=torch.int64) for key, value in targets.items()}
     else:
-        target_mean, target_std = float(targets["train"].mean()), float(targets["train"].std()) or 1.0
-        targets = {key: torch.tensor((value - target_mean) / target_std, dtype=torch.float32)
+        scale, mean, std = (float(v[0]) for v in _scaled_statistics(targets["train"].reshape(-1, 1)))
+        std = std or 1.0 / scale
+        target_mean, target_std = scale * mean, scale * std
+        targets = {key: torch.tensor((value / scale - mean) / std, dtype=torch.float32)
                    for key, value in targets.items()}
     splits = {key: Split(inputs[key], targets[key]) for key in inputs}
     return Dataset(name, raw.task, tuple(x.shape[1:]), raw.num_outputs, **splits, source=raw.source,

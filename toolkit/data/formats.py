@@ -19,8 +19,12 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import io
+import math
+import os
 import pickle
 import shutil
+import stat
 import tarfile
 import tempfile
 import urllib.request
@@ -35,6 +39,11 @@ DOWNLOAD_TIMEOUT_S = 20.0
 
 IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 """The MNIST / Fashion-MNIST files, each stored gzipped (name + ".gz") or raw."""
+
+MAX_IDX_BYTES = 1 << 30
+"""Most data bytes an IDX header may declare (MNIST's training images take 47 MB)."""
+MAX_CSV_BYTES = 100 << 20
+"""Largest CSV file read (its rows become Python strings, several times the file's size)."""
 
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -57,19 +66,40 @@ def check_labels(labels: np.ndarray, num_classes: int, path: Path) -> np.ndarray
     return labels.astype(np.int64)
 
 
-def read_bytes(path: Path) -> bytes:
-    """Reads a whole file, gunzipping it when it starts with the gzip magic bytes."""
+def _open_regular(path: Path):
+    """Opens ``path`` for binary reading if it is a regular file (not a device, pipe or folder)."""
     try:
-        data = Path(path).read_bytes()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"cannot read {path}: {error} (truncated or corrupted; delete it and fetch it again)") from None
+        file = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+        file.close()
+        raise DataError(f"{path} is not a regular file")
+    return file
+
+
+def _read_exactly(stream, size: int, path: Path) -> bytes:
+    """Reads ``size`` bytes and checks that the stream ends there (a bounded read, never ``read()``)."""
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(min(left, 1 << 24))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    data = b"".join(chunks)
+    if len(data) != size or stream.read(1):
+        raise DataError(f"{path}: the header says {size} bytes of data but the file holds "
+                        f"{'fewer' if len(data) != size else 'more'} (truncated or corrupted)")
     return data
 
 
 def read_idx(path: Path, *, ndim: int) -> np.ndarray:
     """Reads an IDX array (the MNIST format).
+
+    The header is read and checked first: the size it declares must be at most
+    ``MAX_IDX_BYTES`` and match the (decompressed) data exactly, which is read
+    with a bounded read, so a small hostile file never expands into memory.
 
     Args:
         path: ``*-idx?-ubyte`` file, gzipped or raw.
@@ -78,23 +108,34 @@ def read_idx(path: Path, *, ndim: int) -> np.ndarray:
     Returns:
         Read-only array of the shape and dtype the header gives, e.g. uint8 (N, 28, 28).
     """
-    data = read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file (bad magic number 0x{data[:4].hex() or 'empty'})")
-    if data[3] != ndim:
-        raise DataError(f"{path}: expected an IDX array with {ndim} dimensions, the header says {data[3]}")
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
-        raise DataError(f"{path}: truncated IDX header ({len(data)} bytes)")
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    dtype = np.dtype(_IDX_DTYPES[data[2]])
-    expected = header_size + int(np.prod(shape)) * dtype.itemsize
-    if len(data) != expected:
-        raise DataError(
-            f"{path}: the header says shape {shape} ({expected} bytes) but the file holds "
-            f"{len(data)} bytes (truncated or corrupted)"
-        )
-    return np.frombuffer(data, dtype=dtype, offset=header_size).reshape(shape)
+    with _open_regular(path) as raw:
+        gzipped = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        try:
+            stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+            data = _read_idx_stream(stream, path, ndim)
+        except (OSError, EOFError, zlib.error) as error:
+            raise DataError(f"cannot read {path}: {error} (truncated or corrupted; delete it and fetch it again)") \
+                from None
+    return data
+
+
+def _read_idx_stream(stream, path: Path, ndim: int) -> np.ndarray:
+    magic = stream.read(4)
+    if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number 0x{magic.hex() or 'empty'})")
+    if magic[3] != ndim:
+        raise DataError(f"{path}: expected an IDX array with {ndim} dimensions, the header says {magic[3]}")
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(dims)} bytes)")
+    shape = tuple(int.from_bytes(dims[4 * k : 4 * k + 4], "big") for k in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[magic[2]])
+    size = math.prod(shape) * dtype.itemsize
+    if size > MAX_IDX_BYTES:
+        raise DataError(f"{path}: the header declares shape {shape} ({size:,} bytes), more than the limit of "
+                        f"{MAX_IDX_BYTES:,} (toolkit.data.formats.MAX_IDX_BYTES)")
+    return np.frombuffer(_read_exactly(stream, size, path), dtype=dtype).reshape(shape)
 
 
 def read_idx_pair(images_path: Path, labels_path: Path, *, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -169,16 +210,27 @@ def read_cifar_batch(path: Path, *, label_key: str, num_classes: int) -> tuple[n
     batch = {key.decode("latin1") if isinstance(key, bytes) else key: value for key, value in batch.items()}
     if "data" not in batch or label_key not in batch:
         raise DataError(f"{path}: the CIFAR pickle lacks 'data' or '{label_key}' (keys: {sorted(map(str, batch))})")
-    data = np.asarray(batch["data"])
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: expected uint8 data of shape (N, 3072), found {data.dtype} {data.shape}")
-    try:
-        labels = np.asarray(batch[label_key], dtype=np.int64)
-    except (TypeError, ValueError) as error:
-        raise DataError(f"{path}: '{label_key}' are not integers ({error})") from None
-    if labels.shape != (len(data),):
-        raise DataError(f"{path} holds {len(data)} images but {labels.size} labels")
+    data = batch["data"]  # Checked before any conversion: a pickle can share one row many times.
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(f"{path}: expected a uint8 array of shape (N, 3072) as 'data', found {found}")
+    labels = _integer_labels(batch[label_key], len(data), label_key, path)
     return data.reshape(-1, 3, 32, 32), check_labels(labels, num_classes, path)
+
+
+def _integer_labels(labels: object, count: int, key: str, path: Path) -> np.ndarray:
+    """``count`` integer labels (a list of ints or an integer array) as int64; anything else is refused."""
+    if isinstance(labels, np.ndarray):
+        if labels.ndim != 1 or labels.dtype.kind not in "iu":
+            raise DataError(f"{path}: '{key}' must be {count} integers, found an array {labels.dtype} {labels.shape}")
+    elif not isinstance(labels, list) or not all(type(v) is int for v in labels):
+        raise DataError(f"{path}: '{key}' must be a list of integer class labels (found a non-integer)")
+    if len(labels) != count:
+        raise DataError(f"{path} holds {count} images but {len(labels)} labels")
+    try:
+        return np.asarray(labels, dtype=np.int64)
+    except OverflowError:
+        raise DataError(f"{path}: '{key}' holds an integer beyond int64 (corrupted file?)") from None
 
 
 def read_cifar_folder(directory: Path, *, train: list[str], test: str, label_key: str,
@@ -266,12 +318,16 @@ def _first_bad_value(values: tuple[str, ...]) -> int:
 
 def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
     """Non-blank CSV rows with their line numbers."""
+    if not Path(path).exists():
+        raise DataError(f"CSV file not found: {path}")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.reader(file)
-            return [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
-    except FileNotFoundError:
-        raise DataError(f"CSV file not found: {path}") from None
+        with _open_regular(path) as file:
+            data = file.read(MAX_CSV_BYTES + 1)
+        if len(data) > MAX_CSV_BYTES:
+            raise DataError(f"CSV file {path} is larger than the limit of {MAX_CSV_BYTES:,} bytes "
+                            "(toolkit.data.formats.MAX_CSV_BYTES)")
+        reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
+        return [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"cannot read CSV file {path}: {error}") from None
 

@@ -168,16 +168,16 @@ def reused_loss(source: str, task: str) -> nn.Module:
     from losses.symbolic import parse_formula
 
     path = Path(source)
-    if path.is_dir():
-        if not (path / "loss.json").is_file():
+    if _is(path, "dir"):
+        if not _is(path / "loss.json", "file"):
             raise ConfigError(f"--loss-from {source}: the directory holds no loss.json (give a run directory)")
         path = path / "loss.json"
     if path.suffix == ".json":
-        if not path.is_file():
+        if not _is(path, "file"):
             raise ConfigError(f"--loss-from {source}: no such file")
         loss = losses.load_loss(path)
     else:
-        if path.is_file():
+        if _is(path, "file"):
             with path.open("rb") as f:
                 text = f.read(FORMULA_FILE_LIMIT + 1).decode("utf-8", errors="replace")
             if len(text) > FORMULA_FILE_LIMIT:
@@ -193,7 +193,7 @@ def reused_loss(source: str, task: str) -> nn.Module:
         try:
             expression = parse_formula(text, max_length=FORMULA_FILE_LIMIT)
         except (ValueError, TypeError) as exc:
-            if not path.is_file() and _looks_like_path(source):
+            if not _is(path, "file") and _looks_like_path(source):
                 raise ConfigError(f"--loss-from {source}: no such file") from None
             raise ConfigError(f"{where}: {exc}") from None
         try:
@@ -202,6 +202,10 @@ def reused_loss(source: str, task: str) -> nn.Module:
             raise ConfigError(f"{where}: {exc}") from None
         if normalisation is not None:
             loss = normalisation.wrap(loss)
+    inner = loss.shape if isinstance(loss, losses.GradientScaledLoss) else loss
+    if isinstance(inner, losses.SymbolicLoss) and losses.Y_PRED not in inner.expression.free_symbols:
+        raise ConfigError(f"--loss-from {_clipped(source)}: the loss does not depend on y_pred, so its gradient is "
+                          "zero and it cannot train a model")
     if loss.task != task:
         raise ConfigError(f"--loss-from {source}: a {loss.task} loss cannot train a {task} dataset")
     if loss.reduction == "none":
@@ -238,6 +242,18 @@ def scaled_as_asked(loss: nn.Module, config: TrainConfig) -> nn.Module:
             held = "is not normalised; drop --max-scale, or add --loss-scale normalised to normalise it"
         raise ConfigError(f"--max-scale {config.max_scale:g} would be ignored: {source} {held}")
     return loss.shape if wrapped and config.loss_scale == "free" else loss
+
+
+def _is(path: Path, kind: str) -> bool:
+    """``path.is_file()`` / ``is_dir()``, False for text no file system takes as a name (e.g. a long formula)."""
+    try:
+        return path.is_file() if kind == "file" else path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
+def _clipped(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _looks_like_path(text: str) -> bool:

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ from toolkit.runs.common import PRESETS, ConfigError, TrainConfig, coerce_option
 
 STUDY_KEYS = ("seeds", "baseline", "selection_seed")
 NOT_IN_STUDY = ("seed", "search_jobs")  # the study sets the seed; parallelism is --jobs
+MAX_GRID_POINTS = 10_000
+"""Most grid points one (setting, method) group may declare, and all groups together: each is a training run."""
 OPTION_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
 
@@ -134,10 +137,14 @@ def load_study(path: str | Path) -> Study:
         raise StudyError(f"{path}: selection_seed must be an integer >= 0 that is not among seeds; "
                          f"got {selection_seed!r}")
 
-    groups = []
+    groups, points = [], 0
     for setting in settings:
         for method in methods:
             options = {**shared, **_without_name(setting), **_without_name(method)}
+            points += _grid_size(options)  # Counted before any point is built.
+            if points > MAX_GRID_POINTS:
+                raise StudyError(f"{path}: the grids declare more than {MAX_GRID_POINTS:,} points "
+                                 "(toolkit.runs.study_spec.MAX_GRID_POINTS), each a training run; use fewer values")
             groups.append(_group(options, setting["name"], method["name"], path))
     return Study(path=path, seeds=tuple(seeds), selection_seed=selection_seed, baseline=baseline,
                  settings=tuple(s["name"] for s in settings), methods=tuple(method_names), groups=tuple(groups))
@@ -184,6 +191,11 @@ def _is_grid(key: str, value: Any) -> bool:
     if OPTION_TYPES.get(key, "").startswith("tuple"):
         return bool(value) and all(isinstance(v, list) for v in value)
     return True
+
+
+def _grid_size(options: dict) -> int:
+    """How many points a group's grid has (the product of its lists' lengths), without building them."""
+    return math.prod(len(v) for k, v in options.items() if _is_grid(k, v))
 
 
 def _group(options: dict, setting: str, method: str, path: Path) -> Group:
