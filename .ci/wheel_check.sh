@@ -29,6 +29,9 @@ for command in train study export plot compare bench datasets; do "$lfl" "$comma
 "$lfl" train --dataset digits --model mlp --steps 20 --out "$work/run" --quiet
 test -f "$work/run/results.json"
 "$lfl" export "$work/run" > /dev/null
+# The README's own-loop criterion reads approx.json, as "Take a learned loss home" exports it.
+"$lfl" train --dataset digits --model mlp --loss adalfl --init-steps 10 --steps 20 --out "$work/adalfl" --quiet
+"$lfl" export "$work/adalfl" --approx --format json -o "$work/approx.json"
 cp "$root/README.md" "$work/README.md"
 "$py" "$root/.ci/readme_blocks.py" "$work/README.md"
 echo "wheel check passed: $(basename "$wheel")"

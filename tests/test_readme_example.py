@@ -6,6 +6,8 @@ import io
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -43,3 +45,22 @@ def test_readme_criterion_example_is_torchs_cross_entropy():
     namespace = {"losses": losses, "logits": logits, "labels": labels}
     exec(compile(_block("label_smoothing"), str(README), "exec"), namespace)
     torch.testing.assert_close(namespace["loss"], torch.nn.CrossEntropyLoss(label_smoothing=0.1)(logits, labels))
+
+
+@pytest.mark.slow
+def test_readme_own_loop_with_torch_optim_autocast_and_run_writer(tmp_path, monkeypatch):
+    """The README's own loop: two parameter groups, a cosine schedule reaching lr 0, clipping, a dict-in /
+    dict-out model under bfloat16 autocast, and RunWriter's directory, which lfl export and plot read."""
+    import json
+
+    from helpers import run_lfl
+
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(_block("RunWriter("), str(README), "exec"), {"__name__": "__main__"})
+    assert out.getvalue().split() == ["0.0", "20"]
+    results = json.loads((tmp_path / "runs" / "own-loop" / "results.json").read_text())
+    assert results["status"] == "finished" and results["steps"] == 20 and 0 <= results["test_error"] <= 1
+    assert run_lfl("export", tmp_path / "runs" / "own-loop").returncode == 0
+    assert run_lfl("plot", tmp_path / "runs" / "own-loop", "--out", tmp_path / "figures").returncode == 0
