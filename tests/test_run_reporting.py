@@ -177,3 +177,23 @@ def test_a_user_model_trains_and_only_the_same_model_resumes_it(tmp_path, digits
     assert resumed["steps"] == 40
     with pytest.raises(ConfigError, match=r"outputs of shape \(2, 3\)"):
         train(small(), progress=False, dataset=digits, model=nn.Linear(64, 3))
+
+
+def test_a_guard_that_replaced_most_steps_is_reported_once_each():
+    """A broken loss (NaN, infinite, uphill) whose every step the guard replaced ends with the task loss's
+    numbers: results.json's warnings and stderr say so, once per kind, whatever the order of checks."""
+    import io
+
+    from toolkit.runs.reporting import GuardWarning
+
+    stream = io.StringIO()
+    warning = GuardWarning(stream=stream)
+    warning.check_summary({"guarded": 0.1, "rejected_steps": 0.5}, 10)     # at the limit: nothing
+    assert warning.messages == [] and stream.getvalue() == ""
+    warning.check_summary({"guarded": 0.2, "rejected_steps": 1.0}, 20)
+    warning.check_summary({"guarded": 0.9, "rejected_steps": 1.0}, 30)
+    warning.check_summary({"guarded": 0.95, "rejected_steps": 1.0}, 40)
+    assert len(warning.messages) == 2
+    assert "replaced 100.0% of the steps by the task loss's step by step 20" in warning.messages[0]
+    assert "reflected 90.0%" in warning.messages[1]
+    assert stream.getvalue().count("Warning: ") == 2

@@ -23,6 +23,10 @@ LOSS_NAMES = ("task_loss", "learned_loss")
 GUARD_WARNING_SHARE = 0.5
 """A run warns when the descent guard has reflected more than this share of the training samples."""
 
+REJECTED_WARNING_SHARE = 0.5
+"""A run warns when the descent guard has replaced more than this share of its steps by the task loss's step:
+its numbers are then mostly the task loss's, not the learned loss's."""
+
 
 class LossWindow:
     """Device-side sums of the step losses of the current logging window (float64).
@@ -109,7 +113,9 @@ def loss_postfix(record: dict) -> dict[str, str]:
 
 
 class GuardWarning:
-    """Warns once (stderr) when the descent guard has reflected more than half of the samples so far.
+    """Warns once each (stderr) when the descent guard has done most of the work so far: reflected more than
+    half of the samples' gradients, or replaced more than half of the steps by the task loss's step (a
+    broken loss, one that is NaN, infinite, constant or zero, ends there: every step is cross-entropy's).
 
     ``messages`` holds what was warned, for results.json's ``warnings`` list.
     """
@@ -117,14 +123,31 @@ class GuardWarning:
     def __init__(self, *, stream=None) -> None:
         self.stream = stream
         self.messages: list[str] = []
+        self._warned: set[str] = set()
 
-    def check(self, share: float | None, step: int) -> None:
-        """Warn if ``share`` (the run's share of reflected samples up to ``step``) is above one half."""
-        if self.messages or share is None or share <= GUARD_WARNING_SHARE:
-            return
-        message = guard_message(share, step)
+    def check(self, share: float | None, step: int, *, rejected: float | None = None) -> None:
+        """Warn if ``share`` (the run's share of reflected samples up to ``step``) or ``rejected`` (its share
+        of steps replaced by the task loss's) is above one half; each warning once."""
+        if share is not None and share > GUARD_WARNING_SHARE and "reflected" not in self._warned:
+            self._warn("reflected", guard_message(share, step))
+        if rejected is not None and rejected > REJECTED_WARNING_SHARE and "rejected" not in self._warned:
+            self._warn("rejected", rejected_message(rejected, step))
+
+    def check_summary(self, summary: dict, step: int) -> None:
+        """:meth:`check` on a guard summary (``guarded``, ``rejected_steps``), as results.json holds it."""
+        self.check(summary.get("guarded"), step, rejected=summary.get("rejected_steps"))
+
+    def _warn(self, kind: str, message: str) -> None:
+        self._warned.add(kind)
         self.messages.append(message)
         print(f"Warning: {message}", file=self.stream if self.stream is not None else sys.stderr, flush=True)
+
+
+def rejected_message(share: float, step: int) -> str:
+    """The warning's text when the guard replaced most steps: the run's numbers are the task loss's."""
+    return (f"the descent guard replaced {share:.1%} of the steps by the task loss's step by step {step}: the "
+            "learned loss's steps raised the training loss (or were not finite), so these results are mostly "
+            "the task loss's, not the learned loss's; check the loss (lfl export) or lower --lr")
 
 
 def guard_message(share: float, step: int) -> str:
@@ -135,4 +158,5 @@ def guard_message(share: float, step: int) -> str:
 
 
 __all__ = ["LossWindow", "PlainProgress", "run_progress", "loss_postfix", "GuardWarning", "guard_message",
+           "rejected_message", "REJECTED_WARNING_SHARE",
            "sums_from_checkpoint", "LOSS_NAMES", "GUARD_WARNING_SHARE"]

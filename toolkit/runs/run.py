@@ -544,7 +544,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
             history.append(record)
             _check_finite(model, done, config)
             bar.set_postfix(**loss_postfix(record), refresh=False)
-            guard_warning.check(stepper.summary().get("guarded"), done)
+            guard_warning.check_summary(stepper.summary(), done)
         if config.learned and config.snapshot_every and done % config.snapshot_every == 0:
             snapshots.append({"phase": "train", "step": done, "loss": losses.loss_to_dict(loss, formula=False)})
         if config.eval_every and done % config.eval_every == 0 and done != config.steps:
@@ -561,7 +561,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
 
     results = _final_results(config, data, model, valid_x, valid_y, test_x, test_y, stepper, device,
                              elapsed())
-    guard_warning.check(results.get("guarded"), config.steps)
+    guard_warning.check_summary(results, config.steps)
     results.update(world_size=replicas.world_size, warnings=guard_warning.messages,
                    **({"model": model_class(model), "user_model": True} if user_model is not None else {}))
     if out is not None:

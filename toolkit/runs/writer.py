@@ -95,7 +95,7 @@ class RunWriter:
     def log_train(self, step: int, **metrics: float) -> None:
         """A training record at ``step``: numbers such as ``task_loss`` and ``learned_loss``."""
         self._require_open().append({"phase": "train", "step": int(step), **_numbers(metrics)})
-        self.guard_warning.check(metrics.get("guarded"), int(step))
+        self.guard_warning.check_summary(metrics, int(step))
 
     def log_learner(self, learner, **metrics: float) -> dict:
         """A training record from an ``OnlineLossLearner`` (its ``record()``: the latest step's losses, not an
@@ -128,7 +128,7 @@ class RunWriter:
             losses.save_loss(loss, self.path / "loss.json")
         guard = self._guard_totals or {}
         if guard:
-            self.guard_warning.check(guard.get("guarded"), int(steps))
+            self.guard_warning.check_summary(guard, int(steps))
         results = {"status": "finished", **self.meta, "steps": int(steps), "test_error": float(test_error),
                    "test_loss": float(test_loss), "wall_time_s": time.perf_counter() - self._started,
                    "torch": torch.__version__, **guard, **_numbers(metrics), "warnings": self.guard_warning.messages,
