@@ -27,6 +27,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError, AnalysisError)
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation the machine (CPU or GPU) refused: a size the user chose, not a bug."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
 def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
     """Comma-separated integers (toolkit.runs.config.parse_int_list), as a click error naming the option."""
     from toolkit.runs.config import ConfigError, parse_int_list
@@ -68,6 +75,12 @@ class LflGroup(click.Group):
         except KeyboardInterrupt:
             click.echo(INTERRUPTED, err=True)
             sys.exit(130)
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            click.echo("Error: not enough memory for what was asked (the allocator refused it): use a smaller "
+                       "--batch-size, model or dataset", err=True)
+            sys.exit(2)
         if standalone_mode:
             sys.exit(0)
 

@@ -23,7 +23,7 @@ import sympy
 import torch
 
 import losses
-from helpers import run_in_process
+from helpers import run_in_process, run_lfl
 
 CASE_SECONDS = 10
 HEADROOM_BYTES = 2 << 30
@@ -254,3 +254,41 @@ def test_extreme_feature_and_target_columns_stay_finite_and_standardised(tmp_pat
     torch.testing.assert_close(y.std(correction=0), torch.tensor(1.0, dtype=torch.float64), rtol=1e-5, atol=0)
     restored = y.numpy()[:, 0] * data.target_std + data.target_mean  # Predictions convert back.
     assert np.isfinite(restored).all() and np.abs(restored).max() > 1e299
+
+
+# --- Results, options and sizes a user gets wrong: one line, exit 2, nothing allocated first ---------------
+
+def test_plot_and_compare_refuse_a_results_json_that_is_a_list(tmp_path):
+    (tmp_path / "results.json").write_text("[1, 2]")
+    for args in (("compare", tmp_path), ("plot", tmp_path, "--out", tmp_path / "f")):
+        result = run_lfl(*args)
+        assert result.returncode == 2 and "holds a JSON list, not the object a run writes" in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_deeply_nested_model_option_is_one_line(tmp_path):
+    nested = "[" * 3000 + "]" * 3000
+    result = run_lfl("train", "--dataset", "digits", "--model", "mlp", "--model-option", f"hidden={nested}",
+                     "--steps", "2", "--quiet")
+    assert result.returncode == 2 and "--model-option hidden" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_model_too_large_to_allocate_is_refused_before_allocating(tmp_path):
+    """hidden=[10**11] asks for 6.4e12 weights: counted on the meta device, refused without allocating."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = run_lfl("train", "--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[100000000000]",
+                     "--steps", "2", "--quiet")
+    assert result.returncode == 2 and "parameters, more than the" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing large was touched
+
+
+def test_an_allocation_the_machine_refuses_is_one_line(capsys):
+    """A size no check foresaw (here lfl bench's batch) fails in the allocator: one line, exit 2."""
+    from helpers import run_in_process
+
+    code, _, err = run_in_process(["bench", "--model", "mlp", "--batch-size", "100000000000"], capsys)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and "not enough memory" in err

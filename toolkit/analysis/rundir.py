@@ -320,10 +320,17 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _json(path: Path) -> dict[str, Any]:
+    """A run's JSON file, which must hold an object (a list or a number is no run's results)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise AnalysisError(f"{path} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise AnalysisError(f"{path} is nested too deeply to be a run's file") from None
+    if not isinstance(data, dict):
+        raise AnalysisError(f"{path} holds a JSON {type(data).__name__}, not the object a run writes: "
+                            "is this a run directory of lfl train?")
+    return data
 
 
 __all__ = ["AnalysisError", "Run", "read_run", "renamed_losses", "guard_shares", "guard_note", "find_runs", "load_loss_source", "run_labels", "RUN_FILES",

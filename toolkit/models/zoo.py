@@ -350,4 +350,21 @@ def build_model(
     outputs = _as_int(num_outputs)
     if outputs is None or outputs < 1:
         raise ModelError(f"num_outputs must be a positive integer; got {num_outputs!r}")
+    _check_size(key, shape, outputs, options)
     return _BUILDERS[key](shape, outputs, **options)
+
+
+MAX_PARAMETERS = 2**31
+"""The most parameters a model of the zoo may have: more is a typo in an option (``hidden=[10**11]``), and
+is refused before any memory is allocated for it."""
+
+
+def _check_size(key: str, shape: tuple[int, ...], outputs: int, options: dict[str, Any]) -> None:
+    """Count the model's parameters on the meta device (no memory, no random draws) and refuse one that
+    is too large to allocate, naming its size, instead of failing inside the allocator."""
+    with torch.device("meta"):
+        meta = _BUILDERS[key](shape, outputs, **options)
+    count = sum(p.numel() for p in meta.parameters()) + sum(b.numel() for b in meta.buffers())
+    if count > MAX_PARAMETERS:
+        raise ModelError(f"model '{key}' with these options has {count:,} parameters, more than the "
+                         f"{MAX_PARAMETERS:,} this toolkit builds: check the width options (hidden, width, ...)")

@@ -366,6 +366,10 @@ def click_options(command):
     return command
 
 
+MODEL_OPTION_LIMIT = 10_000
+"""The longest text one --model-option value may be (a layer list of a few hundred widths fits)."""
+
+
 def parse_model_options(items: tuple[str, ...]) -> dict[str, Any]:
     """``KEY=VALUE`` items (VALUE read as JSON when it parses, else text) as a dict."""
     import json
@@ -375,10 +379,16 @@ def parse_model_options(items: tuple[str, ...]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--model-option: expected KEY=VALUE, got {item!r}")
         key, raw = item.split("=", 1)
+        if len(raw) > MODEL_OPTION_LIMIT:
+            raise ConfigError(f"--model-option {key.strip()}: a value of {len(raw)} characters is longer than any "
+                              f"model option takes ({MODEL_OPTION_LIMIT})")
         try:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw
+        except RecursionError:
+            raise ConfigError(f"--model-option {key.strip()}: the value is nested too deeply; give a number, "
+                              "a word or a flat list such as [64, 32]") from None
         options[key.strip()] = tuple(value) if isinstance(value, list) else value
     return options
 
