@@ -292,3 +292,16 @@ def test_an_allocation_the_machine_refuses_is_one_line(capsys):
 
     code, _, err = run_in_process(["bench", "--model", "mlp", "--batch-size", "100000000000"], capsys)
     assert code == 2 and err.strip().splitlines() == [err.strip()] and "not enough memory" in err
+
+
+def test_a_csv_error_quotes_no_line_of_a_file_that_is_no_table(tmp_path):
+    """An error message can end up in a shared study report: it names a CSV table's columns, but never
+    copies a line of some other readable file."""
+    secret = tmp_path / "notes.txt"
+    secret.write_text("password: hunter2, pin: 1234, door code /x/y\nsecond line,2,3\n")
+    result = run_lfl("train", "--dataset", f"csv:{secret}", "--target", "label", "--steps", "2", "--quiet")
+    assert result.returncode == 2 and "hunter2" not in result.stderr and "1234" not in result.stderr
+    table = tmp_path / "houses.csv"
+    table.write_text("rooms,area,price\n3,70,1\n4,90,0\n")
+    result = run_lfl("train", "--dataset", f"csv:{table}", "--target", "label", "--steps", "2", "--quiet")
+    assert result.returncode == 2 and "columns: rooms, area, price" in result.stderr

@@ -23,6 +23,7 @@ import io
 import math
 import os
 import pickle
+import re
 import shutil
 import stat
 import tarfile
@@ -332,6 +333,18 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
         raise DataError(f"cannot read CSV file {path}: {error}") from None
 
 
+_COLUMN_NAME = re.compile(r"[A-Za-z0-9_. -]{1,40}")
+
+
+def _column_list(header: list[str]) -> str:
+    """``; columns: a, b, c`` when the header looks like one (at most 30 names, each a short plain word), else
+    only their number: a message may end up in a shared report, and must not carry a line of an arbitrary
+    file that was not a CSV table at all."""
+    if len(header) <= 30 and all(_COLUMN_NAME.fullmatch(name) for name in header):
+        return f"; columns: {', '.join(header)}"
+    return f" (the header has {len(header)} fields that do not look like column names: is this a CSV table?)"
+
+
 def read_csv(path: Path, *, target: str | None = None) -> CsvTable:
     """Reads a numeric CSV table with one target column.
 
@@ -357,10 +370,10 @@ def read_csv(path: Path, *, target: str | None = None) -> CsvTable:
         if len(row) != len(header):
             raise DataError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}")
     if len(set(header)) != len(header):
-        raise DataError(f"{path}: the header repeats a column name ({', '.join(header)})")
+        raise DataError(f"{path}: the header repeats a column name{_column_list(header)}")
     target_name = header[-1] if target is None else target
     if target_name not in header:
-        raise DataError(f"{path} has no column {target_name!r}; columns: {', '.join(header)}")
+        raise DataError(f"{path} has no column {target_name!r}{_column_list(header)}")
     columns = dict(zip(header, zip(*(row for _, row in body))))
     features = []
     for name in header:
