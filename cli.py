@@ -122,7 +122,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     explicit["model_options"] = parse_model_options(explicit.pop("model_options", ()))
     if not explicit["model_options"]:
         del explicit["model_options"]
-    from toolkit.runs.run import checkpoint_options  # --resume alone: the options the checkpoint trained with
+    from toolkit.runs.checkpoints import checkpoint_options  # --resume alone: the options the checkpoint trained with
     base = checkpoint_options(out) if resume and out is not None and not seed_list else None
     config = resolve_config(explicit, config_file=config_file, preset=preset, base=base)
     if seed_list and int(os.environ.get("WORLD_SIZE", "1")) > 1:
