@@ -32,6 +32,8 @@ from toolkit.runtime import rng_state, set_rng_state
 CHECKPOINT_VERSION = 2
 """2: ``data_fingerprint`` added; the stepper's state always under ``rule_state``; the loss window as
 ``loss_sums``; every option in the config."""
+KEYS = ("config", "phase", "step", "model", "loss", "stepper", "loss_sums", "rng", "wall_time_s")
+"""What every checkpoint holds (after migration)."""
 PHASES = ("init", "train")
 """The phases a checkpoint may be in (``init``: the offline phase or search runs again from its start)."""
 
@@ -133,6 +135,9 @@ def checkpoint_options(out_dir: str | Path) -> dict | None:
 def validate(state: dict, path: Path, config: TrainConfig, *, model: nn.Module, fingerprint: str | None) -> None:
     """Refuse a checkpoint that cannot resume this run: other options, another model or data, a step or phase
     out of range. Checks only; nothing is loaded."""
+    missing = [k for k in KEYS if k not in state]
+    if missing:
+        raise _damaged(path, f"it lacks {', '.join(missing)}")
     current = config.to_dict()
     saved = state["config"]
     differing = sorted(k for k in current if k not in ("device", "steps") and saved.get(k) != current[k])
