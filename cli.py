@@ -135,7 +135,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
     explicit["model_options"] = parse_model_options(explicit.pop("model_options", ()))
     if not explicit["model_options"]:
         del explicit["model_options"]
-    from toolkit.runs.run import checkpoint_options  # --resume alone: the options the checkpoint trained with
+    from toolkit.runs.checkpoints import checkpoint_options  # --resume alone: the options the checkpoint trained with
     base = checkpoint_options(out) if resume and out is not None and not seed_list else None
     config = resolve_config(explicit, config_file=config_file, preset=preset, base=base)
     if seed_list and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -153,7 +153,7 @@ def train(config_file: str | None, preset: str | None, seeds: str | None, jobs: 
                    f"{','.join(map(str, seed_list))} (worst {stats['max']:.4f})  -> {out}/summary.json")
         return
     from toolkit.meta import distributed
-    from toolkit.runs.common import resolve_device
+    from toolkit.runtime import resolve_device
 
     replicas, local_rank = distributed.from_environment()  # torchrun: one data-parallel run over WORLD_SIZE
     from toolkit.runs.run import check_data_parallel
@@ -247,7 +247,7 @@ def bench(model: str, all_models: bool, dataset_shape: str, classes: int, batch_
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
     from toolkit.runs.bench import benchmark_all, benchmark_steps
-    from toolkit.runs.common import resolve_device
+    from toolkit.runtime import resolve_device
 
     options = {"device": resolve_device(device), "loss_param": loss_param, "loss_scale": loss_scale,
                "breakdown": breakdown}

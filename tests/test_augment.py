@@ -257,6 +257,7 @@ def test_checkpoints_from_before_the_flag_resume_as_runs_without_augmentation(tm
             run.train(config, out_dir=out, progress=False, on_step=interrupt)
         state = torch.load(out / "checkpoint.pt", weights_only=True)
         del state["config"]["augment"]
+        state["version"] = 1  # written before the flag: a version-1 checkpoint, migrated on reading
         torch.save(state, out / "checkpoint.pt")
 
     cifar = tiny(tmp_path / "data", checkpoint_every=5, augment=False)

@@ -20,7 +20,7 @@ from helpers import run_in_process
 from losses.scale_header import Normalisation, split_header
 from toolkit.analysis.export import export_loss
 from toolkit.runs.common import ConfigError, TrainConfig
-from toolkit.runs.run import reused_loss, scaled_as_asked
+from toolkit.runs.loss_sources import reused_loss, scaled_as_asked
 
 
 def _normalised(shape: losses.LearnedLoss, *, max_scale: float = 4.0, logit: float = 0.37) -> losses.GradientScaledLoss:

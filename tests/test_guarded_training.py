@@ -113,7 +113,7 @@ def test_guarded_fixed_loss_steps_equal_torch_optim_sgd_when_nothing_is_reflecte
     import copy
 
     from losses import SymbolicLoss
-    from toolkit.runs.run import FixedLossStepper
+    from toolkit.runs.steppers import FixedLossStepper
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
@@ -148,7 +148,7 @@ def test_a_flat_learned_loss_cannot_stall_training() -> None:
     """Every zero step is rejected, so the guarded stepper takes exactly torch.optim.SGD's MSE steps."""
     import copy
     from toolkit.meta.online import frozen_copy
-    from toolkit.runs.run import FixedLossStepper
+    from toolkit.runs.steppers import FixedLossStepper
     from toolkit.runs.common import TrainConfig
 
     torch.manual_seed(0)

@@ -108,7 +108,7 @@ def test_adalfl_run_records_diagnostics_and_snapshots(tmp_path, digits):
 
 
 def test_learned_losses_are_gradient_normalised_unless_the_paper_preset_asks_otherwise():
-    from toolkit.runs.run import make_loss
+    from toolkit.runs.loss_sources import make_loss
     from toolkit.runs.common import PRESETS
     default = make_loss(small(loss="adalfl"), "classification")
     assert isinstance(default, losses.GradientScaledLoss) and isinstance(default.shape, losses.MLPLoss)

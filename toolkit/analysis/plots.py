@@ -23,6 +23,7 @@ import numpy as np
 
 import losses
 
+from toolkit.layout import LOSS
 from toolkit.analysis.fit import domain_grid, loss_values, prediction_gradient
 from toolkit.analysis.rundir import AnalysisError, Run, check_one_dataset, method_labels, run_labels
 
@@ -526,7 +527,7 @@ def plot_runs(runs: list[Run], out_dir: str | Path, *, formats: Iterable[str] = 
         written += _save(plot_gradient_magnitude(run, snapshots=snapshots), out / f"loss_gradient_{label}", formats)
         if any(r.get(k) is not None for r in run.records("train") for k in ("meta_loss", "learned_loss", "guarded")):
             written += _save(plot_diagnostics(run), out / f"diagnostics_{label}", formats)
-        final = run.loss_at() if (run.path / "loss.json").exists() else snapshots[-1][1]
+        final = run.loss_at() if (run.path / LOSS).exists() else snapshots[-1][1]
         written += _save(plot_loss_surface(final, title=f"Learned loss surface ℓ(y, ŷ): {_run_name(run)}"),
                          out / f"loss_surface_{label}", formats)
     return written

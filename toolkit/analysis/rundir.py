@@ -1,4 +1,4 @@
-"""Reading run directories written by ``lfl train --out DIR`` (layout in :mod:`toolkit.runs.run`).
+"""Reading run directories written by ``lfl train --out DIR`` (layout in :mod:`toolkit.layout`).
 
 Everything here is read-only: analysis, plots and comparisons never change a run.
 A directory counts as a run when it holds at least one of ``results.json``,
@@ -16,7 +16,9 @@ from typing import Any, Iterator
 
 import losses
 
-RUN_FILES = ("results.json", "history.jsonl", "loss_snapshots.jsonl")
+from toolkit.layout import HISTORY, LOSS, RESULTS, SNAPSHOTS, JsonLinesError, jsonl_lines
+
+RUN_FILES = (RESULTS, HISTORY, SNAPSHOTS)
 _STEP = re.compile(r'^\{(?:"phase": "(?P<phase>\w+)", )?"step": (?P<step>\d+)')
 
 
@@ -80,7 +82,7 @@ class Run:
 
     @property
     def snapshot_path(self) -> Path:
-        return self.path / "loss_snapshots.jsonl"
+        return self.path / SNAPSHOTS
 
     def snapshots(self) -> Iterator[tuple[int, losses.LearnedLoss]]:
         """``(step, loss)`` for every training-phase snapshot, in file order."""
@@ -109,7 +111,7 @@ class Run:
     def loss_at(self, step: int | None = None) -> losses.LearnedLoss:
         """The final loss (``loss.json``), or the snapshot taken after ``step`` training steps."""
         if step is None:
-            path = self.path / "loss.json"
+            path = self.path / LOSS
             if not path.exists():
                 steps = self.snapshot_steps()
                 hint = f"; pick a snapshot with --step (one of {_short_list(steps)})" if steps else ""
@@ -162,8 +164,8 @@ def read_run(path: str | Path) -> Run:
                             else f"{path} is a file, not a run directory")
     if not any((path / name).exists() for name in RUN_FILES):
         raise AnalysisError(f"{path} is not a run directory: none of {', '.join(RUN_FILES)} in it")
-    results = _json(path / "results.json") if (path / "results.json").exists() else {}
-    return Run(path=path, results=results, history=renamed_losses(list(_jsonl(path / "history.jsonl")), results))
+    results = _json(path / RESULTS) if (path / RESULTS).exists() else {}
+    return Run(path=path, results=results, history=renamed_losses(list(_jsonl(path / HISTORY)), results))
 
 
 LEARNED_METHODS = ("adalfl", "ml3", "taylorglo", "reused", "reused-adapt")
@@ -301,6 +303,7 @@ def _short_list(steps: list[int], limit: int = 8) -> str:
 
 
 def _lines(path: Path) -> Iterator[str]:
+    """Raw non-blank lines, for the fast step scan (which never parses a record)."""
     if not path.exists():
         return
     with path.open() as f:
@@ -310,13 +313,12 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(_lines(path), 1):
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError:
-            if line.endswith("\n"):
-                raise AnalysisError(f"{path} line {number} is not JSON") from None
-            return  # a last line being written by a running job
+    """The records of a JSON-lines file under the run directory's one policy (:func:`toolkit.layout.jsonl_lines`)."""
+    try:
+        for _, _, record in jsonl_lines(path):
+            yield record
+    except JsonLinesError as exc:
+        raise AnalysisError(str(exc)) from None
 
 
 def _json(path: Path) -> dict[str, Any]:

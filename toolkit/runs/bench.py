@@ -18,7 +18,7 @@ from toolkit.meta.lookahead import PHASES
 from toolkit.models.zoo import build_model
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import SGDRule
-from toolkit.runs.run import FixedLossStepper
+from toolkit.runs.steppers import FixedLossStepper
 from toolkit.runs.common import ConfigError, TrainConfig
 
 

@@ -11,13 +11,11 @@ import dataclasses
 import json
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,16 +25,7 @@ from losses import task_loss
 # The options are declared once, in toolkit.runs.config; these names are re-exported for callers of this module.
 from toolkit.runs.config import (LOSS_CHOICES, LOSS_PARAMS, LOSS_SCALES, MAX_SEED, PRESETS, ConfigError,  # noqa: E402,F401
                      TrainConfig, coerce_option, lr_at)
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu")
-    return device
+from toolkit.runtime import epoch_seed, resolve_device, seed_everything  # noqa: E402,F401 (re-exported)
 
 
 def progress_bar(total: int, *, enabled: bool, desc: str, unit: str, initial: int = 0):
@@ -48,12 +37,6 @@ def progress_bar(total: int, *, enabled: bool, desc: str, unit: str, initial: in
     on_terminal = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
     return tqdm(total=total, initial=initial, disable=not (enabled and on_terminal), desc=desc, unit=unit,
                 dynamic_ncols=True, mininterval=0.5)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class BatchStream:
@@ -75,7 +58,7 @@ class BatchStream:
     def __call__(self, step: int) -> tuple[Tensor, Tensor]:
         epoch, index = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
             self._perm = torch.randperm(len(self.x), generator=generator).to(self.x.device)
             self._epoch = epoch
         idx = self._perm[index * self.batch_size:(index + 1) * self.batch_size]

@@ -20,61 +20,56 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import numbers
 from pathlib import Path
 from typing import Any
 
+from toolkit.layout import HISTORY, METRICS, TENSORBOARD, JsonLinesError, jsonl_lines
 from toolkit.runs.common import ConfigError, atomic_write, dumps_strict, strict_json
 from toolkit.runs.run_directory import remove_ours
 
-HISTORY_FILE = "history.jsonl"
-METRICS_FILE = "metrics.csv"
-TENSORBOARD_DIR = "tensorboard"
+HISTORY_FILE = HISTORY
+METRICS_FILE = METRICS
+TENSORBOARD_DIR = TENSORBOARD
 CSV_COLUMNS = ("phase", "step", "name", "value")
 
 
 class History:
     """Appends strict JSON lines; on resume, drops what came after the checkpoint.
 
-    A line that does not parse (the torn last line of a killed run) is dropped on resume.
+    Lines are read under the run directory's one policy (:func:`toolkit.layout.jsonl_lines`): the torn
+    last line of a killed run is dropped, a damaged line before it is a ConfigError naming file and line.
     """
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def records(self) -> list[dict]:
-        """Every record that parses, in order (none when there is no file)."""
-        if self.path is None or not self.path.exists():
+    def _lines(self) -> list[tuple[str, dict]]:
+        if self.path is None:
             return []
-        records = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        try:
+            return [(line, record) for _, line, record in jsonl_lines(self.path)]
+        except JsonLinesError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def records(self) -> list[dict]:
+        """Every record, in order (none when there is no file)."""
+        return [record for _, record in self._lines()]
+
+    def check(self) -> None:
+        """Raise the ConfigError a damaged file gives, before anything is written (resume reads it later)."""
+        self._lines()
 
     def truncate_after(self, step: int, phases: str | tuple[str, ...]) -> bool:
-        """Drop the records of ``phases`` after ``step`` (and any unparsable line); True if a line went."""
+        """Drop the records of ``phases`` after ``step`` (and a torn last line); True if a line went."""
         if self.path is None or not self.path.exists():
             return False
         phases = (phases,) if isinstance(phases, str) else phases
-        lines = self.path.read_text().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(rec, dict):
-                continue
-            if rec.get("phase", "train") not in phases or rec.get("step", 0) <= step:
-                kept.append(line)
+        total = len(self.path.read_text().splitlines())
+        kept = [line for line, rec in self._lines()
+                if rec.get("phase", "train") not in phases or rec.get("step", 0) <= step]
         atomic_write(self.path, lambda p: p.write_text("".join(k + "\n" for k in kept)))
-        return len(kept) != len(lines)
+        return len(kept) != total
 
     def append(self, record: dict) -> None:
         if self.path is not None:

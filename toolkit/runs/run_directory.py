@@ -21,19 +21,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from toolkit.layout import CHECKPOINT, LOCK, LOSS, METRICS, RESULTS, RUN_OUTPUTS, SUMMARY, TENSORBOARD  # noqa: F401
 from toolkit.runs.common import ConfigError
 
 # What a run writes: an existing one is refused, and --overwrite removes these (and nothing else).
-RUN_OUTPUTS = ("results.json", "loss.json", "history.jsonl", "metrics.csv", "tensorboard", "loss_snapshots.jsonl",
-               "checkpoint.pt")
-LOCK_NAME = ".lock"
-SUMMARY_NAME = "summary.json"
+LOCK_NAME = LOCK
+SUMMARY_NAME = SUMMARY
 TENSORBOARD_EVENTS = "events.out.tfevents."
 CHECK_BYTES = 1 << 20
 """How much of a file the ownership checks read at most (a header line, a JSON object's keys)."""
 JSON_CHECK_LIMIT = 256 << 20
 """A results/loss/summary JSON file larger than this is not one this toolkit wrote."""
-_JSON_KEYS = {"results.json": ("config", "status"), "loss.json": ("kind",), SUMMARY_NAME: ("runs", "config")}
+_JSON_KEYS = {RESULTS: ("config", "status"), LOSS: ("kind",), SUMMARY_NAME: ("runs", "config")}
 _CSV_HEADER = "phase,step,name,value"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -80,7 +79,7 @@ def written_by_us(path: Path) -> bool:
     """Whether ``path`` (named as one of :data:`RUN_OUTPUTS`, ``summary.json`` or the lock) is what this
     toolkit writes under that name. Reads at most a header, or a JSON file of bounded size."""
     name = path.name
-    if name == "tensorboard":
+    if name == TENSORBOARD:
         return _tensorboard(path)
     if path.is_symlink() or not path.is_file():
         return False
@@ -88,9 +87,9 @@ def written_by_us(path: Path) -> bool:
         return _json_object_with(path, _JSON_KEYS[name])
     if name.endswith(".jsonl"):
         return _jsonl(path)
-    if name == "metrics.csv":
+    if name == METRICS:
         return _first_line(path) in (_CSV_HEADER, "")
-    if name == "checkpoint.pt":
+    if name == CHECKPOINT:
         with path.open("rb") as f:
             return f.read(4) == _ZIP_MAGIC
     return name == LOCK_NAME

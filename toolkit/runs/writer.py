@@ -27,6 +27,7 @@ from torch import nn
 
 import losses
 
+from toolkit.layout import LOSS, RESULTS, SNAPSHOTS
 from toolkit.runs.common import write_json
 from toolkit.runs.log import History, RunLog
 from toolkit.runs.reporting import GuardWarning
@@ -59,7 +60,7 @@ class RunWriter:
         self._claim = RunDirectory(self.path, overwrite=overwrite)
         self._tensorboard = tensorboard
         self.log: RunLog | None = None
-        self.snapshots = History(self.path / "loss_snapshots.jsonl")
+        self.snapshots = History(self.path / SNAPSHOTS)
         self.guard_warning = GuardWarning()
         self.finished = False
         self._guard_totals: dict[str, float] | None = None
@@ -80,7 +81,7 @@ class RunWriter:
         try:
             if kind is not None and not self.finished:
                 status = "interrupted" if issubclass(kind, KeyboardInterrupt) else "failed"
-                write_json(self.path / "results.json", {"status": status, "error": f"{kind.__name__}: {exc}",
+                write_json(self.path / RESULTS, {"status": status, "error": f"{kind.__name__}: {exc}",
                                                         **self.meta, "config": self.config})
         finally:
             if self.log is not None:
@@ -125,7 +126,7 @@ class RunWriter:
         """
         self._require_open()
         if loss is not None:
-            losses.save_loss(loss, self.path / "loss.json")
+            losses.save_loss(loss, self.path / LOSS)
         guard = self._guard_totals or {}
         if guard:
             self.guard_warning.check_summary(guard, int(steps))
@@ -134,7 +135,7 @@ class RunWriter:
                    "torch": torch.__version__, **guard, **_numbers(metrics), "warnings": self.guard_warning.messages,
                    "config": {"loss": self.meta["loss"], "model": self.meta["model"], "steps": int(steps),
                               "seed": self.meta["seed"], **self.config}}
-        write_json(self.path / "results.json", results)
+        write_json(self.path / RESULTS, results)
         self.finished = True
         return results
 

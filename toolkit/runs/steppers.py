@@ -1,0 +1,126 @@
+"""The loop's steppers: one base step, its history diagnostics, its results summary and its checkpoint state.
+
+:class:`FixedLossStepper` trains on a fixed loss (cross-entropy, squared error, a frozen learned loss, with
+the descent guard when asked). :class:`OnlineStepper` adapts an :class:`~toolkit.meta.online.OnlineLossLearner`,
+whose ``step`` and ``state_dict`` already fit; the adapter adds the run's views of it (``record``: the
+history's host-read diagnostics, ``summary``: results.json's), which belong to the run's file formats rather
+than to the learner, so the learner stays free of them.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+import losses
+
+from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.online import GuardCounts, OnlineLossLearner, fixed_loss_gradients, guarded_step
+from toolkit.meta.rules import torch_optimizer
+from toolkit.runs.common import TrainConfig
+
+
+class FixedLossStepper:
+    """The base optimiser on a fixed loss: cross-entropy, squared error, or a frozen learned loss.
+
+    Unguarded, the step is ``torch.optim``'s own (SGD, Adam or AdamW). With ``guard_task`` (a frozen
+    learned loss and ``config.descent_guard``) it is the same rule written functionally
+    (:mod:`toolkit.meta.rules`, equal to ``torch.optim``) around the descent guard (:mod:`toolkit.meta.descent`):
+    the two reflections, then the step check that falls back to the task loss's own step.
+    """
+
+    def __init__(self, model: nn.Module, loss: nn.Module, config: TrainConfig, *, task: str | None = None,
+                 learned: bool = False, guard_task: str | None = None, replicas: Replicas = SINGLE) -> None:
+        self.model, self.loss, self.guard_task, self.replicas = model, loss, guard_task, replicas
+        self.task, self.learned = task or guard_task or "classification", learned or guard_task is not None
+        self.rule = config.rule()
+        self.optimizer = torch_optimizer(self.rule, model.parameters())
+        self.guard_counts = GuardCounts(next(model.parameters()).device)
+        self.state = self.rule.init({k: p for k, p in model.named_parameters() if p.requires_grad})
+
+    def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        """One base step; returns device scalars ``task_loss`` (L_task on the batch at θ, from the step's own
+        outputs) and, for a learned loss, ``learned_loss`` (its value there)."""
+        if self.guard_task is not None:
+            return self._guarded_step(train, lr)
+        x, y = train
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        if not self.replicas.active:
+            outputs = self.model(x)
+            value = self.loss(outputs, y)
+            value.backward()
+            task_value = losses.task_loss(outputs.detach(), y, self.task)
+        else:  # the global batch's loss and gradient (toolkit.meta.distributed), then torch.optim's own step
+            params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+            step = fixed_loss_gradients(self.model, self.loss, train, params, self.task, replicas=self.replicas)
+            value, task_value = step.value, step.train_task_loss
+            for k, p in params.items():
+                p.grad = step.grads[k]
+        self.optimizer.step()
+        return self._info(value, task_value)
+
+    def _info(self, value: Tensor, task_value: Tensor) -> dict[str, Tensor]:
+        info = {"task_loss": task_value.detach()}
+        if self.learned:
+            info["learned_loss"] = value.detach()
+        return info
+
+    def _guarded_step(self, train, lr: float) -> dict[str, Tensor]:
+        params = {k: p for k, p in self.model.named_parameters() if p.requires_grad}
+        step = guarded_step(self.model, self.loss, train, params, self.state, self.rule.with_lr(lr), self.guard_task,
+                            replicas=self.replicas)
+        self.state = step.state
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(step.params[k])
+        self.guard_counts.add(*step.guard, len(train[1]))
+        return self._info(step.value, step.task_loss)
+
+    def record(self) -> dict:
+        """The history's diagnostics since the last record (the guard's shares; a host read)."""
+        return {} if self.guard_task is None else self.guard_counts.read()
+
+    def summary(self) -> dict:
+        """The run's diagnostics for results.json (the guard's shares over every step)."""
+        return {} if self.guard_task is None else self.guard_counts.totals()
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "guard_counts": self.guard_counts.counts,
+                "rule_state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (older checkpoints are migrated first: :mod:`toolkit.runs.checkpoints`)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.guard_counts.load(state.get("guard_counts"))
+        self.state = state["rule_state"]
+
+
+class OnlineStepper:
+    """Adapter from :class:`OnlineLossLearner` to the loop's stepper interface."""
+
+    def __init__(self, learner: OnlineLossLearner) -> None:
+        self.learner = learner
+
+    def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        return self.learner.step(train, valid, lr=lr, diagnostics=diagnostics)
+
+    def record(self) -> dict:
+        rec = {**self.learner.check(), **self.learner.guard_record()}
+        if "grad_ratio" in self.learner.last:
+            rec["grad_ratio"] = float(self.learner.last["grad_ratio"])
+        return rec
+
+    def summary(self) -> dict:
+        """The run's diagnostics for results.json: skipped updates, the guard's shares over every step."""
+        guard = self.learner.guard_counts.totals() if self.learner.descent_guard else {}
+        return {**self.learner.check(), **guard}
+
+    def state_dict(self) -> dict:
+        return self.learner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.learner.load_state_dict(state)
+
+
+__all__ = ["FixedLossStepper", "OnlineStepper"]

@@ -1,0 +1,87 @@
+"""Where a run executes and how it draws randomness: the device, the RNG state, and named seed streams.
+
+One owner for each, so the command line, the training loop, the benchmarks and data-parallel runs resolve
+a device the same way, a checkpoint captures the generators in one shape, and every derived seed has a name
+instead of a magic offset. Depends on torch only (any toolkit package may import it).
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from toolkit.errors import ConfigError
+
+
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cuda' without a GPU is a user error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available: use --device cpu")
+    return device
+
+
+def process_device(device: torch.device) -> torch.device:
+    """The device this process computes on: the current CUDA device once one is selected (a data-parallel
+    process that joined its group on ``cuda:LOCAL_RANK``), else ``device`` as resolved."""
+    if device.type == "cuda" and torch.cuda.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model initialisation draws from torch's)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(device: torch.device) -> dict[str, Tensor]:
+    """The global generators' state: ``{"cpu": ...}`` plus ``"cuda"`` for a CUDA device (a checkpoint's shape)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    """Restore what :func:`rng_state` captured (the CUDA part only on a CUDA device that was captured)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+SEED_STREAMS = {"train_batches": 0, "meta_batches": 7919}
+"""Offsets of the batch streams a run draws from its seed (prime, so the two never meet for small seeds)."""
+EPOCH_MULTIPLIER = 1_000_003
+"""A stream's epoch ``e`` permutes with generator seed ``stream * EPOCH_MULTIPLIER + e`` (a prime > any epoch)."""
+
+
+def seed_stream(seed: int, name: str, epoch: int | None = None) -> int:
+    """The seed of the named stream of a run with ``seed``; with ``epoch``, the seed of that epoch's permutation.
+
+    ``seed_stream(s, "train_batches")`` is ``s``, ``seed_stream(s, "meta_batches")`` is ``s + 7919``, and
+    ``seed_stream(s, "train_batches", e)`` is ``s * 1_000_003 + e``: the numbers every run so far used.
+    """
+    if name not in SEED_STREAMS:
+        raise ValueError(f"unknown seed stream {name!r}: one of {', '.join(SEED_STREAMS)}")
+    base = seed + SEED_STREAMS[name]
+    return base if epoch is None else epoch_seed(base, epoch)
+
+
+def epoch_seed(stream_seed: int, epoch: int) -> int:
+    """The permutation seed of ``epoch`` in a stream whose seed is ``stream_seed``."""
+    return stream_seed * EPOCH_MULTIPLIER + epoch
+
+
+__all__ = ["resolve_device", "process_device", "seed_everything", "rng_state", "set_rng_state", "seed_stream",
+           "epoch_seed", "SEED_STREAMS", "EPOCH_MULTIPLIER"]
