@@ -16,11 +16,13 @@ from typing import Any, Iterator
 
 import losses
 
+from toolkit.errors import UserError
+
 RUN_FILES = ("results.json", "history.jsonl", "loss_snapshots.jsonl")
 _STEP = re.compile(r'^\{(?:"phase": "(?P<phase>\w+)", )?"step": (?P<step>\d+)')
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError, ValueError):
     """Bad input to an analysis, plot or comparison: the message says what to change."""
 
 

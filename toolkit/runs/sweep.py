@@ -14,7 +14,8 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from toolkit.runs.common import ConfigError, TrainConfig, write_json
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig, write_json
 from toolkit.runs.run_directory import claim_summary
 
 SUMMARY_KEYS = ("test_error", "test_loss", "valid_error", "valid_loss", "test_mse", "valid_mse", "wall_time_s")
