@@ -17,14 +17,12 @@ from toolkit.runs.config import PRESETS as PRESET_NAMES, click_options
 from toolkit.runs.signals import terminate_as_interrupt
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean 'the user asked for something wrong' (imported lazily)."""
-    from losses import LossFileError
-    from toolkit.data.datasets import DataError
-    from toolkit.models.zoo import ModelError
-    from toolkit.meta.online import NonFiniteError
-    from toolkit.runs.common import ConfigError
-    from toolkit.analysis.rundir import AnalysisError
-    return (DataError, ModelError, ConfigError, LossFileError, NonFiniteError, FileNotFoundError, AnalysisError)
+    """The exception types that mean 'the user asked for something wrong' (imported lazily).
+
+    Every toolkit and losses error a user can fix derives from ``UserError``; a missing file is the other.
+    """
+    from toolkit.errors import UserError
+    return (UserError, FileNotFoundError)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -36,7 +34,8 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
     """Comma-separated integers (toolkit.runs.config.parse_int_list), as a click error naming the option."""
-    from toolkit.runs.config import ConfigError, parse_int_list
+    from toolkit.errors import ConfigError
+    from toolkit.runs.config import parse_int_list
 
     try:
         return parse_int_list(text, what)

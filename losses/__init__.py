@@ -1,6 +1,7 @@
 """Learned loss functions as torch modules with exact SymPy export."""
 
 from losses.base import LearnedLoss, encode_targets, prediction_transform
+from losses.errors import UserError
 from losses.formula import FormulaError, parse_formula
 from losses.io import LossFileError, load_loss, loss_from_dict, loss_to_dict, save_loss
 from losses.mlp import MLPLoss
@@ -36,6 +37,7 @@ __all__ = [
     "loss_to_dict",
     "loss_from_dict",
     "LossFileError",
+    "UserError",
     "build_loss",
     "LOSS_NAMES",
     "prediction_transform",

@@ -36,6 +36,7 @@ from sympy.core.parameters import distribute
 from sympy.core.sorting import default_sort_key
 from sympy.logic.boolalg import Boolean, BooleanFunction
 
+from losses.errors import UserError
 from losses.symbols import Y_PRED, Y_TRUE
 from losses.sympy_to_torch import SYMPY_TO_TORCH
 
@@ -82,7 +83,7 @@ _REFUSED = {
 }
 
 
-class FormulaError(ValueError):
+class FormulaError(UserError, ValueError):
     """A formula text that is not a loss formula; the one-line message says what to fix."""
 
     def __init__(self, message: str) -> None:

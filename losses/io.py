@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from losses.errors import UserError
 from losses.base import LearnedLoss
 from losses.printing import formula_string
 from losses.registry import LOSS_KINDS
@@ -32,7 +33,7 @@ FORMAT_VERSION = 1
 _KEYS = ("format_version", "kind", "config", "dtype", "parameters")
 
 
-class LossFileError(ValueError):
+class LossFileError(UserError, ValueError):
     """A saved loss (file or dict) is malformed or of an unsupported version."""
 
 

@@ -13,7 +13,8 @@ from helpers import run_lfl
 from toolkit.layout import CHECKPOINT, HISTORY, RESULTS
 from toolkit.models.zoo import build_model
 from toolkit.runs.checkpoints import CHECKPOINT_VERSION, MIGRATIONS, data_fingerprint, read_checkpoint
-from toolkit.runs.common import ConfigError, TrainConfig
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig
 from toolkit.runs.run import train
 
 ARGS = ["--dataset", "digits", "--model", "mlp", "--loss", "ce", "--steps", "20", "--batch-size", "32", "--lr", "0.1",

@@ -74,24 +74,29 @@ def test_config_file_sets_options_and_command_line_overrides(tmp_path):
     assert_one_line_error(lfl("train", "--config", str(yaml_config)), "bogus")
 
 
-def test_paper_preset_is_a_named_group_of_defaults(tmp_path):
-    # No training: zero offline and zero base steps still build, save and record the loss.
-    common = ("train", "--dataset", "digits", "--model", "logreg", "--loss", "ml3", "--init-steps", "0",
-              "--steps", "0", "--quiet", "--checkpoint-every", "0")
-    config = tmp_path / "paper.toml"
-    config.write_text('preset = "paper"\n')
-    cases = {"preset": ["--preset", "paper"], "explicit-wins": ["--preset", "paper", "--loss-scale", "normalised"],
-             "file": ["--config", str(config)], "default": []}
-    expected = {"preset": ("free", "mlp"), "explicit-wins": ("normalised", "gradient_scaled"),
-                "file": ("free", "mlp"), "default": ("normalised", "gradient_scaled")}
-    for name, extra in cases.items():
-        out = tmp_path / name
-        result = lfl(*common, *extra, "--out", str(out))
-        assert result.returncode == 0, result.stderr
-        saved = json.loads((out / "loss.json").read_text())
-        assert (json.loads((out / "results.json").read_text())["config"]["loss_scale"], saved["kind"]) \
-            == expected[name], name
-    assert_one_line_error(lfl(*common, "--preset", "fancy"), "fancy")
+def test_presets_sit_below_config_files_and_explicit_options(tmp_path, capsys):
+    """Precedence on resolve_config itself (what lfl train calls with what was typed), in milliseconds:
+    defaults < --preset < --config file (and the file's own preset) < explicit options. How a resolved
+    loss_scale builds the loss is tested on make_loss (tests/test_train.py)."""
+    from toolkit.runs.config import PRESETS, resolve_config
+
+    paper = tmp_path / "paper.toml"
+    paper.write_text('preset = "paper"\n')
+    normalised = tmp_path / "normalised.toml"
+    normalised.write_text('loss_scale = "normalised"\n')
+    cases = {"default": ({}, {}), "preset": ({}, dict(preset="paper")),
+             "explicit-wins": ({"loss_scale": "normalised"}, dict(preset="paper")),
+             "file": ({}, dict(config_file=paper)), "file-over-preset": ({}, dict(preset="paper", config_file=normalised)),
+             "explicit-over-file": ({"descent_guard": True}, dict(config_file=paper))}
+    expected = {"default": ("normalised", 1e-4, True), "preset": ("free", 1e-3, False),
+                "explicit-wins": ("normalised", 1e-3, False), "file": ("free", 1e-3, False),
+                "file-over-preset": ("normalised", 1e-3, False), "explicit-over-file": ("free", 1e-3, True)}
+    for name, (explicit, layers) in cases.items():
+        config = resolve_config(explicit, **layers)
+        assert (config.loss_scale, config.online_meta_lr, config.descent_guard) == expected[name], name
+    assert PRESETS["paper"] == {"loss_scale": "free", "online_meta_lr": 1e-3, "descent_guard": False}
+    code, _, err = run_in_process(["train", "--preset", "fancy"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "fancy" in err
 
 
 @pytest.mark.parametrize("args, fragments", [

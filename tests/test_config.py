@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 import torch
 
-from toolkit.runs.config import (OPTION_NAMES, PRESETS, ConfigError, TrainConfig, lr_at, read_config_file,
+from toolkit.errors import ConfigError
+from toolkit.runs.config import (OPTION_NAMES, PRESETS, TrainConfig, lr_at, read_config_file,
                             resolve_config)
 
 

@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 
 from distributed_workers import lookahead_steps, run_failing_worker, run_lookahead_worker
 from toolkit.meta.distributed import SINGLE, Replicas
-from toolkit.runs.common import ConfigError
+from toolkit.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,8 @@ import losses
 from helpers import run_in_process
 from losses.scale_header import Normalisation, split_header
 from toolkit.analysis.export import export_loss
-from toolkit.runs.common import ConfigError, TrainConfig
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig
 from toolkit.runs.loss_sources import reused_loss, scaled_as_asked
 
 

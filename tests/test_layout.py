@@ -5,6 +5,8 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("losses", "toolkit")
 
@@ -116,3 +118,33 @@ def test_the_version_is_written_once():
     setup = (ROOT / "setup.cfg").read_text()
     assert "version = attr: toolkit.__version__" in setup
     assert not re.search(r"^version\s*=\s*\d", setup, flags=re.M)
+
+
+def _toolkit_imports(prefix: str) -> dict[str, list[str]]:
+    """The toolkit modules each module under ``prefix`` imports (module level and inside functions)."""
+    return {name: sorted(t for t in targets if t.startswith("toolkit"))
+            for name, targets in _graph().items() if name == prefix or name.startswith(prefix + ".")}
+
+
+def test_analysis_never_imports_runs():
+    """Reading results must not depend on how they were produced: runs may import analysis, not the reverse."""
+    offenders = {name: [t for t in targets if t.startswith("toolkit.runs")]
+                 for name, targets in _toolkit_imports("toolkit.analysis").items()}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+@pytest.mark.parametrize("package", ["toolkit.data", "toolkit.models"])
+def test_data_and_models_import_nothing_else_of_the_toolkit(package):
+    """Datasets and the model zoo stand alone: of the toolkit they use only its errors and the face helper."""
+    allowed = ("toolkit.errors", "toolkit._faces", "toolkit")
+    offenders = {name: [t for t in targets if not t.startswith(package) and t not in allowed]
+                 for name, targets in _toolkit_imports(package).items()}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_the_layering_checks_see_imports_inside_functions(tmp_path):
+    """The checks read imports anywhere in a file, so a lazy import cannot slip past them."""
+    source = tmp_path / "m.py"
+    source.write_text("def f():\n    from toolkit.runs.config import TrainConfig\n")
+    assert _imports("toolkit.analysis.m", source, {"toolkit.runs.config", "toolkit.analysis.m"}) == {
+        "toolkit.runs.config"}

@@ -14,7 +14,7 @@ PUBLIC = [
     "Y_PRED", "Y_TRUE", "SYMPY_TO_TORCH", "UnsupportedFunctionError", "save_loss", "load_loss",
     "loss_to_dict", "loss_from_dict", "LossFileError", "build_loss", "LOSS_NAMES",
     "prediction_transform", "encode_targets", "task_loss", "task_loss_module", "task_gradient",
-    "parse_formula", "FormulaError",
+    "parse_formula", "FormulaError", "UserError",
 ]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from helpers import run_lfl
-from toolkit.runs.common import ConfigError
+from toolkit.errors import ConfigError
 from toolkit.runs.run_directory import RunDirectory, claim_summary, written_by_us
 
 TRAIN = ("train", "--dataset", "digits", "--model", "mlp", "--model-option", "hidden=[8]", "--steps", "4",

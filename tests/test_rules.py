@@ -89,7 +89,7 @@ def test_rule_options_are_checked():
             AdamRule(**bad)
     with pytest.raises(ValueError, match="Nesterov"):
         SGDRule(lr=0.1, nesterov=True)
-    with pytest.raises(ValueError, match="belong to SGD"):
+    with pytest.raises(ValueError, match="belong to --optimizer sgd"):
         make_rule("adam", lr=0.1, momentum=0.9)
     with pytest.raises(ValueError, match="unknown optimizer"):
         make_rule("lion", lr=0.1)

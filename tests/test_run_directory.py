@@ -10,7 +10,8 @@ import torch
 from toolkit.meta.online import NonFiniteError
 from toolkit.runs.run import train
 from toolkit.runs.run_directory import RunDirectory
-from toolkit.runs.common import ConfigError, TrainConfig
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig
 
 
 def small(**options) -> TrainConfig:

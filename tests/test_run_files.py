@@ -7,7 +7,7 @@ import pytest
 
 from toolkit.analysis.rundir import AnalysisError, read_run
 from toolkit.layout import HISTORY, RUN_OUTPUTS, JsonLinesError, read_jsonl
-from toolkit.runs.common import ConfigError
+from toolkit.errors import ConfigError
 from toolkit.runs.log import History
 from toolkit.runs.run_directory import RUN_OUTPUTS as WRITER_OUTPUTS
 from toolkit.runtime import seed_stream

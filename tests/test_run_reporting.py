@@ -16,7 +16,8 @@ from toolkit.analysis.rundir import guard_shares, read_run, renamed_losses
 from toolkit.data.datasets import load_dataset
 from toolkit.meta.online import GuardCounts
 from toolkit.models.zoo import build_model
-from toolkit.runs.common import BatchStream, ConfigError, TrainConfig, seed_everything
+from toolkit.errors import ConfigError
+from toolkit.runs.common import BatchStream, TrainConfig, seed_everything
 from toolkit.runs.reporting import LossWindow, PlainProgress, sums_from_checkpoint
 from toolkit.runs.run import train
 

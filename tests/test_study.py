@@ -188,7 +188,7 @@ online_meta_lr = 0.5
     (SHARED + '[[method]]\nname = "ce-tuned"\nseed = 1\n', "'seed' cannot be set"),
     (SHARED + '[[method]]\nname = "ce-tuned"\nlr = []\n', "must list distinct values"),
     (SHARED + '[[method]]\nname = "ce-tuned"\nlr = [0.1, 0.1]\n', "must list distinct values"),
-    (SHARED + '[[method]]\nname = "ce-tuned"\nlr = -1.0\n', "--lr must be > 0"),
+    (SHARED + '[[method]]\nname = "ce-tuned"\nlr = -1.0\n', "): lr must be > 0, got -1.0"),  # named as in the file
     (SHARED + '[[method]]\nname = "ce-tuned"\npreset = "fast"\n', "unknown preset 'fast'"),
     (SHARED + '[[method]]\nname = "other"\n', "baseline 'ce-tuned' is not a method"),
     (SHARED + '[[method]]\nname = "ce-tuned"\n[[method]]\nname = "ce-tuned"\n', "names must be distinct"),

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from helpers import run_lfl
-from toolkit.runs.common import ConfigError, TrainConfig
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig
 from toolkit.runs.run_directory import DirectoryLock
 from toolkit.runs.study import finished_results
 from toolkit.runs.study_spec import load_study

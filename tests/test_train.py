@@ -10,7 +10,8 @@ import torch
 import losses
 from toolkit.data.datasets import load_dataset
 from toolkit.runs.run import train
-from toolkit.runs.common import BatchStream, ConfigError, TrainConfig, lr_at
+from toolkit.errors import ConfigError
+from toolkit.runs.common import BatchStream, TrainConfig, lr_at
 
 
 @pytest.fixture(scope="module")

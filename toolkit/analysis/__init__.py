@@ -16,6 +16,8 @@ _WHERE = {
     "find_runs": "rundir",
     "compare_runs": "compare",
     "format_comparison": "compare",
+    "summarise_values": "statistics",
+    "paired_tests": "statistics",
     "plot_learning_curves": "plots",
     "plot_loss_evolution": "plots",
     "plot_loss_surface": "plots",

@@ -13,17 +13,15 @@ from __future__ import annotations
 
 import csv
 import io
-import math
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.analysis.rundir import AnalysisError, Run, method_labels
+from toolkit.analysis.statistics import MIN_WILCOXON_PAIRS, format_p, paired_tests, summarise_values
 
 FORMATS = ("text", "markdown", "csv")
-MIN_WILCOXON_PAIRS = 6
 
 
 @dataclass(frozen=True)
@@ -87,43 +85,15 @@ def compare_runs(runs: list[Run], *, baseline: str | None = "ce", metric: str = 
         for method in order:
             by_seed = by_method[method]
             values = [v for vs in by_seed.values() for v in vs]
-            row = dict(dataset=dataset, model=model, method=method, n=len(values), mean=float(np.mean(values)),
-                       std=float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                       seeds=tuple(sorted(by_seed, key=str)))
+            stats = summarise_values(values)
+            row = dict(dataset=dataset, model=model, method=method, n=len(values), mean=stats["mean"],
+                       std=stats["std"], seeds=tuple(sorted(by_seed, key=str)))
             if base in by_method and method != base:
-                row.update(_paired_tests({s: np.mean(v) for s, v in by_seed.items()}, base_seeds), baseline=base)
+                tests = paired_tests({s: np.mean(v) for s, v in by_seed.items()}, base_seeds)
+                row.update({k: tests[k] for k in ("n_pairs", "mean_difference", "t_p_value", "wilcoxon_p_value")},
+                           baseline=base)
             rows.append(MethodResult(**row))
     return rows
-
-
-def _paired_tests(method: dict, base: dict) -> dict:
-    from scipy import stats
-
-    seeds = sorted(set(method) & set(base), key=str)
-    result = {"n_pairs": len(seeds), "mean_difference": None, "t_p_value": None, "wilcoxon_p_value": None}
-    if not seeds:
-        return result
-    a = np.array([method[s] for s in seeds])
-    b = np.array([base[s] for s in seeds])
-    result["mean_difference"] = float(np.mean(a - b))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # constant differences: scipy warns and returns nan
-        if len(seeds) >= 2:
-            result["t_p_value"] = _finite(stats.ttest_rel(a, b).pvalue)
-        if len(seeds) >= MIN_WILCOXON_PAIRS and np.any(a != b):
-            result["wilcoxon_p_value"] = _finite(stats.wilcoxon(a, b).pvalue)
-    return result
-
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def format_comparison(rows: list[MethodResult], fmt: str = "text", *, metric: str = "test_error") -> str:
@@ -144,7 +114,7 @@ def format_comparison(rows: list[MethodResult], fmt: str = "text", *, metric: st
     header = ["method", "n", f"{metric} (mean ± std)", "Δ vs baseline", "t-test p", "wilcoxon p"]
     table = [[r.dataset, r.model, r.method, str(r.n), f"{r.mean:.4f} ± {r.std:.4f}",
               "" if r.mean_difference is None else f"{r.mean_difference:+.4f} (n={r.n_pairs})",
-              _p(r.t_p_value) if r.baseline else "", _p(r.wilcoxon_p_value) if r.baseline else ""]
+              format_p(r.t_p_value) if r.baseline else "", format_p(r.wilcoxon_p_value) if r.baseline else ""]
              for r in rows]
     if fmt == "markdown":
         lines = ["| dataset | model | " + " | ".join(header) + " |", "|" + "---|" * (len(header) + 2)]

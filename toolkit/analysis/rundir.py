@@ -16,13 +16,14 @@ from typing import Any, Iterator
 
 import losses
 
+from toolkit.errors import UserError
 from toolkit.layout import HISTORY, LOSS, RESULTS, SNAPSHOTS, JsonLinesError, jsonl_lines
 
 RUN_FILES = (RESULTS, HISTORY, SNAPSHOTS)
 _STEP = re.compile(r'^\{(?:"phase": "(?P<phase>\w+)", )?"step": (?P<step>\d+)')
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError, ValueError):
     """Bad input to an analysis, plot or comparison: the message says what to change."""
 
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolkit.errors import UserError
+
 DOWNLOAD_TIMEOUT_S = 20.0
 """Seconds a download may wait on the network at a time (offline machines fail fast)."""
 
@@ -49,7 +51,7 @@ MAX_CSV_BYTES = 100 << 20
 _IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A problem with the user's data files or options; ``str(error)`` is one line."""
 
     def __init__(self, message: str) -> None:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from losses import task_loss
 from losses.base import require_scalar
 
+from toolkit.errors import UserError
 from toolkit.meta.adam import AdamState, adam_init, all_finite, apply_meta_update
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
@@ -49,7 +50,7 @@ ONLINE_META_LR = 1e-4
 """The default Adam rate of the online updates: a tenth of the offline phase's 1e-3 (the paper uses 1e-3 for both)."""
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(UserError, RuntimeError):
     """Too many consecutive non-finite updates: the run cannot continue."""
 
 

@@ -72,7 +72,7 @@ class SGDRule:
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.nesterov and self.momentum == 0:
-            raise ValueError("Nesterov momentum needs momentum > 0 (e.g. --momentum 0.9)")
+            raise ValueError("Nesterov momentum (--nesterov) needs momentum > 0 (e.g. --momentum 0.9)")
         if not 0 <= self.dampening <= 1:
             raise ValueError(f"dampening must be in [0, 1], got {self.dampening}")
         if self.nesterov and self.dampening:
@@ -308,7 +308,7 @@ def make_rule(name: str, *, lr: float, momentum: float = 0.0, nesterov: bool = F
         return SGDRule(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     if name in ("adam", "adamw"):
         if momentum or nesterov:
-            raise ValueError(f"--momentum and --nesterov belong to SGD; {name} has betas (0.9, 0.999)")
+            raise ValueError(f"--momentum and --nesterov belong to --optimizer sgd; {name} uses betas (0.9, 0.999)")
         return AdamRule(lr=lr, weight_decay=weight_decay, decoupled=name == "adamw")
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from toolkit.errors import UserError
 from toolkit.models.cnn import VGG16, AlexNet, AllCNNC, LeNet5, SqueezeNet
 from toolkit.models.resnet import PreActResNet, PyramidNet, ResNet18
 
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 
-class ModelError(ValueError):
+class ModelError(UserError, ValueError):
     """A model request the user can fix: unknown name or option, bad value, wrong input shape."""
 
 

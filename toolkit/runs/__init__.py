@@ -9,7 +9,6 @@ from toolkit._faces import lazy_names
 
 _WHERE = {
     "TrainConfig": "config",
-    "ConfigError": "config",
     "resolve_config": "config",
     "read_config_file": "config",
     "PRESETS": "config",
@@ -30,4 +29,12 @@ _WHERE = {
     "benchmark_steps": "bench",
     "benchmark_all": "bench",
 }
-__getattr__, __dir__, __all__ = lazy_names(__name__, _WHERE)
+__getattr__, _lazy_dir, _lazy_all = lazy_names(__name__, _WHERE)
+
+from toolkit.errors import ConfigError  # noqa: E402 - defined once in toolkit.errors; here for compatibility
+
+__all__ = sorted([*_lazy_all, "ConfigError"])
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -15,15 +15,26 @@ Ray is an optional extra (``pip install "ray[default]>=2.9"``) and is imported o
 """
 from __future__ import annotations
 
-from concurrent.futures import Future
+import multiprocessing
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
-from toolkit.runs.study_spec import StudyError
-from toolkit.runs.sweep import process_pool, threads_per_job
+from toolkit.errors import StudyError
 
 BACKENDS = ("local", "ray")
 RAY_INSTALL_HINT = 'pip install "ray[default]>=2.9"'
+
+
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for each of ``jobs`` parallel runs: an equal share of the cores, at least one."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def process_pool(jobs: int) -> ProcessPoolExecutor:
+    """A pool of ``jobs`` fresh interpreters (spawn: no state forked from the parent, CUDA-safe)."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 class InProcess:
@@ -81,7 +92,6 @@ def stop_workers(pool) -> None:
     ``concurrent.futures`` has no public way to reach its workers before Python 3.14; the pool's process
     table is read where it exists, and the pool is left to its own shutdown where it does not.
     """
-    import os
     import signal
     import time
 
@@ -184,4 +194,4 @@ def make_backend(backend: str, *, jobs: int, address: str | None = None):
     return ProcessPool(jobs) if jobs > 1 else InProcess()
 
 
-__all__ = ["BACKENDS", "RAY_INSTALL_HINT", "InProcess", "ProcessPool", "RayTasks", "make_backend", "stop_workers"]
+__all__ = ["BACKENDS", "RAY_INSTALL_HINT", "threads_per_job", "process_pool", "InProcess", "ProcessPool", "RayTasks", "make_backend", "stop_workers"]

@@ -19,7 +19,8 @@ from toolkit.models.zoo import build_model
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import SGDRule
 from toolkit.runs.steppers import FixedLossStepper
-from toolkit.runs.common import ConfigError, TrainConfig
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig
 
 
 def _synchronise(device: torch.device) -> None:

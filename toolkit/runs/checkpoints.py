@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from toolkit.data.augment import augmentation_for
 from toolkit.layout import CHECKPOINT
-from toolkit.runs.common import ConfigError, TrainConfig, atomic_write
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig, atomic_write
 from toolkit.runs.reporting import LOSS_NAMES
 from toolkit.runs.user_model import check_same_model, describe_model
 from toolkit.runtime import rng_state, set_rng_state

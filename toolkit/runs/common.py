@@ -22,9 +22,10 @@ from torch import Tensor, nn
 from losses import task_loss
 
 
+from toolkit.errors import ConfigError
 # The options are declared once, in toolkit.runs.config; these names are re-exported for callers of this module.
-from toolkit.runs.config import (LOSS_CHOICES, LOSS_PARAMS, LOSS_SCALES, MAX_SEED, PRESETS, ConfigError,  # noqa: E402,F401
-                     TrainConfig, coerce_option, lr_at)
+from toolkit.runs.config import (LOSS_CHOICES, LOSS_PARAMS, LOSS_SCALES, MAX_SEED, PRESETS,  # noqa: E402,F401
+                                 TrainConfig, coerce_option, lr_at)
 from toolkit.runtime import epoch_seed, resolve_device, seed_everything  # noqa: E402,F401 (re-exported)
 
 
@@ -119,7 +120,7 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda p: p.write_text(dumps_strict(data, indent=2) + "\n"))
 
 
-__all__ = ["TrainConfig", "ConfigError", "BatchStream", "evaluate", "lr_at", "resolve_device",
+__all__ = ["TrainConfig", "BatchStream", "evaluate", "lr_at", "resolve_device",
            "seed_everything", "progress_bar", "coerce_option", "MAX_SEED", "atomic_write", "write_json",
            "strict_json", "dumps_strict", "LOSS_CHOICES", "LOSS_PARAMS", "LOSS_SCALES",
            "PRESETS"]

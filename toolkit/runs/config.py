@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit.errors import ConfigError
 from toolkit.meta.online import ONLINE_META_LR
 from toolkit.meta.rules import OPTIMIZERS, StepRule, make_rule
+from toolkit.runs.options import Check, above, at_least, check_option, field_types, flag, option, within
 
 
 MAX_SEED = 2**31 - 1
@@ -25,6 +26,11 @@ LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
 LOSS_SCALES = ("normalised", "free")
 SCHEDULES = ("multistep", "cosine")
+
+POSITIVE_STEPS = Check(lambda steps: all(m > 0 for m in steps), "{option} must be positive step numbers")
+DEVICE = Check(lambda name: name in ("auto", "cpu", "cuda") or name.startswith("cuda:"),
+               "unknown {option} {value!r}: use auto, cpu or cuda")
+MAX_SCALE = Check(lambda v: math.isfinite(v) and v >= 1, "{option} must be >= 1, got {value}")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # This toolkit's defaults: the learned loss gives the gradient's direction, and its
@@ -39,57 +45,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 """Named groups of option values: ``lfl train --preset paper``. Explicit options win."""
 
 
-def option(default: Any = dataclasses.MISSING, *, help: str, choices: tuple[str, ...] | None = None,
-           metavar: str | None = None, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A :class:`TrainConfig` field with what the command line shows for it."""
-    metadata = {"help": help, "choices": choices, "metavar": metavar}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=metadata)
-    return field(default=default, metadata=metadata)
+def coerce_option(name: str, value: Any, *, shown: str | None = None) -> Any:
+    """``value`` checked as :class:`TrainConfig` declares option ``name`` (type, choices, check).
 
-
-def coerce_option(name: str, value: Any, declared: str) -> Any:
-    """``value`` as the type an option declares (``"int"``, ``"float | None"``, ...); never truncates.
-
-    Integers are accepted for floats; a float is never accepted for an integer, nor a bool
-    for a number. Raises ConfigError naming the option.
+    ``shown`` is how the message names the option (default: its flag, ``--name``). Raises ConfigError.
     """
-    base = declared.replace(" | None", "")
-    if value is None and declared.endswith("| None"):
-        return None
-    flag = "--" + name.replace("_", "-")
-
-    def bad(expected: str) -> ConfigError:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        return ConfigError(f"{flag} must be {expected}; got {shown}")
-
-    is_int = isinstance(value, int) and not isinstance(value, bool)
-    if base == "bool":
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if base == "int":
-        if not is_int:
-            raise bad("an integer")
-        return value
-    if base == "float":
-        if not (is_int or isinstance(value, float)):
-            raise bad("a number")
-        return float(value)
-    if base == "str":
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if base.startswith("tuple"):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                           for v in value):
-            raise bad("a list of integers")
-        return tuple(value)
-    if base == "dict":
-        if not isinstance(value, dict):
-            raise bad("a table of key = value")
-        return dict(value)
-    raise bad(declared)  # a field type this function does not know: fail loudly
+    return check_option(_FIELDS[name], _TYPES[name], value, option=shown or flag(name))
 
 
 @dataclass(frozen=True)
@@ -102,44 +63,44 @@ class TrainConfig:
     loss: str = option("ce", choices=LOSS_CHOICES,
                        help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online; "
                             "taylorglo: CMA-ES search, then fixed.")
-    steps: int = option(1000, help="Base training steps.")
-    batch_size: int = option(128, help="Training batch size (the global batch under torchrun).")
-    lr: float = option(0.01, help="Base learning rate.")
+    steps: int = option(1000, check=at_least(0), help="Base training steps.")
+    batch_size: int = option(128, check=at_least(1), help="Training batch size (the global batch under torchrun).")
+    lr: float = option(0.01, check=above(0), help="Base learning rate.")
     optimizer: str = option("sgd", choices=OPTIMIZERS,
                             help="Base optimiser, as torch.optim's SGD, Adam or AdamW (betas 0.9, 0.999); learned "
                                  "losses differentiate through it.")
-    momentum: float = option(0.0, help="SGD momentum.")
+    momentum: float = option(0.0, check=within(0, 1), help="SGD momentum.")
     nesterov: bool = option(False, help="SGD Nesterov momentum.")
-    weight_decay: float = option(0.0, help="L2 weight decay (decoupled for AdamW).")
+    weight_decay: float = option(0.0, check=at_least(0), help="L2 weight decay (decoupled for AdamW).")
     schedule: str = option("multistep", choices=SCHEDULES,
                            help="Learning-rate schedule: multistep (x --gamma at each of --milestones) or cosine "
                                 "(annealed to 0 over --steps).")
-    milestones: tuple[int, ...] = option((), metavar="STEPS", help="Comma-separated steps where the lr is "
+    milestones: tuple[int, ...] = option((), metavar="STEPS", check=POSITIVE_STEPS, help="Comma-separated steps where the lr is "
                                                                     "multiplied by --gamma (multistep).")
-    gamma: float = option(0.1, help="Multistep factor.")
-    seed: int = option(0, help="Seed of the initialisation, the batches and the validation split.")
-    device: str = option("auto", help="auto, cpu, cuda or cuda:N.")
+    gamma: float = option(0.1, check=above(0), help="Multistep factor.")
+    seed: int = option(0, check=within(0, MAX_SEED, include_high=True), help="Seed of the initialisation, the batches and the validation split.")
+    device: str = option("auto", check=DEVICE, help="auto, cpu, cuda or cuda:N.")
     data_dir: str | None = option(None, help="Where the dataset files are.")
     target: str | None = option(None, help="Target column of a csv: dataset (default: the last column).")
     task: str | None = option(None, choices=("classification", "regression"),
                               help="Task of a csv: dataset (default: inferred).")
-    valid_fraction: float = option(0.1, help="Share of the training set held out (stratified) for validation.")
+    valid_fraction: float = option(0.1, check=within(0, 1), help="Share of the training set held out (stratified) for validation.")
     augment: bool = option(True, help="The dataset's standard training augmentation: crops and flips for "
                                       "CIFAR-10/100, crops for SVHN; no effect on other datasets.")
-    eval_every: int = option(0, help="Validation every N steps (0: at the end).")
-    log_every: int = option(50, help="History record every N steps.")
-    checkpoint_every: int = option(500, help="Checkpoint every N steps (0 disables checkpoints).")
+    eval_every: int = option(0, check=at_least(0), help="Validation every N steps (0: at the end).")
+    log_every: int = option(50, check=at_least(1), help="History record every N steps.")
+    checkpoint_every: int = option(500, check=at_least(0), help="Checkpoint every N steps (0 disables checkpoints).")
     # learned losses
     loss_param: str = option("mlp", choices=LOSS_PARAMS, help="Parameterisation of a learned loss.")
-    init_steps: int = option(2500, help="Offline initialisation meta steps (adalfl, ml3).")
-    meta_lr: float = option(1e-3, help="Adam learning rate of the loss in the offline phase.")
-    online_meta_lr: float = option(ONLINE_META_LR, help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
-    meta_interval: int = option(1, help="Meta step every k base steps.")
-    meta_clip: float | None = option(None, help="Clip the meta-gradient to this global norm.")
+    init_steps: int = option(2500, check=at_least(0), help="Offline initialisation meta steps (adalfl, ml3).")
+    meta_lr: float = option(1e-3, check=above(0), help="Adam learning rate of the loss in the offline phase.")
+    online_meta_lr: float = option(ONLINE_META_LR, check=above(0), help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
+    meta_interval: int = option(1, check=at_least(1), help="Meta step every k base steps.")
+    meta_clip: float | None = option(None, check=above(0), help="Clip the meta-gradient to this global norm.")
     meta_gradient: str = option("fast", choices=("fast", "naive"),
                                 help="fast: the JVP route; naive: autograd through the unrolled step (reference).")
     meta_source: str = option("valid", choices=("valid", "train"), help="Where meta-objective batches come from.")
-    snapshot_every: int = option(100, help="Learned-loss snapshot every N steps.")
+    snapshot_every: int = option(100, check=at_least(0), help="Learned-loss snapshot every N steps.")
     loss_scale: str | None = option(None, choices=LOSS_SCALES,
                                     help="adalfl/ml3: 'normalised' (default) takes the gradient's direction from the "
                                          "learned loss and its size from the task loss times a learned scale in "
@@ -147,7 +108,7 @@ class TrainConfig:
                                          "the default is what the loss says (a loss.json or lfl export output "
                                          "carries its normalisation; a bare formula is free); 'normalised' "
                                          "normalises a loss that is not, 'free' drops it.")
-    max_scale: float = option(1.0, help="Bound on the learned scale of a normalised loss (1 fixes it at the task "
+    max_scale: float = option(1.0, check=MAX_SCALE, help="Bound on the learned scale of a normalised loss (1 fixes it at the task "
                                         "loss's).")
     descent_guard: bool = option(True, help="Learned losses: reflect each sample's gradient that points uphill for "
                                             "the task loss and check each step, so no step trains backwards (off in "
@@ -161,57 +122,19 @@ class TrainConfig:
                                    help="Reuse a loss: a loss.json, a run directory, a file holding a SymPy formula, "
                                         "or a formula in y_pred and y. Fixed, unless --adapt.")
     adapt: bool = option(False, help="With --loss-from: keep learning the loss online (no offline phase).")
-    generations: int = option(10, help="TaylorGLO: CMA-ES generations.")
-    population: int | None = option(None, help="TaylorGLO: candidates per generation (default 10).")
-    fitness_steps: int = option(200, help="TaylorGLO: training steps per candidate evaluation.")
-    search_jobs: int = option(1, help="TaylorGLO: parallel processes evaluating candidates.")
+    generations: int = option(10, check=at_least(1), help="TaylorGLO: CMA-ES generations.")
+    population: int | None = option(None, check=at_least(2), help="TaylorGLO: candidates per generation (default 10).")
+    fitness_steps: int = option(200, check=at_least(1), help="TaylorGLO: training steps per candidate evaluation.")
+    search_jobs: int = option(1, check=at_least(1), help="TaylorGLO: parallel processes evaluating candidates.")
     invariant: bool = option(True, help="TaylorGLO: reject candidates whose gradient does not favour the true "
                                         "class, untrained.")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, coerce_option(f.name, getattr(self, f.name), str(f.type)))
+        for f in dataclasses.fields(self):  # each option's declared type, choices and check
+            object.__setattr__(self, f.name, coerce_option(f.name, getattr(self, f.name)))
         if self.loss_scale is None and self.loss_from is None:  # unset: a reused loss keeps its own
             object.__setattr__(self, "loss_scale", "normalised")
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise ConfigError(f"unknown --{f.name.replace('_', '-')} {value!r}: choose one of {', '.join(choices)}")
-        checks = [
-            (0 <= self.seed <= MAX_SEED, f"--seed must be in [0, {MAX_SEED}], got {self.seed}"),
-            (self.steps >= 0, f"--steps must be >= 0, got {self.steps}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.optimizer == "sgd" or (self.momentum == 0 and not self.nesterov),
-             f"--momentum and --nesterov belong to --optimizer sgd; {self.optimizer} uses betas (0.9, 0.999)"),
-            (self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}"),
-            (not self.nesterov or self.momentum > 0, "--nesterov needs --momentum > 0"),
-            (self.gamma > 0, f"--gamma must be > 0, got {self.gamma}"),
-            (all(m > 0 for m in self.milestones), "--milestones must be positive step numbers"),
-            (self.schedule == "multistep" or not self.milestones, "--milestones belong to --schedule multistep"),
-            (self.init_steps >= 0, f"--init-steps must be >= 0, got {self.init_steps}"),
-            (self.meta_lr > 0, f"--meta-lr must be > 0, got {self.meta_lr}"),
-            (self.online_meta_lr > 0, f"--online-meta-lr must be > 0, got {self.online_meta_lr}"),
-            (self.meta_interval >= 1, f"--meta-interval must be >= 1, got {self.meta_interval}"),
-            (math.isfinite(self.max_scale) and self.max_scale >= 1, f"--max-scale must be >= 1, got {self.max_scale}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"unknown --device {self.device!r}: use auto, cpu or cuda"),
-            (0 <= self.valid_fraction < 1, "--valid-fraction must be in [0, 1)"),
-            (self.log_every >= 1 and self.checkpoint_every >= 0 and self.eval_every >= 0,
-             "--log-every must be >= 1; --checkpoint-every and --eval-every >= 0"),
-            (not self.adapt or self.loss_from is not None,
-             "--adapt needs --loss-from FILE (to learn a loss from scratch use --loss adalfl)"),
-            (self.loss_from is None or self.loss in ("ce", "mse", "adalfl"),
-             f"--loss-from replaces --loss {self.loss}: drop --loss, or add --adapt to keep learning online"),
-            (self.generations >= 1 and self.fitness_steps >= 1 and self.search_jobs >= 1,
-             "--generations, --fitness-steps and --jobs must be >= 1"),
-            (self.population is None or self.population >= 2, "--population must be >= 2"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
+        _check_combinations(self)
 
     @property
     def learned(self) -> bool:
@@ -240,6 +163,26 @@ class TrainConfig:
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_TYPES = field_types(TrainConfig)
+
+
+def _check_combinations(config: TrainConfig) -> None:
+    """The checks that involve more than one option (each option's own check is in its declaration)."""
+    try:  # the base optimiser's options together: the rule checks itself (toolkit.meta.rules)
+        config.rule()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    checks = [
+        (config.schedule == "multistep" or not config.milestones, "--milestones belong to --schedule multistep"),
+        (not config.adapt or config.loss_from is not None,
+         "--adapt needs --loss-from FILE (to learn a loss from scratch use --loss adalfl)"),
+        (config.loss_from is None or config.loss in ("ce", "mse", "adalfl"),
+         f"--loss-from replaces --loss {config.loss}: drop --loss, or add --adapt to keep learning online"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
 
 
 def lr_at(config: TrainConfig, step: int) -> float:
@@ -280,7 +223,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _checked_options(data: Mapping[str, Any], *, where: str) -> dict[str, Any]:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     options: dict[str, Any] = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
@@ -297,13 +239,12 @@ def _checked_options(data: Mapping[str, Any], *, where: str) -> dict[str, Any]:
             continue
         if name == "milestones" and isinstance(value, str):
             value = list(parse_int_list(value))
-        if name not in fields:
+        if name not in _FIELDS:
             raise ConfigError(f"unknown option {key!r} in {where}")
-        declared = str(fields[name].type)
-        if isinstance(value, dict) and declared != "dict":
+        if isinstance(value, dict) and _TYPES[name][0] is not dict:
             raise ConfigError(f"option {key!r} in {where} must be a value, not a table")
         try:
-            options[name] = coerce_option(name, value, declared)
+            options[name] = coerce_option(name, value)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in {where})") from None
     return options
@@ -344,24 +285,21 @@ def click_options(command):
     import click
 
     for f in reversed(dataclasses.fields(TrainConfig)):
-        flag = "--" + f.name.replace("_", "-")
-        declared = str(f.type).replace(" | None", "")
+        kind = _TYPES[f.name][0]
         default = f.default if f.default is not dataclasses.MISSING else None
-        shown = f" [default: {'on' if default else 'off'}]" if declared == "bool" else (
+        shown = f" [default: {'on' if default else 'off'}]" if kind is bool else (
             f" [default: {default}]" if default not in (None, (), {}) else "")
         help_text = f.metadata.get("help", "") + shown
         choices = f.metadata.get("choices")
         if f.name == "model_options":
             decorator = click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
                                      help=help_text)
-        elif declared == "bool":
-            decorator = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
+        elif kind is bool:
+            decorator = click.option(f"{flag(f.name)}/--no-{flag(f.name)[2:]}", f.name, default=None, help=help_text)
         else:
-            kind = {"int": int, "float": float}.get(declared, str)
-            if choices:
-                kind = click.Choice(list(choices))
-            decorator = click.option(flag, f.name, type=kind, default=None, metavar=f.metadata.get("metavar"),
-                                     help=help_text)
+            click_type = click.Choice(list(choices)) if choices else kind if kind in (int, float) else str
+            decorator = click.option(flag(f.name), f.name, type=click_type, default=None,
+                                     metavar=f.metadata.get("metavar"), help=help_text)
         command = decorator(command)
     return command
 
@@ -403,6 +341,6 @@ def parse_int_list(text: str | None, what: str = "step numbers") -> tuple[int, .
         raise ConfigError(f"expected comma-separated {what}, got {text!r}") from None
 
 
-__all__ = ["TrainConfig", "ConfigError", "PRESETS", "OPTION_NAMES", "MAX_SEED", "LOSS_CHOICES", "LOSS_PARAMS",
+__all__ = ["TrainConfig", "PRESETS", "OPTION_NAMES", "MAX_SEED", "LOSS_CHOICES", "LOSS_PARAMS",
            "LOSS_SCALES", "SCHEDULES", "coerce_option", "lr_at", "read_config_file", "resolve_config",
            "click_options", "parse_model_options", "parse_int_list", "option"]

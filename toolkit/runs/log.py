@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.layout import HISTORY, METRICS, TENSORBOARD, JsonLinesError, jsonl_lines
-from toolkit.runs.common import ConfigError, atomic_write, dumps_strict, strict_json
+from toolkit.errors import ConfigError
+from toolkit.runs.common import atomic_write, dumps_strict, strict_json
 from toolkit.runs.run_directory import remove_ours
 
 HISTORY_FILE = HISTORY

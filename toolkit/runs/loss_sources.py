@@ -12,7 +12,8 @@ import losses
 
 from toolkit.layout import LOSS
 from toolkit.meta.online import has_trainable_parameters
-from toolkit.runs.common import ConfigError, TrainConfig
+from toolkit.errors import ConfigError
+from toolkit.runs.common import TrainConfig
 
 
 FORMULA_FILE_LIMIT = 1_000_000

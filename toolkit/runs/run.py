@@ -27,7 +27,8 @@ from toolkit.meta.offline import offline_initialise
 from toolkit.meta.online import NonFiniteError, OnlineLossLearner, frozen_copy, has_trainable_parameters
 from toolkit.models.zoo import build_model
 from toolkit.runs.checkpoints import data_fingerprint, read_checkpoint, restore, save_checkpoint, validate
-from toolkit.runs.common import BatchStream, ConfigError, TrainConfig, evaluate, lr_at, write_json
+from toolkit.errors import ConfigError
+from toolkit.runs.common import BatchStream, TrainConfig, evaluate, lr_at, write_json
 from toolkit.runs.log import History, RunLog, summary_writer_class
 from toolkit.runs.loss_sources import make_loss
 from toolkit.runs.reporting import GuardWarning, LossWindow, loss_postfix, run_progress

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.layout import CHECKPOINT, LOCK, LOSS, METRICS, RESULTS, RUN_OUTPUTS, SUMMARY, TENSORBOARD  # noqa: F401
-from toolkit.runs.common import ConfigError
+from toolkit.errors import ConfigError
 
 # What a run writes: an existing one is refused, and --overwrite removes these (and nothing else).
 LOCK_NAME = LOCK

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.analysis.compare import MIN_WILCOXON_PAIRS, _paired_tests
+from toolkit.analysis.statistics import MIN_WILCOXON_PAIRS, format_p, paired_tests, summarise_values
 from toolkit.runs.study_spec import Study, selection_metric
 from toolkit.runs.common import write_json
 
@@ -62,26 +62,23 @@ def report_rows(study: Study, outcomes: list[GroupOutcome]) -> list[dict[str, An
                 "points": [{**p.values, valid_metric: _json_number(selection_metric(s.results if s else None)),
                             "run": s.path if s else None, **({"error": s.error} if s and s.error else {})}
                            for p, s in zip(group.points, outcome.selection)]}
-        array = np.array(list(values.values()), dtype=float)
+        stats = summarise_values(list(values.values())) if values else dict.fromkeys(("mean", "std", "min", "max"))
         row.update({"n": len(values), "seeds": list(values), f"{metric}_values": {str(s): v for s, v in values.items()},
-                    f"{metric}_mean": float(array.mean()) if len(array) else None,
-                    f"{metric}_std": float(array.std(ddof=1)) if len(array) > 1 else (0.0 if len(array) else None),
-                    f"{metric}_worst": float(array.max()) if len(array) else None,
-                    f"{metric}_best": float(array.min()) if len(array) else None})
+                    f"{metric}_mean": stats["mean"], f"{metric}_std": stats["std"],
+                    f"{metric}_worst": stats["max"], f"{metric}_best": stats["min"]})
         valid = [r.results.get(valid_metric) for _, r in sorted(outcome.runs.items()) if r.results]
         valid = [v for v in valid if _finite(v)]
-        row[f"{valid_metric}_mean"] = float(np.mean(valid)) if valid else None
+        row[f"{valid_metric}_mean"] = summarise_values(valid)["mean"] if valid else None
         if failed:
             row["failed"] = {str(s): reason for s, reason in failed.items()}
         if group.method != study.baseline:
             base = by_key[(group.setting, study.baseline)]
             base_values = {s: r.results[metric] for s, r in base.runs.items()
                            if r.results and _finite(r.results.get(metric))}
-            tests = _paired_tests(values, base_values)
-            pairs = sorted(set(values) & set(base_values))
+            tests = paired_tests(values, base_values)
             row.update(baseline=study.baseline, n_pairs=tests["n_pairs"], mean_difference=tests["mean_difference"],
                        p_value=tests["t_p_value"], wilcoxon_p_value=tests["wilcoxon_p_value"],
-                       wins=sum(values[s] < base_values[s] for s in pairs))
+                       wins=sum(values[s] < base_values[s] for s in tests["pairs"]))
         row["runs"] = [r.path for _, r in sorted(outcome.runs.items())]
         row["run_time_s"] = sum(float(r.results.get("wall_time_s", 0.0)) for r in outcome.runs.values() if r.results)
         rows.append(row)
@@ -94,12 +91,6 @@ def _json_number(value: float) -> float | None:
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.3g}" if value >= 1e-3 else f"{value:.1e}"
 
 
 def format_markdown(study: Study, rows: list[dict[str, Any]], *, command: str | None = None) -> str:
@@ -126,7 +117,7 @@ def format_markdown(study: Study, rows: list[dict[str, Any]], *, command: str | 
                 if row["mean_difference"] is not None else "-"
             wins = "" if "baseline" not in row else f"{row['wins']}/{row['n_pairs']}"
             lines.append(f"| {row['method']} | {chosen} | {cell}{n_note} | {_fmt(row.get(f'{metric}_worst'))} | "
-                         f"{delta} | {_p(row.get('p_value')) if 'baseline' in row else ''} | {wins} |")
+                         f"{delta} | {format_p(row.get('p_value')) if 'baseline' in row else ''} | {wins} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -28,7 +28,6 @@ run starts.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import itertools
 import json
@@ -38,17 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolkit.runs.common import PRESETS, ConfigError, TrainConfig, coerce_option
+from toolkit.errors import ConfigError, StudyError
+from toolkit.runs.config import OPTION_NAMES, PRESETS, TrainConfig, coerce_option
+from toolkit.runs.options import field_types
 
 STUDY_KEYS = ("seeds", "baseline", "selection_seed")
 NOT_IN_STUDY = ("seed", "search_jobs")  # the study sets the seed; parallelism is --jobs
 MAX_GRID_POINTS = 10_000
 """Most grid points one (setting, method) group may declare, and all groups together: each is a training run."""
-OPTION_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
-
-
-class StudyError(ConfigError):
-    """The study file is missing, malformed or names something unknown; the message says what to fix."""
+OPTION_TYPES = field_types(TrainConfig)
+"""``{option: (type, optional)}`` from TrainConfig's own declaration (a list option's grid is a list of lists)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +151,7 @@ def load_study(path: str | Path) -> Study:
 def _table(value: Any, where: str) -> dict:
     if not isinstance(value, dict):
         raise StudyError(f"{where} must be a table of option = value")
-    allowed = set(OPTION_TYPES) | {"preset"} | (set(STUDY_KEYS) if where == "[study]" else {"name"})
+    allowed = set(OPTION_NAMES) | {"preset"} | (set(STUDY_KEYS) if where == "[study]" else {"name"})
     for key in value:
         if key in NOT_IN_STUDY:
             raise StudyError(f"{where}: {key!r} cannot be set in a study (seeds come from [study] seeds; "
@@ -188,7 +186,7 @@ def _is_int(value: Any) -> bool:
 def _is_grid(key: str, value: Any) -> bool:
     if not isinstance(value, list):
         return False
-    if OPTION_TYPES.get(key, "").startswith("tuple"):
+    if key in OPTION_TYPES and OPTION_TYPES[key][0] is tuple:
         return bool(value) and all(isinstance(v, list) for v in value)
     return True
 
@@ -223,11 +221,11 @@ def _group(options: dict, setting: str, method: str, path: Path) -> Group:
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
-    """A TOML value as the type ``TrainConfig`` declares for ``key``; never truncates."""
+    """A TOML value checked as ``TrainConfig`` declares ``key`` (type, choices, check), named as in the file."""
     try:
-        return coerce_option(key, value, OPTION_TYPES[key])
+        return coerce_option(key, value, shown=key)
     except ConfigError as exc:
-        raise StudyError(f"{where}: {str(exc).replace('--' + key.replace('_', '-'), key, 1)}") from None
+        raise StudyError(f"{where}: {exc}") from None
 
 
 __all__ = ["Study", "Group", "GridPoint", "StudyError", "load_study", "run_key", "selection_metric"]

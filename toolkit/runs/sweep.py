@@ -2,36 +2,26 @@
 
 ``lfl train --seeds 0,1,2 --out DIR`` writes ``DIR/seed-0``, ``DIR/seed-1``, … (each a
 complete run directory) and ``DIR/summary.json`` with the mean, standard deviation,
-minimum and maximum of the final metrics across seeds. Seeds may run in parallel
-processes; each process then gets an equal share of the CPU threads.
+minimum and maximum of the final metrics across seeds (:mod:`toolkit.analysis.statistics`). The
+seeds run as a degenerate study, on the study's local backend (:mod:`toolkit.runs.backends`): in
+this process, or in parallel processes that each get an equal share of the CPU threads.
 """
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
-import statistics
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from toolkit.runs.common import ConfigError, TrainConfig, write_json
+from toolkit.analysis.statistics import summarise_values
+from toolkit.errors import ConfigError
+from toolkit.runs.backends import make_backend
+from toolkit.runs.common import TrainConfig, write_json
 from toolkit.runs.run_directory import claim_summary
 
 SUMMARY_KEYS = ("test_error", "test_loss", "valid_error", "valid_loss", "test_mse", "valid_mse", "wall_time_s")
 
 
-def threads_per_job(jobs: int) -> int:
-    """CPU threads for each of ``jobs`` parallel runs: an equal share of the cores, at least one."""
-    return max(1, (os.cpu_count() or 1) // jobs)
-
-
-def process_pool(jobs: int) -> ProcessPoolExecutor:
-    """A pool of ``jobs`` fresh interpreters (spawn: no state forked from the parent, CUDA-safe)."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
-
-
 def run_one(config: TrainConfig, out_dir: str, resume: bool, overwrite: bool, progress: bool,
-            threads: int | None, *, tensorboard: bool = False) -> dict:
+            threads: int | None, tensorboard: bool = False) -> dict:
     """Worker (picklable): train one run with ``threads`` CPU threads (None: leave torch's setting)."""
     if threads is not None:
         import torch
@@ -47,9 +37,7 @@ def summarise(results: list[dict]) -> dict:
     for key in SUMMARY_KEYS:
         values = [r[key] for r in results if isinstance(r.get(key), (int, float))]
         if len(values) == len(results) and values:
-            summary[key] = {"mean": statistics.fmean(values),
-                            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                            "min": min(values), "max": max(values), "values": values}
+            summary[key] = {**summarise_values(values), "values": values}
     return summary
 
 
@@ -80,15 +68,16 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
     claim_summary(out, resume=resume, overwrite=overwrite)
     configs = [dataclasses.replace(config, seed=s) for s in seeds]
     dirs = [str(out / f"seed-{s}") for s in seeds]
-    if jobs == 1:
-        results = [run_one(c, d, resume, overwrite, progress, None, tensorboard=tensorboard)
-                   for c, d in zip(configs, dirs)]
-    else:
-        threads = threads_per_job(jobs)
-        with process_pool(jobs) as pool:
-            futures = [pool.submit(run_one, c, d, resume, overwrite, False, threads, tensorboard=tensorboard)
-                       for c, d in zip(configs, dirs)]
-            results = [f.result() for f in futures]
+    # A degenerate study: one job per seed on the study's local backend (this process for one job, else a
+    # process pool with an equal share of the threads each), and the first failure is raised.
+    with make_backend("local", jobs=jobs) as executor:
+        futures = []
+        for c, d in zip(configs, dirs):
+            futures.append(executor.submit(run_one, c, d, resume, overwrite, progress and jobs == 1,
+                                           executor.threads, tensorboard))
+            if futures[-1].done() and futures[-1].exception() is not None:
+                break  # in this process, as a plain loop would: no further seed starts after a failure
+        results = [f.result() for f in futures]
     summary = {"config": {**config.to_dict(), "seed": None}, "runs": dirs, **summarise(results)}
     write_json(out / "summary.json", summary)
     return summary

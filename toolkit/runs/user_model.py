@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from toolkit.runs.config import ConfigError
+from toolkit.errors import ConfigError
 
 
 def model_class(model: nn.Module) -> str:
