@@ -69,7 +69,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         record_every: read the meta-objective on the host every N steps.
         progress: called as ``progress(s, record)`` after each recorded step.
         reset: draws a fresh initialisation of the (copied) model in place.
-        descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.meta.descent`).
+        descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.meta.guard`).
         replicas: the processes of a data-parallel run (:mod:`toolkit.meta.distributed`); every process
             draws the same initialisations and gets the same meta-gradient.
         max_grad_norm, input_fn, output_fn: as for :class:`~toolkit.meta.online.OnlineLossLearner`.

@@ -34,6 +34,7 @@ from losses.base import require_scalar
 from toolkit.meta.adam import AdamState, adam_init, all_finite, apply_meta_update
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
+from toolkit.meta.guard import GuardCounts, GuardReport, check_step
 from toolkit.meta.lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.optimizers import OptimizerLink, as_rule
@@ -88,7 +89,7 @@ class OnlineLossLearner:
         max_nonfinite: raise :class:`NonFiniteError` from :meth:`check` after this many
             consecutive skipped steps.
         descent_guard: reflect each sample's learned gradient that points uphill for the task
-            loss, so no base step trains a sample backwards (:mod:`toolkit.meta.descent`); the
+            loss, so no base step trains a sample backwards (:mod:`toolkit.meta.guard`); the
             meta-gradient goes through it. ``False`` is the paper's method.
         max_grad_norm: clip the base gradient to this global L2 norm before the step, as
             ``torch.nn.utils.clip_grad_norm_`` does (None: no clipping); the lookahead differentiates
@@ -193,13 +194,13 @@ class OnlineLossLearner:
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
                                      loss_params, train, valid, rule, self.state, task=self.task,
                                      diagnostics=diagnostics, descent_guard=self.descent_guard, io=self.io,
-                                     **({"replicas": self.replicas} if self.replicas.active else {}))
+                                     replicas=self.replicas)
         new_params, new_state = result.params, result.state
-        if result.guarded is not None:
-            new_params, new_state, rejected = accept_or_fall_back(
-                self.model, train, params, result.params, result.state, result.task_grads,
+        if result.guard is not None:
+            new_params, new_state, rejected = check_step(
+                self.model, train, params, result.params, result.state, result.guard.task_grads,
                 result.train_task_loss, self.state, rule, self.task, replicas=self.replicas, io=self.io)
-            self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
+            self.guard_counts.add(result.guard.report(rejected))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, new_params, new_state, base_ok)
@@ -216,9 +217,9 @@ class OnlineLossLearner:
         params = self._params()
         step = guarded_step(self.model, self.loss, train, params, self.state, rule, self.task,
                             replicas=self.replicas, descent_guard=self.descent_guard, io=self.io)
-        train_loss, new_params, new_state, guard = step.value, step.params, step.state, step.guard
-        if guard is not None:
-            self.guard_counts.add(*guard, len(train[1]))
+        train_loss, new_params, new_state = step.value, step.params, step.state
+        if step.guard is not None:
+            self.guard_counts.add(step.guard)
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_state, ok)
         self._count(ok, torch.ones_like(ok))
@@ -288,38 +289,6 @@ class OnlineLossLearner:
 
 
 @with_model_precision
-def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
-                        before: Tensor, state: State, rule: StepRule, task: str, *,
-                        replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> tuple[dict[str, Tensor], State, Tensor]:
-    """θ' if it lowers the training batch's task loss, else the task loss's own step.
-
-    The descent guard's step check (:mod:`toolkit.meta.descent`): one extra forward at θ' on the
-    training batch (buffers copied, so running statistics are untouched); the choice is a
-    device-side ``where``, with no host sync. Returns (θ, optimiser state, rejected).
-
-    Args:
-        params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ;
-        before: L_task on the (global) batch at θ; state: the optimiser state of the current step.
-        replicas: in a data-parallel run the loss at θ' is the global batch's (each process's
-            share, summed), so every process decides alike.
-    """
-    x, y = train
-    with torch.no_grad():
-        buffers = {k: b.clone() for k, b in model.named_buffers()}
-        after = task_loss(io.functional(model, new_params, buffers, replicas.shard(x)), replicas.shard(y),
-                          task) / replicas.world_size
-        after = replicas.sum_([after])[0]
-        # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
-        # does not move (a learned loss flat where the model is, e.g. saturated far from the targets) all fall back.
-        rejected = ~(after < before)
-        theta = {k: p.detach() for k, p in params.items()}
-        fallback, fallback_state = rule.update(theta, task_grads, state)
-        chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
-        chosen_state = select_state(rejected, fallback_state, new_state)
-    return chosen, chosen_state, rejected
-
-
-@with_model_precision
 def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[str, Tensor], task: str | None, *,
                          replicas: Replicas = SINGLE, descent_guard: bool = False, io: ModelIO = PLAIN):
     """The base gradient of a fixed loss on the (global) batch, through the model's own forward.
@@ -339,12 +308,13 @@ def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[
 
 
 class FixedStep(NamedTuple):
-    """One step of :func:`guarded_step`: M and L_task on the batch at θ, θ', the state', the guard counts or None."""
+    """One step of :func:`guarded_step`: M on the batch at θ, θ', the state', the guard's report (None
+    unguarded) and L_task on the batch at θ."""
 
     value: Tensor
     params: dict[str, Tensor]
     state: State
-    guard: tuple[Tensor, Tensor, Tensor] | None
+    guard: GuardReport | None
     task_loss: Tensor
 
 
@@ -355,8 +325,8 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
     """One step on a fixed loss, out of place (a :class:`FixedStep`).
 
     The gradient is :func:`fixed_loss_gradients`'s. With ``descent_guard``: the two reflections of
-    :mod:`toolkit.meta.descent`, the rule's update (equal to its ``torch.optim`` counterpart), then
-    :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)`` go to
+    :mod:`toolkit.meta.guard`, the rule's update (equal to its ``torch.optim`` counterpart), then
+    :func:`~toolkit.meta.guard.check_step`, whose :class:`~toolkit.meta.guard.GuardReport` goes to
     :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
     """
     step = fixed_loss_gradients(model, loss, train, params, task, replicas=replicas, descent_guard=descent_guard,
@@ -367,60 +337,9 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
         new_params, new_state = rule.update(theta, step.grads, state)
     if not descent_guard:
         return FixedStep(value, new_params, new_state, None, step.train_task_loss)
-    new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
-                                                          step.task_grads, step.train_task_loss, state, rule, task,
-                                                          replicas=replicas, io=io)
-    return FixedStep(value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected),
-                     step.train_task_loss)
-
-
-class GuardCounts:
-    """What the descent guard did, counted on the device (no host sync per step).
-
-    ``counts`` is two rows of [samples reflected, samples seen, steps reflected in parameter space,
-    steps, steps rejected by the step check]: row 0 since the last :meth:`read` (the history's
-    window), row 1 since the run began (:meth:`totals`, for results.json).
-    """
-
-    FIELDS = 5
-
-    def __init__(self, device: torch.device | str) -> None:
-        self.counts = torch.zeros(2, self.FIELDS, dtype=torch.long, device=device)
-
-    def add(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
-        one = torch.ones((), dtype=torch.long, device=rows.device)
-        self.counts = self.counts + torch.stack([rows.long(), one * samples, step.long(), one, rejected.long()])
-
-    def read(self) -> dict[str, float]:
-        """Shares since the last read of samples reflected (``guarded``), of steps reflected in parameter space
-        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read.
-        Starts the window afresh; the run's totals keep counting."""
-        window = self.counts[0].tolist()
-        self.counts = self.counts * torch.tensor([[0], [1]], dtype=torch.long, device=self.counts.device)
-        return _guard_shares(window)
-
-    def totals(self) -> dict[str, float]:
-        """The same shares over the whole run (every step since the counts began); one host read."""
-        return _guard_shares(self.counts[1].tolist())
-
-    def load(self, counts: Tensor | None) -> None:
-        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout).
-
-        A checkpoint written before the totals were kept holds the window only: it counts as both rows.
-        """
-        if counts is None:
-            return
-        if counts.shape == (self.FIELDS,):
-            counts = torch.stack([counts, counts])
-        if counts.shape == self.counts.shape:
-            self.counts = counts.to(self.counts.device)
-
-
-def _guard_shares(counts: list[int]) -> dict[str, float]:
-    rows, samples, steps_reflected, steps, rejected = (int(v) for v in counts)
-    return {"guarded": rows / samples if samples else 0.0,
-            "guarded_steps": steps_reflected / steps if steps else 0.0,
-            "rejected_steps": rejected / steps if steps else 0.0}
+    new_params, new_state, rejected = check_step(model, train, params, new_params, new_state, step.guard.task_grads,
+                                                 step.train_task_loss, state, rule, task, replicas=replicas, io=io)
+    return FixedStep(value, new_params, new_state, step.guard.report(rejected), step.train_task_loss)
 
 
 def frozen_copy(loss: nn.Module) -> nn.Module:
@@ -432,4 +351,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "GuardCounts", "FixedStep", "accept_or_fall_back", "guarded_step", "fixed_loss_gradients"]
+           "FixedStep", "guarded_step", "fixed_loss_gradients"]
