@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from losses import task_loss
 from losses.base import require_scalar
 
-from toolkit.meta.adam import AdamState, adam_init, all_finite, apply_meta_update
+from toolkit.meta.adam import all_finite, apply_meta_update, meta_optimizer, meta_state_from_checkpoint
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
 from toolkit.meta.guard import GuardCounts, GuardReport, check_step
@@ -127,7 +127,8 @@ class OnlineLossLearner:
         self.online_meta_lr, self.meta_interval, self.meta_clip = online_meta_lr, meta_interval, meta_clip
         self._meta_gradient = get_meta_gradient(meta_gradient)
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
-        self.adam: AdamState = adam_init(dict(loss.named_parameters()))
+        meta_optimizer(lr=online_meta_lr, clip=meta_clip)  # checks meta_clip now, not at the first meta step
+        self.adam: State = self.meta_rule.init({k: p.detach() for k, p in loss.named_parameters()})
         self.state: State = state if state is not None else self.rule.init(self._params())
         self.steps = 0
         device = next(model.parameters()).device
@@ -140,6 +141,11 @@ class OnlineLossLearner:
             raise ValueError("a data-parallel run uses the default meta-gradient route (meta_gradient='fast')")
         self.replicas = replicas
         self.guard_counts = GuardCounts(device)
+
+    @property
+    def meta_rule(self) -> StepRule:
+        """The meta optimiser of the loss parameters: Adam at ``online_meta_lr``, clipped to ``meta_clip``."""
+        return meta_optimizer(lr=self.online_meta_lr, clip=self.meta_clip)
 
     @property
     def rule(self) -> StepRule:
@@ -204,8 +210,7 @@ class OnlineLossLearner:
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, new_params, new_state, base_ok)
-        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.online_meta_lr,
-                                      clip=self.meta_clip, apply=meta_ok)
+        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, self.meta_rule, apply=meta_ok)
         self._count(base_ok, meta_ok)
         info = {"learned_loss": result.train_loss, "task_loss": result.train_task_loss.detach(),
                 "meta_loss": result.meta_loss}
@@ -268,14 +273,14 @@ class OnlineLossLearner:
 
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
+        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam,
                 "rule_state": self.state, "skips": self.skips, "guard_counts": self.guard_counts.counts,
                 "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         self.loss.load_state_dict(state["loss"])
-        self.adam = AdamState.from_state_dict(state["adam"])
+        self.adam = meta_state_from_checkpoint(state["adam"])
         if "rule_state" in state:
             self.state = state["rule_state"]
         elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts

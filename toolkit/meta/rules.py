@@ -243,7 +243,7 @@ def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tenso
 
     Returns (θ', m', v', step', max_v'); differentiable (see :func:`_sqrt`). With ``max_v`` (AMSGrad's
     running maximum of v) the denominator uses max(max_v, v'); else max_v' is None. Serves the base
-    rule and the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
+    rule and, through :class:`AdamRule`, the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
     """
     beta1, beta2 = betas
     step = step + 1
