@@ -427,3 +427,11 @@ def test_groups_and_clipping_are_exact_against_the_unrolled_step(rule_name, guar
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
+
+
+def test_both_routes_share_one_signature():
+    """The learner and the offline phase call either route the same way (``replicas`` a plain keyword)."""
+    import inspect
+
+    assert inspect.signature(meta_gradient) == inspect.signature(meta_gradient_naive)
+    assert inspect.signature(meta_gradient).parameters["replicas"].kind is inspect.Parameter.KEYWORD_ONLY
