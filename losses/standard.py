@@ -3,8 +3,8 @@
 They are PyTorch's: ``CrossEntropyLoss()`` equals ``torch.nn.functional.cross_entropy``
 (sum over classes, mean over the batch; ``binary_cross_entropy_with_logits`` for one
 output) and ``SquaredErrorLoss()`` equals ``torch.nn.functional.mse_loss``, in value and
-gradient. :func:`task_loss_module`, :func:`task_loss` and :func:`task_gradient` are the one
-definition of the *task* loss that everything else reads: the fixed baseline, the
+gradient. :func:`task_loss_module` and :func:`task_loss` are the one definition of the *task* loss that
+everything else reads (:func:`task_gradient` is derived from it): the fixed baseline, the
 meta-objective, the gradient normalisation of ``GradientScaledLoss``, evaluation and the
 logged losses.
 """
@@ -221,19 +221,15 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
 
 
 def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
-    """∂ task_loss / ∂outputs in closed form, for already encoded targets.
+    """∂ task_loss / ∂outputs, derived by ``torch.func.grad`` from :func:`task_loss` (its one definition).
 
-    Cross-entropy: (softmax(f) − y)/B (sigmoid for one output); squared error:
-    2(f − y)/(B·C). Tests compare it with autograd through :func:`task_loss`.
+    Cross-entropy's is (softmax(f) − y)/B (sigmoid for one output), squared error's 2(f − y)/(B·C);
+    tests compare it with autograd through :func:`task_loss`. Works inside other ``torch.func``
+    transforms and under ``torch.no_grad``.
 
     Args:
         outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype (class
-            probabilities must sum to 1 per row, as one-hot labels do).
+            probabilities, as one-hot labels are).
         task: "classification" or "regression".
     """
-    batch = outputs.shape[0]
-    if task == "classification":
-        if outputs.shape[1] == 1:
-            return (torch.sigmoid(outputs) - targets) / batch
-        return (torch.softmax(outputs, dim=1) - targets) / batch
-    return 2.0 * (outputs - targets) / outputs.numel()
+    return torch.func.grad(task_loss)(outputs, targets, task)

@@ -1,4 +1,4 @@
-"""The descent guard (toolkit.meta.descent): no sample's step goes uphill, and the meta-gradient stays exact."""
+"""The descent guard (toolkit.meta.guard): no sample's step goes uphill, and the meta-gradient stays exact."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 import losses
 from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
 from losses import encode_targets, task_gradient, task_loss
-from toolkit.meta.descent import descent_reflection
-from toolkit.meta.lookahead import SGDRule, meta_gradient_fast, meta_gradient_naive
+from toolkit.meta.guard import descent_reflection
+from toolkit.meta.lookahead import SGDRule, meta_gradient, meta_gradient_naive
 
 F64 = torch.float64
 
@@ -79,19 +79,19 @@ def test_guarded_fast_meta_gradient_equals_naive(model_name, rule_name, scaled) 
     factory, shape = MODELS[model_name]
     model = factory()
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
-    momentum = {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
+    momentum = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
     train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
     model.eval()  # the search reads outputs without dropout; the lookahead itself runs in train mode
     loss = _mixed_loss(model, params, train, scaled=scaled)
     model.train()
     results = {}
-    for name, fn in (("fast", meta_gradient_fast), ("naive", meta_gradient_naive)):
+    for name, fn in (("fast", meta_gradient), ("naive", meta_gradient_naive)):
         buffers = {k: b.clone() for k, b in model.named_buffers()}
         torch.manual_seed(123)
         results[name] = fn(model, params, buffers, loss, dict(loss.named_parameters()), train, valid,
                            RULES[rule_name], momentum, descent_guard=True)
     fast, naive = results["fast"], results["naive"]
-    assert int(fast.guarded) == int(naive.guarded) > 0  # the test exercises reflected rows
+    assert int(fast.guard.rows.count) == int(naive.guard.rows.count) > 0  # the test exercises reflected rows
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
@@ -104,8 +104,8 @@ def test_guarded_meta_gradient_matches_finite_differences() -> None:
     loss = _mixed_loss(model, params, train, scaled=False)
     rule = SGDRule(lr=0.3)
     phi = {k: p.detach().clone().requires_grad_(True) for k, p in loss.named_parameters()}
-    result = meta_gradient_fast(model, params, {}, loss, phi, train, valid, rule, descent_guard=True)
-    assert int(result.guarded) > 0
+    result = meta_gradient(model, params, {}, loss, phi, train, valid, rule, descent_guard=True)
+    assert int(result.guard.rows.count) > 0
     eps = 1e-6
     for name, value in phi.items():
         flat = value.reshape(-1)
@@ -115,7 +115,7 @@ def test_guarded_meta_gradient_matches_finite_differences() -> None:
                 shifted = {k: v.detach().clone() for k, v in phi.items()}
                 shifted[name].reshape(-1)[index] += sign * eps
                 shifted = {k: v.requires_grad_(True) for k, v in shifted.items()}
-                losses_at.append(meta_gradient_fast(model, params, {}, loss, shifted, train, valid, rule,
+                losses_at.append(meta_gradient(model, params, {}, loss, shifted, train, valid, rule,
                                                     descent_guard=True).meta_loss)
             numeric = (losses_at[0] - losses_at[1]) / (2 * eps)
             assert float(result.meta_grads[name].reshape(-1)[index]) == pytest.approx(float(numeric), rel=1e-5,
@@ -132,23 +132,68 @@ def test_a_step_reflected_in_parameter_space_is_exact_and_descends(loss_seed, ba
     torch.manual_seed(loss_seed)
     loss = losses.MLPLoss(hidden=(6, 6)).double()
     rule = SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    momentum = {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
-    fast = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum,
+    momentum = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+    fast = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum,
                               descent_guard=True)
     naive = meta_gradient_naive(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule,
                                 momentum, descent_guard=True)
-    assert bool(fast.guarded_step) and bool(naive.guarded_step)
+    assert bool(fast.guard.step.uphill) and bool(naive.guard.step.uphill)
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
     # The guarded learned gradient is a descent direction of the batch task loss.
     plain = SGDRule(lr=1e-6)
-    step = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, plain,
+    step = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()), train, valid, plain,
                               descent_guard=True)
     before = task_loss(torch.func.functional_call(model, params, (train[0],)), train[1], "classification")
     after = task_loss(torch.func.functional_call(model, step.params, (train[0],)), train[1], "classification")
-    unguarded = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, plain)
+    unguarded = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()), train, valid, plain)
     after_unguarded = task_loss(torch.func.functional_call(model, unguarded.params, (train[0],)), train[1],
                                 "classification")
     assert after_unguarded > before  # unguarded, this loss trains the batch backwards
     assert after <= before
+
+
+def _projection_rows(self, t):  # a wrong per-sample map: projects the uphill part away instead of reflecting it
+    return t - 1.0 * (t * self.direction).sum(dim=1, keepdim=True) * self.direction
+
+
+def _projection_step(self, g):  # the same mistake in parameter space
+    dot = sum((g[k] * d).sum() for k, d in self.direction.items())
+    return {k: g[k] - 1.0 * dot * d for k, d in self.direction.items()}
+
+
+@pytest.mark.parametrize("wrong", ["rows", "step"])
+def test_the_naive_reference_catches_a_wrong_reflection_in_the_default_route(monkeypatch, wrong) -> None:
+    """The unrolled reference writes the reflections from their definition, not with toolkit.meta.guard's
+    maps, so a deliberately wrong map in the default route (patched here only) makes the routes disagree."""
+    from toolkit.meta import guard
+
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    params = {k: p.detach().clone() for k, p in model.named_parameters()}
+    train, valid = batch(16, (5,), 3, seed=1 if wrong == "rows" else 4), batch(12, (5,), 3, seed=2)
+    if wrong == "rows":  # some samples reflected, not all
+        loss = _mixed_loss(model, params, train, scaled=False)
+    else:  # the batch step reflected in parameter space (as in the test above)
+        torch.manual_seed(31)
+        loss = losses.MLPLoss(hidden=(6, 6)).double()
+    rule = SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
+    state = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+
+    def both():
+        return [fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, state,
+                   descent_guard=True) for fn in (meta_gradient, meta_gradient_naive)]
+
+    fast, naive = both()
+    assert int(fast.guard.rows.count) > 0 if wrong == "rows" else bool(fast.guard.step.uphill)
+    assert_meta_gradients_close(fast, naive)
+    if wrong == "rows":
+        monkeypatch.setattr(guard.Reflection, "__call__", _projection_rows)
+    else:
+        monkeypatch.setattr(guard.ParameterReflection, "__call__", _projection_step)
+    fast, naive = both()
+    gap = max(float((fast.params[k] - naive.params[k]).abs().max()) for k in params)
+    assert gap > 1e-9, gap  # the routes agree to 1e-12 when both are right
+    with pytest.raises(AssertionError):
+        assert_meta_gradients_close(fast, naive)

@@ -8,11 +8,10 @@ from torch.func import functional_call
 import losses
 from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, central_differences,
                      tiny_bn_dropout, tiny_conv, tiny_mlp)
-from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive, sgd_update
+from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive
 from toolkit.meta.rules import AdamRule, SGDRule, torch_optimizer
 from losses import task_loss
 
-meta_gradient_fast = meta_gradient
 
 RULES = {
     "plain": SGDRule(lr=0.1),
@@ -51,7 +50,7 @@ def _state(model, seed, rule=RULES["momentum-wd"]):
         return params, {"step": torch.tensor(3.0, dtype=torch.float64),
                         "exp_avg": {k: 0.1 * torch.randn_like(p) for k, p in params.items()},
                         "exp_avg_sq": {k: 0.01 * torch.rand_like(p) + 1e-3 for k, p in params.items()}}
-    return params, {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
+    return params, {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
 
 
 def _torch_reference(rule, params):
@@ -85,18 +84,6 @@ def test_rule_matches_torch_optim(rule_name):
         torch.testing.assert_close(params[k], p.detach(), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("rule_name", ["plain", "momentum-wd", "nesterov-wd"])
-def test_sgd_update_with_bare_buffers_matches_the_rule(rule_name):
-    rule = RULES[rule_name]
-    params, momentum = _state(tiny_mlp(), 0)
-    grads = {k: torch.randn_like(p) for k, p in params.items()}
-    new, buffers = sgd_update(params, grads, momentum if rule.momentum else None, rule)
-    expected, state = rule.update(params, grads, {"momentum": momentum} if rule.momentum else {})
-    for k in params:
-        torch.testing.assert_close(new[k], expected[k], rtol=0, atol=0)
-    assert (buffers is None) == (rule.momentum == 0)
-
-
 @pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("model_name", MODELS)
 @pytest.mark.parametrize("rule_name", RULES)
@@ -107,7 +94,7 @@ def test_fast_meta_gradient_equals_naive(model_name, rule_name, loss_name):
     params, state = _state(model, 0, RULES[rule_name])
     train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
     results = {}
-    for name, fn in (("fast", meta_gradient_fast), ("naive", meta_gradient_naive)):
+    for name, fn in (("fast", meta_gradient), ("naive", meta_gradient_naive)):
         buffers = {k: b.clone() for k, b in model.named_buffers()}
         torch.manual_seed(123)  # the same dropout masks for both routes
         results[name] = fn(model, params, buffers, loss, dict(loss.named_parameters()), train, valid,
@@ -146,7 +133,7 @@ def _lookahead_objective(model, params, loss, phi, train, valid, rule, state=Non
                 opt.state[p] = {"step": state["step"].clone(), "exp_avg": state["exp_avg"][k].clone(),
                                 "exp_avg_sq": state["exp_avg_sq"][k].clone()}
             else:
-                opt.state[p] = {"momentum_buffer": state[k].clone()}
+                opt.state[p] = {"momentum_buffer": state["momentum"][k].clone()}
     opt.zero_grad()
     fixed(scratch(train[0]), train[1]).backward()
     opt.step()
@@ -163,7 +150,7 @@ CENTRAL_RULES = {
 
 @pytest.mark.parametrize("loss_name", LOSSES)
 @pytest.mark.parametrize("rule_name", CENTRAL_RULES)
-@pytest.mark.parametrize("fn", [meta_gradient_fast, meta_gradient_naive], ids=["fast", "naive"])
+@pytest.mark.parametrize("fn", [meta_gradient, meta_gradient_naive], ids=["fast", "naive"])
 def test_meta_gradient_matches_central_differences(fn, rule_name, loss_name):
     """Against torch.optim's own step (the state loaded into it) and central differences in φ."""
     rule, warm = CENTRAL_RULES[rule_name]
@@ -181,7 +168,7 @@ def test_meta_gradient_matches_central_differences(fn, rule_name, loss_name):
 
 
 @pytest.mark.parametrize("loss_name", LOSSES)
-def test_regression_meta_gradient_fast_equals_naive(loss_name):
+def test_regression_meta_gradient_equals_naive(loss_name):
     model = tiny_mlp(inputs=4, classes=1)
     loss = LOSSES[loss_name]((5, 5), task="regression")
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
@@ -189,7 +176,7 @@ def test_regression_meta_gradient_fast_equals_naive(loss_name):
     train = (torch.randn(12, 4, generator=g, dtype=torch.float64), torch.randn(12, 1, generator=g, dtype=torch.float64))
     valid = (torch.randn(9, 4, generator=g, dtype=torch.float64), torch.randn(9, 1, generator=g, dtype=torch.float64))
     kw = dict(task="regression")
-    fast = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, SGDRule(lr=0.1), **kw)
+    fast = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()), train, valid, SGDRule(lr=0.1), **kw)
     naive = meta_gradient_naive(model, params, {}, loss, dict(loss.named_parameters()), train, valid, SGDRule(lr=0.1), **kw)
     for k in fast.meta_grads:
         torch.testing.assert_close(fast.meta_grads[k], naive.meta_grads[k], rtol=1e-8, atol=1e-12)
@@ -199,7 +186,7 @@ def test_nothing_requires_grad_after_a_lookahead():
     model = tiny_conv()
     loss = losses.MLPLoss(hidden=(4, 4)).double()
     params = {k: p.detach() for k, p in model.named_parameters()}
-    result = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()),
+    result = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()),
                                 batch(6, (1, 8, 8), 3, seed=0), batch(6, (1, 8, 8), 3, seed=1), SGDRule(lr=0.1))
     tensors = [*result.params.values(), *result.meta_grads.values(), result.train_loss, result.meta_loss]
     assert all(t.grad_fn is None and not t.requires_grad for t in tensors)
@@ -224,9 +211,9 @@ def test_fast_meta_gradient_with_frozen_layers_equals_naive():
     loss = _scaled_loss((6, 6))
     train, valid = batch(8, (1, 12, 12), 3, seed=1), batch(6, (1, 12, 12), 3, seed=2)
     rule = RULES["momentum-wd"]
-    momentum = {k: 0.1 * torch.randn_like(p) for k, p in params.items()}
+    momentum = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
     fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum)
-                   for fn in (meta_gradient_fast, meta_gradient_naive))
+                   for fn in (meta_gradient, meta_gradient_naive))
     assert_meta_gradients_close(fast, naive)
     assert set(fast.params) == set(params)
 
@@ -251,7 +238,7 @@ def test_fast_meta_gradient_for_any_loss_module_equals_naive():
     params, momentum = _state(model, 0)
     train, valid = batch(16, (1, 8, 8), 3, seed=1), batch(12, (1, 8, 8), 3, seed=2)
     fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, RULES["plain"])
-                   for fn in (meta_gradient_fast, meta_gradient_naive))
+                   for fn in (meta_gradient, meta_gradient_naive))
     assert set(fast.meta_grads) == {"temperature", "margin"}
     assert_meta_gradients_close(fast, naive)
 
@@ -265,7 +252,7 @@ def test_frozen_loss_parameters_get_zero_meta_gradients_on_both_routes(loss_name
     params, momentum = _state(model, 0)
     train, valid = batch(16, (5,), 3, seed=1), batch(12, (5,), 3, seed=2)
     fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, RULES["plain"])
-                   for fn in (meta_gradient_fast, meta_gradient_naive))
+                   for fn in (meta_gradient, meta_gradient_naive))
     assert not fast.meta_grads[frozen].any() and not naive.meta_grads[frozen].any()
     assert_meta_gradients_close(fast, naive, skip=(frozen,))
 
@@ -294,7 +281,7 @@ def test_module_own_state_gives_the_functional_result(model_name):
         buffers = dict(net.named_buffers())  # updated in place by the training forward, in both cases
         assert _is_own_state(net, params, buffers) == (params is own)  # the two routes are taken
         torch.manual_seed(7)  # the same dropout masks
-        results.append(meta_gradient_fast(net, params, buffers, loss, dict(loss.named_parameters()), train, valid,
+        results.append(meta_gradient(net, params, buffers, loss, dict(loss.named_parameters()), train, valid,
                                           rule, diagnostics=True))
     direct, functional = results
     for field in ("params", "meta_grads"):
@@ -312,10 +299,11 @@ def _fast_equals_naive(model, shape, rule=RULES["nesterov-wd"], *, guard=False, 
     loss = _scaled_loss((6, 6))
     params, state = _state(model, seed, rule)
     params = {k: p for k, p in params.items() if dict(model.named_parameters())[k].requires_grad}
-    state = {k: v for k, v in state.items() if k in params} if not isinstance(rule, AdamRule) else state
+    if not isinstance(rule, AdamRule):
+        state = {"momentum": {k: v for k, v in state["momentum"].items() if k in params}}
     train, valid = batch(shape[0], shape[1:], classes, seed=1), batch(shape[0], shape[1:], classes, seed=2)
     results, buffers = [], []
-    for fn in (meta_gradient_fast, meta_gradient_naive):
+    for fn in (meta_gradient, meta_gradient_naive):
         own_buffers = {k: b.clone() for k, b in model.named_buffers()}
         torch.manual_seed(11)  # the same dropout masks for both routes
         results.append(fn(model, params, own_buffers, loss, dict(loss.named_parameters()), train, valid, rule, state,
@@ -348,7 +336,7 @@ def test_the_in_place_model_gets_the_step_torch_optim_takes():
     loss = _scaled_loss((6, 6))
     train, valid = batch(6, (5,), 3, seed=1), batch(6, (5,), 3, seed=2)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
-    result = meta_gradient_fast(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule)
+    result = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule)
     reference = copy.deepcopy(model)
     opt = torch.optim.SGD(reference.parameters(), lr=0.1)
     loss(reference(train[0]), train[1]).backward()
@@ -387,8 +375,8 @@ def test_a_sum_reduced_loss_trains_as_its_mean_at_a_proportionally_larger_lr():
     train, valid = batch(16, (5,), 3, seed=1), batch(12, (5,), 3, seed=2)
     count = 16 * 3
     got = {fn.__name__: fn(model, params, {}, total, dict(total.named_parameters()), train, valid, SGDRule(lr=1e-3))
-           for fn in (meta_gradient_fast, meta_gradient_naive)}
-    want = meta_gradient_fast(model, params, {}, mean, dict(mean.named_parameters()), train, valid,
+           for fn in (meta_gradient, meta_gradient_naive)}
+    want = meta_gradient(model, params, {}, mean, dict(mean.named_parameters()), train, valid,
                               SGDRule(lr=1e-3 * count))
     for result in got.values():
         torch.testing.assert_close(result.train_loss, count * want.train_loss, rtol=1e-12, atol=0)
@@ -396,7 +384,7 @@ def test_a_sum_reduced_loss_trains_as_its_mean_at_a_proportionally_larger_lr():
         assert_meta_gradients_close(result, want)
 
 
-@pytest.mark.parametrize("fn", [meta_gradient_fast, meta_gradient_naive])
+@pytest.mark.parametrize("fn", [meta_gradient, meta_gradient_naive])
 def test_a_loss_without_a_scalar_reduction_is_refused(fn):
     loss = losses.MLPLoss(hidden=(3,), reduction="none").double()
     params, _ = _state(tiny_mlp(), 0)
@@ -435,7 +423,15 @@ def test_groups_and_clipping_are_exact_against_the_unrolled_step(rule_name, guar
     loss = _scaled_loss((6, 6))
     train, valid = batch(16, (5,), 3, seed=1), batch(12, (5,), 3, seed=2)
     fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, state,
-                      descent_guard=guard) for fn in (meta_gradient_fast, meta_gradient_naive))
+                      descent_guard=guard) for fn in (meta_gradient, meta_gradient_naive))
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
+
+
+def test_both_routes_share_one_signature():
+    """The learner and the offline phase call either route the same way (``replicas`` a plain keyword)."""
+    import inspect
+
+    assert inspect.signature(meta_gradient) == inspect.signature(meta_gradient_naive)
+    assert inspect.signature(meta_gradient).parameters["replicas"].kind is inspect.Parameter.KEYWORD_ONLY

@@ -11,7 +11,7 @@ from torch import nn
 
 import losses
 from helpers import batch, tiny_bn_dropout, tiny_mlp
-from toolkit.meta.adam import adam_init, adam_update
+from toolkit.meta.rules import AdamRule
 from toolkit.meta.lookahead import SGDRule, meta_gradient_naive
 from toolkit.meta.offline import offline_initialise
 from toolkit.meta.online import NonFiniteError, OnlineLossLearner
@@ -34,7 +34,9 @@ def test_step_equals_lookahead_plus_adam():
     phi = dict(loss0.named_parameters())
     ref = meta_gradient_naive(model0, params, {}, loss0, phi, train, valid, learner.rule, None,
                               descent_guard=learner.descent_guard)
-    new_phi, _ = adam_update({k: p.detach() for k, p in phi.items()}, ref.meta_grads, adam_init(phi), lr=0.01)
+    adam = AdamRule(lr=0.01)
+    phi0 = {k: p.detach() for k, p in phi.items()}
+    new_phi, _ = adam.update(phi0, ref.meta_grads, adam.init(phi0))
     for k, p in learner.model.named_parameters():
         torch.testing.assert_close(p.detach(), ref.params[k], rtol=1e-12, atol=1e-12)
     for k, p in learner.loss.named_parameters():
@@ -73,7 +75,7 @@ def test_no_graph_survives_and_memory_stays_flat():
     assert live_tensors() == before
     for p in [*learner.model.parameters(), *learner.loss.parameters()]:
         assert p.grad is None and p.grad_fn is None
-    state = [*learner.state["momentum"].values(), *learner.adam.exp_avg.values(), *info.values()]
+    state = [*learner.state["momentum"].values(), *learner.adam["exp_avg"].values(), *info.values()]
     assert all(t.grad_fn is None for t in state)
 
 

@@ -108,8 +108,8 @@ def test_cuda_frozen_loss_step_without_host_syncs() -> None:
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        value, new_params, _, counts, _ = guarded_step(model, loss, train, params, state, rule, "classification")
+        value, new_params, _, report, _ = guarded_step(model, loss, train, params, state, rule, "classification")
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.isfinite(value) and all(torch.isfinite(p).all() for p in new_params.values())
-    assert counts is not None
+    assert report is not None and int(report.rows) == 12

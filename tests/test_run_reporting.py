@@ -14,7 +14,7 @@ import losses
 from helpers import run_lfl
 from toolkit.analysis.rundir import guard_shares, read_run, renamed_losses
 from toolkit.data.datasets import load_dataset
-from toolkit.meta.online import GuardCounts
+from toolkit.meta.guard import GuardCounts, GuardReport
 from toolkit.models.zoo import build_model
 from toolkit.errors import ConfigError
 from toolkit.runs.common import BatchStream, TrainConfig, seed_everything
@@ -37,10 +37,13 @@ def small(**kw) -> TrainConfig:
 def test_guard_counts_keep_the_run_totals_while_each_read_starts_a_window():
     counts = GuardCounts("cpu")
     one, zero = torch.tensor(True), torch.tensor(False)
-    counts.add(torch.tensor(3), one, zero, 4)   # 3 of 4 samples, step reflected
-    counts.add(torch.tensor(1), zero, one, 4)   # 1 of 4, step rejected
+    counts.add(GuardReport(rows_reflected=torch.tensor(3), rows=torch.tensor(4), step_reflected=one,
+                           step_rejected=zero))   # 3 of 4 samples, step reflected
+    counts.add(GuardReport(rows_reflected=torch.tensor(1), rows=torch.tensor(4), step_reflected=zero,
+                           step_rejected=one))   # 1 of 4, step rejected
     assert counts.read() == {"guarded": 0.5, "guarded_steps": 0.5, "rejected_steps": 0.5}
-    counts.add(torch.tensor(0), zero, zero, 8)
+    counts.add(GuardReport(rows_reflected=torch.tensor(0), rows=torch.tensor(8), step_reflected=zero,
+                           step_rejected=zero))
     assert counts.read() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}
     assert counts.read() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}  # an empty window
     assert counts.totals() == {"guarded": 4 / 16, "guarded_steps": 1 / 3, "rejected_steps": 1 / 3}

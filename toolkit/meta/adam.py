@@ -1,96 +1,67 @@
-"""Pure Adam for the loss parameters, in the optax style: ``init`` and ``update``.
+"""The meta optimiser: Adam on the loss parameters, as the same rule the base step uses.
 
-The meta optimiser must be able to *skip* an update without a host round trip
-(a non-finite meta-gradient must leave parameters and moments untouched), which
-``torch.optim.Adam`` cannot do without reading the flag on the host. Here every
-update takes an optional boolean tensor ``apply``; where it is False the new state
-equals the old one, selected on the device with ``torch.where``.
+The loss parameters φ are updated by :class:`~toolkit.meta.rules.AdamRule` (``torch.optim.Adam``
+without weight decay), clipped by global norm when asked (:class:`~toolkit.meta.combined.ClippedRule`),
+so there is one Adam and one state format: the rules' ``{"step", "exp_avg", "exp_avg_sq"}``.
+The meta optimiser must be able to *skip* an update without a host round trip (a non-finite
+meta-gradient must leave parameters and moments untouched), which ``torch.optim.Adam`` cannot do
+without reading the flag on the host: :func:`apply_meta_update` selects between the new and the
+old parameters and state on the device with ``torch.where`` (:func:`~toolkit.meta.rules.select_state`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Mapping
 
 import torch
 from torch import Tensor
 
-from toolkit.meta.rules import adam_arrays
+from toolkit.meta.combined import clipped
+from toolkit.meta.rules import AdamRule, State, StepRule, select_state
 
 TensorDict = dict[str, Tensor]
 
+META_CLIP_EPS = 1e-12
+"""The meta-gradient clip's guard: the coefficient is max_norm / (‖g‖ + 1e-12)."""
 
-@dataclass(frozen=True)
-class AdamState:
-    """Adam's moments and step count (a tensor, so bias correction needs no host value)."""
-
-    step: Tensor
-    exp_avg: TensorDict
-    exp_avg_sq: TensorDict
-
-    def state_dict(self) -> dict:
-        return {"step": self.step, "exp_avg": dict(self.exp_avg), "exp_avg_sq": dict(self.exp_avg_sq)}
-
-    @staticmethod
-    def from_state_dict(state: Mapping) -> "AdamState":
-        return AdamState(step=state["step"], exp_avg=dict(state["exp_avg"]), exp_avg_sq=dict(state["exp_avg_sq"]))
+STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
 
-def adam_init(params: Mapping[str, Tensor]) -> AdamState:
-    """Zero moments shaped like ``params``."""
-    first = next(iter(params.values()))
-    return AdamState(step=torch.zeros((), dtype=first.dtype, device=first.device),
-                     exp_avg={k: torch.zeros_like(p) for k, p in params.items()},
-                     exp_avg_sq={k: torch.zeros_like(p) for k, p in params.items()})
-
-
-def adam_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: AdamState, *,
-                lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                apply: Tensor | None = None) -> tuple[TensorDict, AdamState]:
-    """One Adam step (the semantics of ``torch.optim.Adam`` without weight decay).
+def meta_optimizer(*, lr: float, clip: float | None = None) -> StepRule:
+    """Adam at ``lr`` on the loss parameters, after clipping the meta-gradient to global L2 norm ``clip``.
 
     Args:
-        params: φ; grads: dL/dφ (same names).
-        state: moments from :func:`adam_init` or a previous update.
-        lr, betas, eps: Adam's hyperparameters.
-        apply: optional boolean scalar tensor; where False, params and state are unchanged.
-
-    Returns:
-        (new params, new state); inputs are not modified.
+        lr: Adam's learning rate (betas (0.9, 0.999), eps 1e-8, as ``torch.optim.Adam``).
+        clip: the largest global norm of the meta-gradient (None: no clipping); > 0.
     """
-    names = list(params)
-    p = [params[k] for k in names]
-    old_m = [state.exp_avg[k] for k in names]
-    old_v = [state.exp_avg_sq[k] for k in names]
-    new_p, m, v, step, _ = adam_arrays(p, [grads[k] for k in names], old_m, old_v, state.step, lr=lr, betas=betas,
-                                       eps=eps)
-    if apply is not None:
-        keep = lambda new, old: [torch.where(apply, a, b) for a, b in zip(new, old)]  # noqa: E731
-        new_p, m, v = keep(new_p, p), keep(m, old_m), keep(v, old_v)
-        step = torch.where(apply, step, state.step)
-    new_params, exp_avg, exp_avg_sq = dict(zip(names, new_p)), dict(zip(names, m)), dict(zip(names, v))
-    return new_params, AdamState(step=step, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    if clip is not None and not clip > 0:
+        raise ValueError(f"meta_clip must be positive (or None), got {clip}")
+    return clipped(AdamRule(lr=lr), clip, eps=META_CLIP_EPS)
 
 
-def apply_meta_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: AdamState, *,
-                      lr: float, clip: float | None = None, apply: Tensor | None = None) -> AdamState:
-    """Clip ``grads``, take an Adam step and write it into ``params`` in place; return the new state.
+def apply_meta_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor], state: State, rule: StepRule, *,
+                      apply: Tensor | None = None) -> State:
+    """Take ``rule``'s step and write it into ``params`` in place; return the new state.
 
-    ``params`` are the loss module's parameters themselves; where ``apply`` is False
+    ``params`` are the loss module's parameters themselves; where the boolean 0-d ``apply`` is False
     they and the state stay unchanged (selected on the device, no host sync).
     """
-    new_params, state = adam_update(params, clip_by_global_norm(grads, clip), state, lr=lr, apply=apply)
+    old = {k: p.detach() for k, p in params.items()}
+    new_params, new_state = rule.update(old, grads, state)
+    if apply is not None:
+        new_params = {k: torch.where(apply, new_params[k], old[k]) for k in old}
+        new_state = select_state(apply, new_state, state)
     with torch.no_grad():
         torch._foreach_copy_(list(params.values()), [new_params[k] for k in params])
-    return state
+    return new_state
 
 
-def clip_by_global_norm(grads: Mapping[str, Tensor], max_norm: float | None) -> TensorDict:
-    """Scale ``grads`` so their joint L2 norm is at most ``max_norm`` (None: unchanged)."""
-    if max_norm is None:
-        return dict(grads)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads.values()]))
-    scale = (max_norm / (norm + 1e-12)).clamp(max=1.0)
-    return {k: g * scale for k, g in grads.items()}
+def meta_state_from_checkpoint(saved: Mapping) -> State:
+    """The meta optimiser's state from a checkpoint: the rule's state dict, as every checkpoint wrote it
+    (``AdamState.state_dict()`` of older versions has the same keys), copied; a clear error otherwise."""
+    missing = [k for k in STATE_KEYS if k not in saved]
+    if missing:
+        raise ValueError(f"the checkpoint's meta-optimiser state lacks {missing}: it was not written by this toolkit")
+    return {"step": saved["step"], "exp_avg": dict(saved["exp_avg"]), "exp_avg_sq": dict(saved["exp_avg_sq"])}
 
 
 def all_finite(tensors) -> Tensor:
@@ -103,3 +74,6 @@ def all_finite(tensors) -> Tensor:
     if not tensors:
         return torch.tensor(True)
     return torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all()
+
+
+__all__ = ["meta_optimizer", "apply_meta_update", "meta_state_from_checkpoint", "all_finite", "META_CLIP_EPS"]

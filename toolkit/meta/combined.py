@@ -74,12 +74,13 @@ class ClippedRule:
     """``rule`` after scaling the gradient to global L2 norm at most ``max_norm``.
 
     Exactly ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` before ``optimizer.step()``: the
-    coefficient min(1, max_norm / (‖g‖ + 1e-6)) over all parameters together. Differentiable, so the
+    coefficient min(1, max_norm / (‖g‖ + eps)), eps 1e-6, over all parameters together. Differentiable, so the
     lookahead's meta-gradient goes through the clipping (the norm is a function of g).
     """
 
     rule: StepRule
     max_norm: float
+    eps: float = CLIP_EPS
 
     def __post_init__(self) -> None:
         if not self.max_norm > 0:
@@ -102,13 +103,13 @@ class ClippedRule:
             return self.rule.update(params, grads, state)
         g = [grads[k] for k in names]
         total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
-        coefficient = (self.max_norm / (total + CLIP_EPS)).clamp(max=1.0)
+        coefficient = (self.max_norm / (total + self.eps)).clamp(max=1.0)
         return self.rule.update(params, {k: t * coefficient for k, t in zip(names, g)}, state)
 
 
-def clipped(rule: StepRule, max_norm: float | None) -> StepRule:
-    """``rule`` clipped to ``max_norm`` (unchanged when None)."""
-    return rule if max_norm is None else ClippedRule(rule, max_norm)
+def clipped(rule: StepRule, max_norm: float | None, *, eps: float = CLIP_EPS) -> StepRule:
+    """``rule`` clipped to ``max_norm`` (unchanged when None); ``eps`` guards the coefficient's division."""
+    return rule if max_norm is None else ClippedRule(rule, max_norm, eps)
 
 
 __all__ = ["GroupedRule", "ClippedRule", "clipped", "group_state", "CLIP_EPS"]

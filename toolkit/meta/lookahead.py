@@ -40,25 +40,13 @@ from losses.base import fill_missing_gradients, require_scalar
 from losses.derivatives import value_and_gradient, value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
-from toolkit.meta.descent import Reflection, descent_reflection, parameter_reflection
 from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_gradients
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 
 TensorDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
-
-
-def sgd_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
-               momentum: Mapping[str, Tensor] | None, rule: SGDRule) -> tuple[TensorDict, TensorDict | None]:
-    """One SGD step with explicit momentum buffers (None before the first step, as in ``torch.optim.SGD``).
-
-    A convenience over ``rule.update`` for callers that hold the buffers themselves.
-    Returns (θ', b'), b' None when ``rule.momentum == 0``.
-    """
-    state = rule.init(params) if momentum is None else ({"momentum": dict(momentum)} if rule.momentum else {})
-    new_params, new_state = rule.update(params, grads, state)
-    return new_params, new_state.get("momentum")
 
 
 @dataclass(frozen=True)
@@ -74,11 +62,9 @@ class Lookahead:
         grad_ratio: ‖∂M/∂f‖ / ‖∂L_task/∂f‖ on the training batch (detached scalar):
             how much larger a step the learned loss takes than the task loss would;
             None unless asked for with ``diagnostics=True``.
-        guarded: how many training samples the descent guard reflected (0-d device tensor;
-            None when the guard is off; :mod:`toolkit.meta.descent`).
-        guarded_step: whether it reflected the batch step in parameter space (0-d bool tensor, or None).
-        task_grads: ∇θ L_task on the training batch at θ (with the guard only; for a fallback step).
         train_task_loss: L_task on the training batch at θ (detached), from the outputs the step computed.
+        guard: what the descent guard decided (its reflections and ∇θ L_task for a fallback step;
+            :mod:`toolkit.meta.guard`), None when the guard is off.
     """
 
     params: TensorDict
@@ -87,10 +73,8 @@ class Lookahead:
     train_loss: Tensor
     meta_loss: Tensor
     grad_ratio: Tensor | None
-    guarded: Tensor | None = None
-    guarded_step: Tensor | None = None
-    task_grads: TensorDict | None = None
-    train_task_loss: Tensor | None = None
+    train_task_loss: Tensor
+    guard: Guard | None = None
 
 
 PHASES = ("train_forward", "loss_gradient", "train_backward", "update", "valid_pass", "tangent", "meta_backward")
@@ -146,18 +130,15 @@ class BatchGradients:
     Attributes:
         value: M on the (global) batch; outputs: the model's outputs on it (detached).
         grads: ∇θ M, after the descent guard's reflections when it is on.
-        task_grads: ∇θ L_task on the batch (with the guard only).
         train_task_loss: L_task on the batch, from the outputs already computed (whenever ``task`` is given).
-        reflect: the per-sample reflection, step_reflect: the parameter-space one (guard only).
+        guard: the descent guard's decisions (:class:`~toolkit.meta.guard.Guard`), None when it is off.
     """
 
     value: Tensor
     outputs: Tensor
     grads: TensorDict
-    task_grads: TensorDict | None = None
     train_task_loss: Tensor | None = None
-    reflect: Reflection | None = None
-    step_reflect: object | None = None
+    guard: Guard | None = None
 
 
 def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor, targets: Tensor,
@@ -170,27 +151,21 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
         m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
         task: the task loss's task, for the guard and for L_task on the batch (None: neither).
         descent_guard: reflect m per sample, then the parameter gradient in parameter space
-            (:mod:`toolkit.meta.descent`), all on global quantities, so every process decides alike.
-        create_graph: keep the graph of the gradient (through m and the reflections) for the unrolled
-            route, which differentiates it; the task gradient and what reflects stay constants.
+            (:func:`toolkit.meta.guard.guarded_gradients`), all on global quantities, so every process
+            decides alike.
+        create_graph: keep the graph of the gradient (through m and the reflections), for a caller that
+            differentiates it; the task gradient and what reflects stay constants.
     """
+    train_task_loss = None if task is None else task_loss(outputs, targets, task)
+    if descent_guard:
+        grads, guard = guarded_gradients(local_outputs, leaves, m, outputs, targets, task, replicas=replicas,
+                                         create_graph=create_graph)
+        return BatchGradients(value=value, outputs=outputs, grads=grads, train_task_loss=train_task_loss, guard=guard)
     names = list(leaves)
-    tensors = [leaves[k] for k in names]
-    if not descent_guard:
-        grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(m),
-                                                    create_graph=create_graph)))
-        return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads),
-                              train_task_loss=None if task is None else task_loss(outputs, targets, task))
-    reflect = descent_reflection(m, outputs, targets, task)
-    grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect(m)),
-                                                retain_graph=True, create_graph=create_graph)))
-    task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(reflect.task_gradient),
-                                                     retain_graph=create_graph)))
-    replicas.sum_([*grads.values(), *task_grads.values()])
-    step_reflect = parameter_reflection(grads, task_grads)
-    return BatchGradients(value=value, outputs=outputs, grads=step_reflect(grads), task_grads=task_grads,
-                          train_task_loss=task_loss(outputs, targets, task), reflect=reflect,
-                          step_reflect=step_reflect)
+    grads = dict(zip(names, torch.autograd.grad(local_outputs, [leaves[k] for k in names], replicas.shard(m),
+                                                create_graph=create_graph)))
+    return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads),
+                          train_task_loss=train_task_loss)
 
 
 def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
@@ -222,15 +197,6 @@ def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buff
     return u
 
 
-def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
-    """The rule's state: ``rule.init`` when None; a bare momentum dict (older callers) for SGD."""
-    if state is None:
-        return rule.init(params)
-    if isinstance(rule, SGDRule) and "momentum" not in state and rule.momentum and state:
-        return {"momentum": dict(state)}
-    return state
-
-
 @with_model_precision
 def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                   loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
@@ -258,7 +224,7 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         update_buffers: False evaluates the training forward on copies of the buffers.
         diagnostics: also compute the gradient-scale ratio.
         descent_guard: reflect each sample's learned gradient that points uphill for the task
-            loss, and the batch step if it still does (:mod:`toolkit.meta.descent`); the meta-gradient
+            loss, and the batch step if it still does (:mod:`toolkit.meta.guard`); the meta-gradient
             goes through both reflections.
         replicas: the processes of a data-parallel run (default: this one alone).
         io: how the model is called and its outputs read (``input_fn``/``output_fn``); under
@@ -271,7 +237,7 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
     require_scalar(loss)
     x_all, y = train
     x = replicas.shard(x_all)
-    state = _as_state(rule, params, state)
+    state = rule.init(params) if state is None else state
     rng = _rng_state(x.device)
     with torch.enable_grad():
         own = update_buffers and _is_own_state(model, params, buffers)
@@ -288,8 +254,8 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
             step = batch_gradients(local_outputs, theta_leaf, m, outputs, y, task, replicas=replicas,
                                    descent_guard=descent_guard, value=train_loss)
         del local_outputs
-    if step.reflect is not None:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
-        unguarded, reflect = pullback, step.reflect
+    if step.guard is not None:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
+        unguarded, reflect = pullback, step.guard.rows
         pullback = lambda u: unguarded(reflect(u))  # noqa: E731
     with _phase("update"):
         new_params, new_state, update_pullback = update_with_pullback(rule, params, step.grads, state)
@@ -306,8 +272,8 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
 
     with _phase("tangent"):
         w = update_pullback(v)
-        if step.step_reflect is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
-            w = step.step_reflect(w)
+        if step.guard is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
+            w = step.guard.step(w)
         with _replayed_rng(rng, x.device):
             u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w, io=io))
 
@@ -316,36 +282,42 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         meta_grads = {k: meta[k] for k in loss_params}
     return Lookahead(params=new_params, state=new_state, meta_grads=meta_grads, train_loss=train_loss,
                      meta_loss=meta_loss, grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
-                     guarded=None if step.reflect is None else step.reflect.count,
-                     guarded_step=None if step.step_reflect is None else step.step_reflect.uphill,
-                     task_grads=step.task_grads, train_task_loss=step.train_task_loss)
+                     train_task_loss=step.train_task_loss, guard=step.guard)
 
 
 @with_model_precision
 def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                         loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                        rule: StepRule, state: State | None = None, *,
-                        task: str = "classification", update_buffers: bool = True,
-                        diagnostics: bool = False, descent_guard: bool = False, io: ModelIO = PLAIN) -> Lookahead:
+                        rule: StepRule, state: State | None = None, *, task: str = "classification",
+                        update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                        replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
     """The reference route: autograd through the unrolled step (``create_graph=True``).
 
     Same arguments and result as :func:`meta_gradient`; holds the whole second-order graph of
-    the base model while it runs.
+    the base model while it runs. The descent guard's reflections are written here again from
+    their definition (:func:`_reflected_naively`), so that comparing the routes checks them too.
+    It runs in one process (``replicas`` is accepted so both routes share one signature).
     """
+    if replicas.active:
+        raise ValueError("the unrolled reference runs in one process: use meta_gradient='fast' with replicas")
     require_scalar(loss)
     x, y = train
     x_v, y_v = valid
     theta = {k: p.detach() for k, p in params.items()}
-    state = detach_state(_as_state(rule, params, state))
+    state = detach_state(rule.init(params) if state is None else state)
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
         outputs = io.functional(model, theta_leaf, buffers if update_buffers else _cloned(buffers), x)
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
         # θ' = U(H_θ Jᵀ H_f m(φ)) (without the guard, U(Jᵀ m(φ))), differentiated as written.
         (m,) = torch.autograd.grad(train_loss, outputs, create_graph=True)
-        step = batch_gradients(outputs, theta_leaf, m, outputs.detach(), y, task, descent_guard=descent_guard,
-                               create_graph=True)
-        grads = step.grads
+        if descent_guard:
+            grads, guard = _reflected_naively(outputs, theta_leaf, m, y, task)
+        else:
+            names = list(theta_leaf)
+            grads = dict(zip(names, torch.autograd.grad(outputs, [theta_leaf[k] for k in names], m,
+                                                        create_graph=True)))
+            guard = None
         new_params, new_state = rule.update(theta, grads, state)
         meta_loss = task_loss(io.functional(model, new_params, _cloned(buffers), x_v), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
@@ -354,9 +326,41 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     return Lookahead(params={k: p.detach() for k, p in new_params.items()}, state=detach_state(new_state),
                      meta_grads=meta_grads, train_loss=train_loss.detach(), meta_loss=meta_loss.detach(),
                      grad_ratio=_grad_ratio(m, outputs, y, task) if diagnostics else None,
-                     guarded=None if step.reflect is None else step.reflect.count,
-                     guarded_step=None if step.step_reflect is None else step.step_reflect.uphill,
-                     task_grads=step.task_grads, train_task_loss=step.train_task_loss)
+                     train_task_loss=task_loss(outputs.detach(), y, task), guard=guard)
+
+
+def _reflected_naively(outputs: Tensor, theta: Mapping[str, Tensor], m: Tensor, targets: Tensor,
+                       task: str) -> tuple[TensorDict, Guard]:
+    """The guarded gradient H_θ Jᵀ H_f m, written from the definition (the reference for the guard).
+
+    Every mirror image is the explicit formula t − 2 (t·r)/(r·r) r, with r = ∂L_task/∂f per sample and
+    r = ∇θ L_task for the step, both by autograd through ``task_loss`` itself; what reflects is decided
+    on detached values and r is a constant, so the result is differentiable in m (and so in φ). Returns
+    the gradient (with its graph) and a :class:`~toolkit.meta.guard.Guard` recording the decisions
+    (for the learner's step check and counts; its own maps are not used here).
+    """
+    names = list(theta)
+    leaves = [theta[k] for k in names]
+    f = outputs.detach().requires_grad_(True)
+    (r,) = torch.autograd.grad(task_loss(f, targets, task), f)
+    rr = (r * r).sum(dim=1, keepdim=True)
+    rows_uphill = ((m.detach() * r).sum(dim=1, keepdim=True) < 0) & (rr > 0)
+    coefficient = torch.where(rows_uphill, 2.0 * (m * r).sum(dim=1, keepdim=True) / torch.where(rows_uphill, rr, 1.0),
+                              torch.zeros_like(rr))
+    grads = torch.autograd.grad(outputs, leaves, m - coefficient * r, create_graph=True, retain_graph=True)
+    task_grads = torch.autograd.grad(task_loss(outputs, targets, task), leaves, retain_graph=True)
+    gg = sum((g * g).sum() for g in task_grads)
+    step_uphill = (sum((a.detach() * g).sum() for a, g in zip(grads, task_grads)) < 0) & (gg > 0)
+    scale = torch.where(step_uphill, 2.0 * sum((a * g).sum() for a, g in zip(grads, task_grads))
+                        / torch.where(step_uphill, gg, 1.0), torch.zeros_like(gg))
+    reflected = {k: a - scale * g for k, a, g in zip(names, grads, task_grads)}
+    unit_rows = torch.where(rows_uphill, r / torch.where(rows_uphill, rr, 1.0).sqrt(), torch.zeros_like(r))
+    unit_step = torch.where(step_uphill, gg.rsqrt(), torch.zeros_like(gg))
+    guard = Guard(rows=Reflection(direction=unit_rows, count=rows_uphill.sum(), task_gradient=r),
+                  step=ParameterReflection(direction={k: g * unit_step for k, g in zip(names, task_grads)},
+                                           uphill=step_uphill),
+                  task_grads=dict(zip(names, task_grads)))
+    return reflected, guard
 
 
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
@@ -364,10 +368,6 @@ META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
     "naive": meta_gradient_naive,
 }
 """The routes by name: "fast" is :func:`meta_gradient` (JVP), "naive" the unrolled reference."""
-
-meta_gradient_fast = meta_gradient
-"""The default route under its older name."""
-
 
 def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
     """The meta-gradient route by name ("fast" or "naive")."""
@@ -377,6 +377,6 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
         raise ValueError(f"unknown meta-gradient {name!r}: choose one of {sorted(META_GRADIENTS)}") from None
 
 
-__all__ = ["SGDRule", "AdamRule", "sgd_update", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
+__all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
            "BatchGradients", "batch_gradients", "loss_value_and_gradient",
-           "meta_gradient_fast", "meta_gradient_naive", "META_GRADIENTS", "get_meta_gradient"]
+           "meta_gradient_naive", "META_GRADIENTS", "get_meta_gradient"]

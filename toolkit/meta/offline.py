@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from losses.base import require_scalar
 
-from toolkit.meta.adam import adam_init, all_finite, apply_meta_update
+from toolkit.meta.adam import all_finite, apply_meta_update, meta_optimizer
 from toolkit.meta.lookahead import get_meta_gradient
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
@@ -69,7 +69,7 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         record_every: read the meta-objective on the host every N steps.
         progress: called as ``progress(s, record)`` after each recorded step.
         reset: draws a fresh initialisation of the (copied) model in place.
-        descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.meta.descent`).
+        descent_guard: the lookahead's base step never goes uphill for a sample (:mod:`toolkit.meta.guard`).
         replicas: the processes of a data-parallel run (:mod:`toolkit.meta.distributed`); every process
             draws the same initialisations and gets the same meta-gradient.
         max_grad_norm, input_fn, output_fn: as for :class:`~toolkit.meta.online.OnlineLossLearner`.
@@ -85,7 +85,8 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
     scratch = copy.deepcopy(model)
     meta_gradient_fn = get_meta_gradient(meta_gradient)
     loss_params = dict(loss.named_parameters())
-    adam = adam_init(loss_params)
+    meta_rule = meta_optimizer(lr=meta_lr, clip=meta_clip)
+    adam = meta_rule.init({k: p.detach() for k, p in loss_params.items()})
     skipped = torch.zeros((), dtype=torch.long, device=next(model.parameters()).device)
     records: list[dict] = []
     meta_loss_sum = torch.zeros_like(skipped, dtype=torch.float64)
@@ -96,9 +97,9 @@ def offline_initialise(model: nn.Module, loss: nn.Module, batches: Callable[[int
         params = {k: p for k, p in scratch.named_parameters() if p.requires_grad}
         result = meta_gradient_fn(scratch, params, dict(scratch.named_buffers()), loss, loss_params,
                                   train, valid, rule, None, task=task, descent_guard=descent_guard, io=io,
-                                  **({"replicas": replicas} if replicas.active else {}))
+                                  replicas=replicas)
         ok = all_finite([result.meta_loss, *result.meta_grads.values()])
-        adam = apply_meta_update(loss_params, result.meta_grads, adam, lr=meta_lr, clip=meta_clip, apply=ok)
+        adam = apply_meta_update(loss_params, result.meta_grads, adam, meta_rule, apply=ok)
         skipped = skipped + (~ok).long()
         meta_loss_sum = meta_loss_sum + torch.where(ok, result.meta_loss.double(), 0.0)
         if (s + 1) % record_every == 0 or s + 1 == steps:

@@ -32,9 +32,10 @@ from losses import task_loss
 from losses.base import require_scalar
 
 from toolkit.errors import UserError
-from toolkit.meta.adam import AdamState, adam_init, all_finite, apply_meta_update
+from toolkit.meta.adam import all_finite, apply_meta_update, meta_optimizer, meta_state_from_checkpoint
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
+from toolkit.meta.guard import GuardCounts, GuardReport, check_step
 from toolkit.meta.lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.optimizers import OptimizerLink, as_rule
@@ -89,7 +90,7 @@ class OnlineLossLearner:
         max_nonfinite: raise :class:`NonFiniteError` from :meth:`check` after this many
             consecutive skipped steps.
         descent_guard: reflect each sample's learned gradient that points uphill for the task
-            loss, so no base step trains a sample backwards (:mod:`toolkit.meta.descent`); the
+            loss, so no base step trains a sample backwards (:mod:`toolkit.meta.guard`); the
             meta-gradient goes through it. ``False`` is the paper's method.
         max_grad_norm: clip the base gradient to this global L2 norm before the step, as
             ``torch.nn.utils.clip_grad_norm_`` does (None: no clipping); the lookahead differentiates
@@ -127,7 +128,8 @@ class OnlineLossLearner:
         self.online_meta_lr, self.meta_interval, self.meta_clip = online_meta_lr, meta_interval, meta_clip
         self._meta_gradient = get_meta_gradient(meta_gradient)
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
-        self.adam: AdamState = adam_init(dict(loss.named_parameters()))
+        meta_optimizer(lr=online_meta_lr, clip=meta_clip)  # checks meta_clip now, not at the first meta step
+        self.adam: State = self.meta_rule.init({k: p.detach() for k, p in loss.named_parameters()})
         self.state: State = state if state is not None else self.rule.init(self._params())
         self.steps = 0
         device = next(model.parameters()).device
@@ -140,6 +142,11 @@ class OnlineLossLearner:
             raise ValueError("a data-parallel run uses the default meta-gradient route (meta_gradient='fast')")
         self.replicas = replicas
         self.guard_counts = GuardCounts(device)
+
+    @property
+    def meta_rule(self) -> StepRule:
+        """The meta optimiser of the loss parameters: Adam at ``online_meta_lr``, clipped to ``meta_clip``."""
+        return meta_optimizer(lr=self.online_meta_lr, clip=self.meta_clip)
 
     @property
     def rule(self) -> StepRule:
@@ -194,18 +201,17 @@ class OnlineLossLearner:
         result = self._meta_gradient(self.model, params, dict(self.model.named_buffers()), self.loss,
                                      loss_params, train, valid, rule, self.state, task=self.task,
                                      diagnostics=diagnostics, descent_guard=self.descent_guard, io=self.io,
-                                     **({"replicas": self.replicas} if self.replicas.active else {}))
+                                     replicas=self.replicas)
         new_params, new_state = result.params, result.state
-        if result.guarded is not None:
-            new_params, new_state, rejected = accept_or_fall_back(
-                self.model, train, params, result.params, result.state, result.task_grads,
+        if result.guard is not None:
+            new_params, new_state, rejected = check_step(
+                self.model, train, params, result.params, result.state, result.guard.task_grads,
                 result.train_task_loss, self.state, rule, self.task, replicas=self.replicas, io=self.io)
-            self.guard_counts.add(result.guarded, result.guarded_step, rejected, len(train[1]))
+            self.guard_counts.add(result.guard.report(rejected))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
         self._commit_base(params, new_params, new_state, base_ok)
-        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, lr=self.online_meta_lr,
-                                      clip=self.meta_clip, apply=meta_ok)
+        self.adam = apply_meta_update(loss_params, result.meta_grads, self.adam, self.meta_rule, apply=meta_ok)
         self._count(base_ok, meta_ok)
         info = {"learned_loss": result.train_loss, "task_loss": result.train_task_loss.detach(),
                 "meta_loss": result.meta_loss}
@@ -217,9 +223,9 @@ class OnlineLossLearner:
         params = self._params()
         step = guarded_step(self.model, self.loss, train, params, self.state, rule, self.task,
                             replicas=self.replicas, descent_guard=self.descent_guard, io=self.io)
-        train_loss, new_params, new_state, guard = step.value, step.params, step.state, step.guard
-        if guard is not None:
-            self.guard_counts.add(*guard, len(train[1]))
+        train_loss, new_params, new_state = step.value, step.params, step.state
+        if step.guard is not None:
+            self.guard_counts.add(step.guard)
         ok = all_finite([train_loss, *new_params.values()])
         self._commit_base(params, new_params, new_state, ok)
         self._count(ok, torch.ones_like(ok))
@@ -268,14 +274,14 @@ class OnlineLossLearner:
 
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam.state_dict(),
+        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam,
                 "rule_state": self.state, "skips": self.skips, "guard_counts": self.guard_counts.counts,
                 "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         self.loss.load_state_dict(state["loss"])
-        self.adam = AdamState.from_state_dict(state["adam"])
+        self.adam = meta_state_from_checkpoint(state["adam"])
         if "rule_state" in state:
             self.state = state["rule_state"]
         elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts
@@ -286,38 +292,6 @@ class OnlineLossLearner:
         self.guard_counts.load(state.get("guard_counts"))
         self.history = LossHistory(snapshots=list(state["history"]["snapshots"]),
                                    records=list(state["history"]["records"]))
-
-
-@with_model_precision
-def accept_or_fall_back(model: nn.Module, train, params, new_params, new_state: State, task_grads,
-                        before: Tensor, state: State, rule: StepRule, task: str, *,
-                        replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> tuple[dict[str, Tensor], State, Tensor]:
-    """θ' if it lowers the training batch's task loss, else the task loss's own step.
-
-    The descent guard's step check (:mod:`toolkit.meta.descent`): one extra forward at θ' on the
-    training batch (buffers copied, so running statistics are untouched); the choice is a
-    device-side ``where``, with no host sync. Returns (θ, optimiser state, rejected).
-
-    Args:
-        params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ;
-        before: L_task on the (global) batch at θ; state: the optimiser state of the current step.
-        replicas: in a data-parallel run the loss at θ' is the global batch's (each process's
-            share, summed), so every process decides alike.
-    """
-    x, y = train
-    with torch.no_grad():
-        buffers = {k: b.clone() for k, b in model.named_buffers()}
-        after = task_loss(io.functional(model, new_params, buffers, replicas.shard(x)), replicas.shard(y),
-                          task) / replicas.world_size
-        after = replicas.sum_([after])[0]
-        # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
-        # does not move (a learned loss flat where the model is, e.g. saturated far from the targets) all fall back.
-        rejected = ~(after < before)
-        theta = {k: p.detach() for k, p in params.items()}
-        fallback, fallback_state = rule.update(theta, task_grads, state)
-        chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
-        chosen_state = select_state(rejected, fallback_state, new_state)
-    return chosen, chosen_state, rejected
 
 
 @with_model_precision
@@ -340,12 +314,13 @@ def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[
 
 
 class FixedStep(NamedTuple):
-    """One step of :func:`guarded_step`: M and L_task on the batch at θ, θ', the state', the guard counts or None."""
+    """One step of :func:`guarded_step`: M on the batch at θ, θ', the state', the guard's report (None
+    unguarded) and L_task on the batch at θ."""
 
     value: Tensor
     params: dict[str, Tensor]
     state: State
-    guard: tuple[Tensor, Tensor, Tensor] | None
+    guard: GuardReport | None
     task_loss: Tensor
 
 
@@ -356,8 +331,8 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
     """One step on a fixed loss, out of place (a :class:`FixedStep`).
 
     The gradient is :func:`fixed_loss_gradients`'s. With ``descent_guard``: the two reflections of
-    :mod:`toolkit.meta.descent`, the rule's update (equal to its ``torch.optim`` counterpart), then
-    :func:`accept_or_fall_back`; the guard counts ``(rows, step, rejected)`` go to
+    :mod:`toolkit.meta.guard`, the rule's update (equal to its ``torch.optim`` counterpart), then
+    :func:`~toolkit.meta.guard.check_step`, whose :class:`~toolkit.meta.guard.GuardReport` goes to
     :meth:`GuardCounts.add`. Serves the online learner's plain steps and a frozen learned loss.
     """
     step = fixed_loss_gradients(model, loss, train, params, task, replicas=replicas, descent_guard=descent_guard,
@@ -368,60 +343,9 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
         new_params, new_state = rule.update(theta, step.grads, state)
     if not descent_guard:
         return FixedStep(value, new_params, new_state, None, step.train_task_loss)
-    new_params, new_state, rejected = accept_or_fall_back(model, train, params, new_params, new_state,
-                                                          step.task_grads, step.train_task_loss, state, rule, task,
-                                                          replicas=replicas, io=io)
-    return FixedStep(value, new_params, new_state, (step.reflect.count, step.step_reflect.uphill, rejected),
-                     step.train_task_loss)
-
-
-class GuardCounts:
-    """What the descent guard did, counted on the device (no host sync per step).
-
-    ``counts`` is two rows of [samples reflected, samples seen, steps reflected in parameter space,
-    steps, steps rejected by the step check]: row 0 since the last :meth:`read` (the history's
-    window), row 1 since the run began (:meth:`totals`, for results.json).
-    """
-
-    FIELDS = 5
-
-    def __init__(self, device: torch.device | str) -> None:
-        self.counts = torch.zeros(2, self.FIELDS, dtype=torch.long, device=device)
-
-    def add(self, rows: Tensor, step: Tensor, rejected: Tensor, samples: int) -> None:
-        one = torch.ones((), dtype=torch.long, device=rows.device)
-        self.counts = self.counts + torch.stack([rows.long(), one * samples, step.long(), one, rejected.long()])
-
-    def read(self) -> dict[str, float]:
-        """Shares since the last read of samples reflected (``guarded``), of steps reflected in parameter space
-        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read.
-        Starts the window afresh; the run's totals keep counting."""
-        window = self.counts[0].tolist()
-        self.counts = self.counts * torch.tensor([[0], [1]], dtype=torch.long, device=self.counts.device)
-        return _guard_shares(window)
-
-    def totals(self) -> dict[str, float]:
-        """The same shares over the whole run (every step since the counts began); one host read."""
-        return _guard_shares(self.counts[1].tolist())
-
-    def load(self, counts: Tensor | None) -> None:
-        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout).
-
-        A checkpoint written before the totals were kept holds the window only: it counts as both rows.
-        """
-        if counts is None:
-            return
-        if counts.shape == (self.FIELDS,):
-            counts = torch.stack([counts, counts])
-        if counts.shape == self.counts.shape:
-            self.counts = counts.to(self.counts.device)
-
-
-def _guard_shares(counts: list[int]) -> dict[str, float]:
-    rows, samples, steps_reflected, steps, rejected = (int(v) for v in counts)
-    return {"guarded": rows / samples if samples else 0.0,
-            "guarded_steps": steps_reflected / steps if steps else 0.0,
-            "rejected_steps": rejected / steps if steps else 0.0}
+    new_params, new_state, rejected = check_step(model, train, params, new_params, new_state, step.guard.task_grads,
+                                                 step.train_task_loss, state, rule, task, replicas=replicas, io=io)
+    return FixedStep(value, new_params, new_state, step.guard.report(rejected), step.train_task_loss)
 
 
 def frozen_copy(loss: nn.Module) -> nn.Module:
@@ -433,4 +357,4 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
 
 
 __all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
-           "GuardCounts", "FixedStep", "accept_or_fall_back", "guarded_step", "fixed_loss_gradients"]
+           "FixedStep", "guarded_step", "fixed_loss_gradients"]

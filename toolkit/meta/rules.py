@@ -243,7 +243,7 @@ def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tenso
 
     Returns (θ', m', v', step', max_v'); differentiable (see :func:`_sqrt`). With ``max_v`` (AMSGrad's
     running maximum of v) the denominator uses max(max_v, v'); else max_v' is None. Serves the base
-    rule and the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
+    rule and, through :class:`AdamRule`, the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
     """
     beta1, beta2 = betas
     step = step + 1
@@ -261,25 +261,25 @@ def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tenso
 
 def update_with_pullback(rule: StepRule, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                          state: State) -> tuple[TensorDict, State, Callable[[TensorDict], TensorDict]]:
-    """θ', state' (detached) and ``pullback(v) = (∂θ'/∂g)ᵀ v``, derived by autograd from ``rule.update``.
+    """θ', state' (detached) and ``pullback(v) = (∂θ'/∂g)ᵀ v``: ``torch.func.vjp`` of ``rule.update`` in g.
 
     The lookahead's tangent direction: for SGD it is −lr·v (−lr(1 + μ)·v with Nesterov), for
     Adam an elementwise rescaling that depends on g and the moments; either way it comes from
-    the rule's one definition. The graph kept in between covers only the update's elementwise
-    operations.
+    the rule's one definition.
     """
-    names = list(params)
     theta = {k: p.detach() for k, p in params.items()}
-    with torch.enable_grad():
-        g = {k: grads[k].detach().requires_grad_(True) for k in names}
-        new_params, new_state = rule.update(theta, g, state)
+
+    def update(g: TensorDict) -> tuple[TensorDict, State]:
+        return rule.update(theta, g, state)
+
+    new_params, vjp, new_state = torch.func.vjp(update, {k: g.detach() for k, g in grads.items()}, has_aux=True)
+    names = list(new_params)
 
     def pullback(v: Mapping[str, Tensor]) -> TensorDict:
-        out = torch.autograd.grad([new_params[k] for k in names], [g[k] for k in names], [v[k] for k in names],
-                                  allow_unused=True)
-        return {k: torch.zeros_like(theta[k]) if o is None else o for k, o in zip(names, out)}
+        (out,) = vjp({k: v[k] for k in names})
+        return out
 
-    return ({k: p.detach() for k, p in new_params.items()}, detach_state(new_state), pullback)
+    return new_params, detach_state(new_state), pullback
 
 
 def detach_state(state: State) -> State:

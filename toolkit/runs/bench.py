@@ -89,7 +89,7 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     for name in ("fast", "naive"):
         steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
                                            meta_gradient=name, snapshot_every=0)
-    # The default step without the descent guard (toolkit.meta.descent), as --no-descent-guard runs it.
+    # The default step without the descent guard (toolkit.meta.guard), as --no-descent-guard runs it.
     steppers["fast-unguarded"] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
                                                    meta_gradient="fast", snapshot_every=0, descent_guard=False)
     times: dict[str, list[float]] = {k: [] for k in steppers}

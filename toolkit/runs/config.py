@@ -39,7 +39,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # Algorithms 1-2 of the paper as published: the loss network's output is used as is,
     # so the offline phase is free to learn any gradient scale (see losses.scaled), Adam's
-    # rate is 1e-3 online too, and no descent guard (toolkit.meta.descent) corrects its steps.
+    # rate is 1e-3 online too, and no descent guard (toolkit.meta.guard) corrects its steps.
     "paper": {"loss_scale": "free", "online_meta_lr": 1e-3, "descent_guard": False},
 }
 """Named groups of option values: ``lfl train --preset paper``. Explicit options win."""

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 import losses
 
 from toolkit.meta.distributed import SINGLE, Replicas
-from toolkit.meta.online import GuardCounts, OnlineLossLearner, fixed_loss_gradients, guarded_step
+from toolkit.meta.guard import GuardCounts
+from toolkit.meta.online import OnlineLossLearner, fixed_loss_gradients, guarded_step
 from toolkit.meta.rules import torch_optimizer
 from toolkit.runs.common import TrainConfig
 
@@ -24,7 +25,7 @@ class FixedLossStepper:
 
     Unguarded, the step is ``torch.optim``'s own (SGD, Adam or AdamW). With ``guard_task`` (a frozen
     learned loss and ``config.descent_guard``) it is the same rule written functionally
-    (:mod:`toolkit.meta.rules`, equal to ``torch.optim``) around the descent guard (:mod:`toolkit.meta.descent`):
+    (:mod:`toolkit.meta.rules`, equal to ``torch.optim``) around the descent guard (:mod:`toolkit.meta.guard`):
     the two reflections, then the step check that falls back to the task loss's own step.
     """
 
@@ -74,7 +75,7 @@ class FixedLossStepper:
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(step.params[k])
-        self.guard_counts.add(*step.guard, len(train[1]))
+        self.guard_counts.add(step.guard)
         return self._info(step.value, step.task_loss)
 
     def record(self) -> dict:

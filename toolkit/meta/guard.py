@@ -1,0 +1,272 @@
+"""The descent guard: a learned loss's base step never goes uphill for the task loss.
+
+A fresh or drifting learned loss can be anti-aligned with the task: its gradient with
+respect to the model outputs, m_i = ∂M/∂f_i, points uphill for the task loss,
+⟨m_i, r_i⟩ < 0 with r_i = ∂L_task/∂f_i, and SGD then trains the model backwards. The
+guard reflects every such row across the hyperplane orthogonal to r_i,
+
+    m_i ← m_i − 2 ⟨m_i, r̂_i⟩ r̂_i   where ⟨m_i, r_i⟩ < 0,   r̂_i = r_i / ‖r_i‖,
+
+which keeps the row's length and turns its uphill component downhill (:func:`descent_reflection`).
+Samples share parameters, so that alone does not make the step g = Jᵀm a descent direction of
+the batch: the same reflection is then applied once more in parameter space, against the task
+loss's own gradient g_L = Jᵀr on the batch, where ⟨g, g_L⟩ < 0 (:func:`parameter_reflection`).
+Both hold to first order only, so the step about to be taken is checked too
+(:func:`check_step`): when the training batch's task loss at θ' is not below its value at θ
+(one extra forward), the task loss's own step is taken instead, so a learned loss that is flat
+where the model is cannot stall training.
+
+This module is the guard's one owner: the lookahead (:mod:`toolkit.meta.lookahead`) calls
+:func:`guarded_gradients` and carries the :class:`Guard` it returns, the online learner and a
+frozen learned loss's stepper call :func:`check_step`, and both count :class:`GuardReport` s in
+:class:`GuardCounts`. Each reflection H is linear and symmetric for a fixed choice of what
+reflects (decided on detached values, with no host synchronisation), so the meta-gradient through
+the guarded step stays exact: the loss's pullback takes H_f u instead of u, and the tangent
+direction is H_θ w instead of w.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from losses import encode_targets
+from losses.standard import task_gradient, task_loss
+
+from toolkit.meta.distributed import SINGLE, Replicas
+from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
+from toolkit.meta.rules import State, StepRule, select_state
+
+TensorDict = dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class Reflection:
+    """t ↦ H t = t − 2 (t · d_i) d_i per row, d_i = r̂_i on reflected rows and 0 elsewhere.
+
+    Attributes:
+        direction: (B, C) unit task-gradient rows where the learned gradient points uphill, else 0.
+        count: the number of reflected rows (a 0-d device tensor).
+        task_gradient: r = ∂L_task/∂f on the batch (B, C), detached.
+    """
+
+    direction: Tensor
+    count: Tensor
+    task_gradient: Tensor
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return t - 2.0 * (t * self.direction).sum(dim=1, keepdim=True) * self.direction
+
+
+def descent_reflection(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Reflection:
+    """The reflection that makes the learned gradient ``m`` (B, C) a descent direction per sample.
+
+    Args:
+        m: ∂M/∂f on the batch (only its value is read).
+        outputs: the model outputs f (B, C); targets: labels or regression targets.
+        task: "classification" or "regression" (the task loss, ``losses.task_loss``).
+    """
+    with torch.no_grad():
+        f = outputs.detach()
+        r = task_gradient(f, encode_targets(targets, f, task), task)
+        dot = (m.detach() * r).sum(dim=1, keepdim=True)
+        norm = r.norm(dim=1, keepdim=True)
+        uphill = (dot < 0) & (norm > 0)
+        direction = torch.where(uphill, r / norm.clamp_min(torch.finfo(r.dtype).tiny), torch.zeros_like(r))
+        return Reflection(direction=direction, count=uphill.sum(), task_gradient=r)
+
+
+@dataclass(frozen=True)
+class ParameterReflection:
+    """g ↦ H g = g − 2 (g · d) d over all parameters, d = ĝ_L when the batch step points uphill, else 0.
+
+    ``g`` and ``d`` are name → tensor dicts; H is linear and symmetric for a fixed ``uphill``.
+
+    Attributes:
+        direction: the unit task-loss gradient ĝ_L (name → tensor), scaled by 0 or 1.
+        uphill: whether the learned step pointed uphill for the batch task loss (0-d bool tensor).
+    """
+
+    direction: TensorDict
+    uphill: Tensor
+
+    def __call__(self, g: Mapping[str, Tensor]) -> TensorDict:
+        names = list(self.direction)
+        if not names:
+            return dict(g)
+        dot = torch.stack([(g[k] * self.direction[k]).sum() for k in names]).sum()
+        return {k: g[k] - 2.0 * dot * self.direction[k] for k in names}
+
+
+def parameter_reflection(grads: Mapping[str, Tensor], task_grads: Mapping[str, Tensor]) -> ParameterReflection:
+    """The reflection that makes the learned parameter gradient a descent direction of the batch task loss.
+
+    Args:
+        grads: ∇θ M (the learned loss's gradient, after the per-sample guard); only values are read.
+        task_grads: ∇θ L_task on the same batch and parameters.
+    """
+    with torch.no_grad():
+        names = list(grads)
+        if not names:
+            return ParameterReflection(direction={}, uphill=torch.zeros((), dtype=torch.bool))
+        dot = torch.stack([(grads[k].detach() * task_grads[k]).sum() for k in names]).sum()
+        norm = torch.stack([task_grads[k].pow(2).sum() for k in names]).sum().sqrt()
+        uphill = (dot < 0) & (norm > 0)
+        scale = torch.where(uphill, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
+        return ParameterReflection(direction={k: task_grads[k] * scale for k in names}, uphill=uphill)
+
+
+class GuardReport(NamedTuple):
+    """What the guard did on one step, as named 0-d device tensors (read on the host only by :class:`GuardCounts`).
+
+    Attributes:
+        rows_reflected: how many samples' learned gradients were reflected (long).
+        rows: how many samples the batch had (long).
+        step_reflected: whether the batch step was reflected in parameter space (bool).
+        step_rejected: whether the step check replaced the step by the task loss's own (bool).
+    """
+
+    rows_reflected: Tensor
+    rows: Tensor
+    step_reflected: Tensor
+    step_rejected: Tensor
+
+
+@dataclass(frozen=True)
+class Guard:
+    """The guard's decisions on one batch: the two reflections and the task loss's own gradient.
+
+    Attributes:
+        rows: the per-sample reflection H_f of m (:func:`descent_reflection`).
+        step: the parameter-space reflection H_θ of Jᵀ H_f m (:func:`parameter_reflection`).
+        task_grads: ∇θ L_task on the batch at θ (the fallback step's gradient).
+    """
+
+    rows: Reflection
+    step: ParameterReflection
+    task_grads: TensorDict
+
+    def report(self, rejected: Tensor) -> GuardReport:
+        """The :class:`GuardReport` of this batch, given the step check's verdict."""
+        count = self.rows.count.long()
+        return GuardReport(rows_reflected=count, rows=torch.full_like(count, self.rows.direction.shape[0]),
+                           step_reflected=self.step.uphill, step_rejected=rejected)
+
+
+def guarded_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor,
+                      targets: Tensor, task: str, *, replicas: Replicas = SINGLE,
+                      create_graph: bool = False) -> tuple[TensorDict, Guard]:
+    """H_θ Jᵀ H_f m and the :class:`Guard` that made it, for the global batch of a data-parallel run.
+
+    One backward of the reflected m and one of the task gradient r (for ∇θ L_task), each process
+    through its own rows, summed over processes; every decision is taken on global quantities, so
+    every process decides alike.
+
+    Args:
+        local_outputs: the model's outputs on this process's rows, with their graph to ``leaves``.
+        m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
+        task: the task loss's task.
+        create_graph: keep the graph of the gradient (through m) for a route that differentiates it.
+    """
+    names = list(leaves)
+    tensors = [leaves[k] for k in names]
+    rows = descent_reflection(m, outputs, targets, task)
+    grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(rows(m)),
+                                                retain_graph=True, create_graph=create_graph)))
+    task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(rows.task_gradient),
+                                                     retain_graph=create_graph)))
+    replicas.sum_([*grads.values(), *task_grads.values()])
+    step = parameter_reflection(grads, task_grads)
+    return step(grads), Guard(rows=rows, step=step, task_grads=task_grads)
+
+
+@with_model_precision
+def check_step(model: nn.Module, train, params: Mapping[str, Tensor], new_params: Mapping[str, Tensor],
+               new_state: State, task_grads: Mapping[str, Tensor], before: Tensor, state: State, rule: StepRule,
+               task: str, *, replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> tuple[TensorDict, State, Tensor]:
+    """θ' if it lowers the training batch's task loss, else the task loss's own step.
+
+    One extra forward at θ' on the training batch (buffers copied, so running statistics are
+    untouched); the choice is a device-side ``where``, with no host sync.
+
+    Args:
+        params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ (the
+            :class:`Guard`'s, for the fallback step); before: L_task on the (global) batch at θ;
+            state: the optimiser state of the current step.
+        replicas: in a data-parallel run the loss at θ' is the global batch's (each process's
+            share, summed), so every process decides alike.
+
+    Returns:
+        (θ chosen, optimiser state chosen, rejected: a 0-d bool tensor, for :meth:`Guard.report`).
+    """
+    x, y = train
+    with torch.no_grad():
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        after = task_loss(io.functional(model, dict(new_params), buffers, replicas.shard(x)), replicas.shard(y),
+                          task) / replicas.world_size
+        after = replicas.sum_([after])[0]
+        # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
+        # does not move (a learned loss flat where the model is, e.g. saturated far from the targets) all fall back.
+        rejected = ~(after < before)
+        theta = {k: p.detach() for k, p in params.items()}
+        fallback, fallback_state = rule.update(theta, dict(task_grads), state)
+        chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
+        chosen_state = select_state(rejected, fallback_state, new_state)
+    return chosen, chosen_state, rejected
+
+
+COUNTED = ("rows_reflected", "rows", "step_reflected", "steps", "step_rejected")
+"""The columns of :attr:`GuardCounts.counts`: the :class:`GuardReport` fields summed, and the steps counted."""
+
+
+class GuardCounts:
+    """:class:`GuardReport` s summed on the device (no host sync per step).
+
+    ``counts`` is two rows of :data:`COUNTED`: row 0 since the last :meth:`read` (the history's
+    window), row 1 since the run began (:meth:`totals`, for results.json).
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.counts = torch.zeros(2, len(COUNTED), dtype=torch.long, device=device)
+
+    def add(self, report: GuardReport) -> None:
+        """Count one step's report."""
+        added = {**{k: v.long() for k, v in report._asdict().items()}, "steps": torch.ones_like(report.rows)}
+        self.counts = self.counts + torch.stack([added[k] for k in COUNTED])
+
+    def read(self) -> dict[str, float]:
+        """Shares since the last read of samples reflected (``guarded``), of steps reflected in parameter space
+        (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read.
+        Starts the window afresh; the run's totals keep counting."""
+        window = self.counts[0].tolist()
+        self.counts = self.counts * torch.tensor([[0], [1]], dtype=torch.long, device=self.counts.device)
+        return _shares(window)
+
+    def totals(self) -> dict[str, float]:
+        """The same shares over the whole run (every step since the counts began); one host read."""
+        return _shares(self.counts[1].tolist())
+
+    def load(self, counts: Tensor | None) -> None:
+        """Restore ``counts`` from a checkpoint (ignored when absent or of another layout).
+
+        A checkpoint written before the totals were kept holds the window only: it counts as both rows.
+        """
+        if counts is None:
+            return
+        if counts.shape == (len(COUNTED),):
+            counts = torch.stack([counts, counts])
+        if counts.shape == self.counts.shape:
+            self.counts = counts.to(self.counts.device)
+
+
+def _shares(counts: list[int]) -> dict[str, float]:
+    n = dict(zip(COUNTED, (int(v) for v in counts)))
+    return {"guarded": n["rows_reflected"] / n["rows"] if n["rows"] else 0.0,
+            "guarded_steps": n["step_reflected"] / n["steps"] if n["steps"] else 0.0,
+            "rejected_steps": n["step_rejected"] / n["steps"] if n["steps"] else 0.0}
+
+
+__all__ = ["Reflection", "descent_reflection", "ParameterReflection", "parameter_reflection", "Guard",
+           "GuardReport", "GuardCounts", "COUNTED", "guarded_gradients", "check_step"]
