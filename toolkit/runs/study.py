@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from toolkit.layout import RESULTS
 from toolkit.runs.backends import make_backend
 from toolkit.runs.run_directory import DirectoryLock
 from toolkit.runs.study_spec import Group, Study, run_key, selection_metric
@@ -62,7 +63,7 @@ def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | Non
     Over means finished, or diverged (training is deterministic: it would diverge again). A
     run that failed for another reason (a killed worker, a full disk) is run again.
     """
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS
     if not path.is_file():
         return None
     try:

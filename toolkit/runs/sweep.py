@@ -13,6 +13,7 @@ from pathlib import Path
 
 from toolkit.analysis.statistics import summarise_values
 from toolkit.errors import ConfigError
+from toolkit.layout import SUMMARY
 from toolkit.runs.backends import make_backend
 from toolkit.runs.common import TrainConfig, write_json
 from toolkit.runs.run_directory import claim_summary
@@ -79,5 +80,5 @@ def run_seeds(config: TrainConfig, seeds: list[int], *, out_dir: str | Path, job
                 break  # in this process, as a plain loop would: no further seed starts after a failure
         results = [f.result() for f in futures]
     summary = {"config": {**config.to_dict(), "seed": None}, "runs": dirs, **summarise(results)}
-    write_json(out / "summary.json", summary)
+    write_json(out / SUMMARY, summary)
     return summary
