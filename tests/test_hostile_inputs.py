@@ -305,3 +305,22 @@ def test_a_csv_error_quotes_no_line_of_a_file_that_is_no_table(tmp_path):
     table.write_text("rooms,area,price\n3,70,1\n4,90,0\n")
     result = run_lfl("train", "--dataset", f"csv:{table}", "--target", "label", "--steps", "2", "--quiet")
     assert result.returncode == 2 and "columns: rooms, area, price" in result.stderr
+
+
+@pytest.mark.parametrize("make", ["formula-infinite", "nan-parameter", "infinite-parameter"])
+def test_a_loss_that_is_not_finite_at_step_0_is_refused(tmp_path, make):
+    """A broken learned loss used to finish "finished" with --loss ce's numbers (the guard replaced every
+    step); now it is refused before anything is written."""
+    if make == "formula-infinite":
+        source = "y_pred*1e308*1e308"
+    else:
+        loss = losses.MLPLoss(hidden=(4,))
+        with torch.no_grad():
+            next(loss.parameters())[0, 0] = float("nan") if make == "nan-parameter" else float("inf")
+        source = str(tmp_path / "broken.json")
+        losses.save_loss(loss, source)
+    result = run_lfl(*TRAIN, "--loss-from", source, "--out", tmp_path / "run")
+    assert result.returncode == 2, result.stderr
+    assert "is not finite on the first training batch" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

@@ -162,4 +162,36 @@ def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module
     return shape
 
 
-__all__ = ["make_loss", "reused_loss", "scaled_as_asked", "FORMULA_FILE_LIMIT"]
+def check_finite_at_start(loss: nn.Module, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor], *,
+                          where: str) -> None:
+    """Refuse a loss whose value or output gradient is not finite on the first training batch.
+
+    Such a loss (a NaN or infinite parameter, ``y_pred*1e308*1e308``) cannot give one useful step: unguarded
+    it would diverge at once, and with the descent guard every step would silently be the task loss's, so
+    the run would look finished with cross-entropy's numbers. The model runs in eval mode without a graph
+    and the global random state is restored, so the run itself is not changed by the check.
+    """
+    from toolkit.runtime import rng_state, set_rng_state
+
+    x, y = batch
+    device = x.device
+    state, training = rng_state(device), model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            outputs = model(x)
+        outputs = outputs.detach().requires_grad_(True)
+        value = loss(outputs, y)
+        (gradient,) = torch.autograd.grad(value, outputs, allow_unused=True)
+    finally:
+        model.train(training)
+        set_rng_state(state, device)
+    finite = bool(torch.isfinite(value).all()) and (gradient is None or bool(torch.isfinite(gradient).all()))
+    if not finite:
+        what = "value" if not bool(torch.isfinite(value).all()) else "gradient"
+        raise ConfigError(f"{where}: the loss's {what} is not finite on the first training batch (a NaN or "
+                          "infinite constant, or a formula that overflows): it cannot train a model; check the "
+                          "loss (lfl export) or give another")
+
+
+__all__ = ["make_loss", "reused_loss", "scaled_as_asked", "check_finite_at_start", "FORMULA_FILE_LIMIT"]

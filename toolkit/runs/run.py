@@ -30,7 +30,7 @@ from toolkit.runs.checkpoints import data_fingerprint, read_checkpoint, restore,
 from toolkit.errors import ConfigError
 from toolkit.runs.common import BatchStream, TrainConfig, evaluate, lr_at, write_json
 from toolkit.runs.log import History, RunLog, summary_writer_class
-from toolkit.runs.loss_sources import make_loss
+from toolkit.runs.loss_sources import check_finite_at_start, make_loss
 from toolkit.runs.reporting import GuardWarning, LossWindow, loss_postfix, run_progress
 from toolkit.runs.run_directory import RunDirectory
 from toolkit.runs.signals import terminate_as_interrupt
@@ -225,6 +225,10 @@ def _setup(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
                           "give a formula with numeric constants, or drop --adapt")
     splits = {name: (split.x.to(device), split.y.to(device))
               for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test))}
+    if not resume:  # a loss that cannot give one finite step is refused before anything is written
+        x, y = splits["train"]
+        check_finite_at_start(loss, model, (x[:config.batch_size], y[:config.batch_size]),
+                              where=f"--loss-from {config.loss_from}" if config.loss_from else f"--loss {config.loss}")
     train_batches, meta_batches = _batches(config, data.name, splits)
     run = Run(config=config, data=data, device=device, model=model, loss=loss, splits=splits,
               train_batches=train_batches, meta_batches=meta_batches, replicas=replicas, out=out,
