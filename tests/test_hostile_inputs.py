@@ -100,7 +100,33 @@ CASES = {
                                                  label_key="labels", num_classes=10), "uint8 array"),
     "cifar-label-half": (lambda t: _reader("read_cifar_batch", _cifar(t / "b", np.zeros((2, 3072), np.uint8), [0, 0.5]),
                                            label_key="labels", num_classes=10), "integer class labels"),
+    "results-json-list": (lambda t: ("lfl", ["compare", str(_write(_mkdir(t / "run") / "results.json", "[1, 2]").parent)]),
+                          "holds a JSON list"),
+    "model-option-nested": (lambda t: ("lfl", [*TRAIN, "--model-option", "hidden=" + "[" * 3000 + "]" * 3000]),
+                            "nested too deeply"),
+    "model-too-large": (lambda t: ("lfl", [*TRAIN, "--model-option", "hidden=[100000000000]"]),
+                        "parameters, more than"),
+    "bench-batch-beyond-memory": (lambda t: ("lfl", ["bench", "--model", "mlp", "--batch-size", "100000000000"]),
+                                  "not enough memory"),
+    "loss-not-finite": (lambda t: ("lfl", [*TRAIN, "--loss-from", "y_pred*1e308*1e308"]),
+                        "not finite on the first training batch"),
+    "overwrite-foreign-tensorboard": (lambda t: ("lfl", [*TRAIN, "--out", str(_users_tensorboard(t / "d")),
+                                                         "--overwrite"]), "did not write"),
+    "seeds-keep-summary": (lambda t: ("lfl", [*TRAIN, "--seeds", "0", "--out",
+                                              str(_write(_mkdir(t / "s") / "summary.json", "keep").parent)]),
+                           "summary.json already exists"),
 }
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _users_tensorboard(run: Path) -> Path:
+    """mkdir -p d/tensorboard/x && echo keep > d/tensorboard/x/f: a tree lfl never wrote."""
+    _write(_mkdir(run / "tensorboard" / "x") / "f", "keep\n")
+    return run
 
 
 def _write(path: Path, text: str) -> Path:
