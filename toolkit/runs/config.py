@@ -18,10 +18,11 @@ from typing import Any, Mapping
 from toolkit.errors import ConfigError
 from toolkit.meta.online import ONLINE_META_LR
 from toolkit.meta.rules import OPTIMIZERS, StepRule, make_rule
+from toolkit.data.regimes import NOISE_KINDS
 
 
 MAX_SEED = 2**31 - 1
-LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
+LOSS_CHOICES = ("ce", "mse", "gce", "focal", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
 LOSS_SCALES = ("normalised", "free")
 SCHEDULES = ("multistep", "cosine")
@@ -100,8 +101,8 @@ class TrainConfig:
                                                 "breast_cancer, diabetes, or csv:PATH for your own CSV file.")
     model: str = option("lenet5", help="Model name; see toolkit.models.zoo.MODEL_NAMES.")
     loss: str = option("ce", choices=LOSS_CHOICES,
-                       help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online; "
-                            "taylorglo: CMA-ES search, then fixed.")
+                       help="ce/mse: fixed; gce/focal: fixed robust losses (classification); ml3: offline-learned "
+                            "then fixed; adalfl: offline then online; taylorglo: CMA-ES search, then fixed.")
     steps: int = option(1000, help="Base training steps.")
     batch_size: int = option(128, help="Training batch size (the global batch under torchrun).")
     lr: float = option(0.01, help="Base learning rate.")
@@ -124,6 +125,16 @@ class TrainConfig:
     task: str | None = option(None, choices=("classification", "regression"),
                               help="Task of a csv: dataset (default: inferred).")
     valid_fraction: float = option(0.1, help="Share of the training set held out (stratified) for validation.")
+    selection_fraction: float = option(0.5, help="Share of the validation split kept for selection (stratified): "
+                                                 "every method's valid_* metrics; no method trains or meta-trains "
+                                                 "on it. The rest is the meta part (--meta-source valid).")
+    label_noise: float = option(0.0, metavar="RATE", help="Flip each training label with this probability "
+                                                          "(classification; validation and test stay clean).")
+    label_noise_kind: str = option("symmetric", choices=NOISE_KINDS,
+                                   help="symmetric: to a uniformly chosen other class; pairflip: class c to "
+                                        "(c+1) mod C.")
+    imbalance: float = option(1.0, metavar="RATIO", help="Long-tailed training split: class c keeps "
+                                                          "n_max*RATIO^(-c/(C-1)) samples (classification; 1: as is).")
     augment: bool = option(True, help="The dataset's standard training augmentation: crops and flips for "
                                       "CIFAR-10/100, crops for SVHN; no effect on other datasets.")
     eval_every: int = option(0, help="Validation every N steps (0: at the end).")
@@ -199,6 +210,9 @@ class TrainConfig:
             (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"unknown --device {self.device!r}: use auto, cpu or cuda"),
             (0 <= self.valid_fraction < 1, "--valid-fraction must be in [0, 1)"),
+            (0 < self.selection_fraction < 1, f"--selection-fraction must be in (0, 1), got {self.selection_fraction}"),
+            (0 <= self.label_noise < 1, f"--label-noise must be in [0, 1), got {self.label_noise}"),
+            (math.isfinite(self.imbalance) and self.imbalance >= 1, f"--imbalance must be >= 1, got {self.imbalance}"),
             (self.log_every >= 1 and self.checkpoint_every >= 0 and self.eval_every >= 0,
              "--log-every must be >= 1; --checkpoint-every and --eval-every >= 0"),
             (not self.adapt or self.loss_from is not None,

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 
 import losses
 
-from toolkit.data.datasets import Dataset, load_dataset
+from toolkit.data.datasets import Dataset
+from toolkit.data.run_data import load_run_data, load_search_data, prepare_run_data
 from toolkit.models.zoo import build_model
 from toolkit.meta.offline import offline_initialise
 from toolkit.meta.adam import all_finite
@@ -274,9 +275,9 @@ def _looks_like_path(text: str) -> bool:
 
 
 def load_run_dataset(config: TrainConfig) -> Dataset:
-    """The dataset, splits and normalisation a config names (its seed picks the validation split)."""
-    return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                        valid_fraction=config.valid_fraction, target=config.target, task=config.task)
+    """The dataset, splits and normalisation a config names (its seed picks the validation split and its
+    meta/selection parts), its training split made harder as asked (:mod:`toolkit.data.run_data`)."""
+    return load_run_data(config)
 
 
 def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module:
@@ -293,6 +294,11 @@ def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module
         return losses.task_loss_module(task, num_outputs)
     if config.loss == "mse":
         return losses.SquaredErrorLoss(task=task)
+    if config.loss in ("gce", "focal"):  # fixed robust losses, trained as --loss ce is
+        if task != "classification" or num_outputs < 2:
+            raise ConfigError(f"--loss {config.loss} needs a classification dataset with 2 or more outputs: "
+                              "use --loss mse for regression")
+        return losses.build_loss(config.loss)
     if config.loss == "taylorglo":
         return losses.TaylorLoss.taylorglo(task=task)
     shape = losses.TaylorLoss.taylorglo(task=task) if config.loss_param == "taylor" else losses.MLPLoss(task=task)
@@ -450,7 +456,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         if device.type == "cuda" and torch.cuda.is_initialized():
             device = torch.device("cuda", torch.cuda.current_device())
     seed_everything(config.seed)
-    data = dataset or load_run_dataset(config)
+    data = prepare_run_data(dataset, config) if dataset is not None else load_run_dataset(config)
     _check_splits(data)
     task = data.task
     model = _base_model(config, data, user_model, device)
@@ -469,7 +475,7 @@ def _train(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     augmentation = augmentation_for(data.name) if config.augment else None
     if augmentation is not None:  # training batches only: never validation, test or meta-objective batches
         train_batches = AugmentedBatches(train_batches, augmentation, seed=config.seed)
-    meta_x, meta_y = (valid_x, valid_y) if config.meta_source == "valid" else (train_x, train_y)
+    meta_x, meta_y = _to_device(data.meta, device) if config.meta_source == "valid" else (train_x, train_y)
     meta_batches = (BatchStream(meta_x, meta_y, config.batch_size, seed=config.seed + 7919)
                     if config.online or config.offline_phase else None)
     history = log if log is not None else RunLog(None)
@@ -588,7 +594,7 @@ def _search(config: TrainConfig, task: str, history: RunLog, progress: bool) -> 
         bar.update(1)
         bar.set_postfix(best=f"{record['best']:.4f}", refresh=False)
 
-    loss, _ = search_taylorglo(config, trainer=train, load_data=load_run_dataset, task=task,
+    loss, _ = search_taylorglo(config, trainer=train, load_data=load_search_data, task=task,
                                generations=config.generations, population=config.population,
                                fitness_steps=config.fitness_steps, jobs=config.search_jobs, seed=config.seed,
                                invariant=config.invariant,
@@ -650,6 +656,7 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
         "test_loss": test["loss"], "valid_loss": valid["loss"],
         "wall_time_s": wall,
         "device": str(device), "torch": torch.__version__, "config": config.to_dict(),
+        "data_regime": data.regime,  # the realised label noise, class counts, meta/selection sizes
     }
     if task == "classification":
         results.update(test_error=test["error"], valid_error=valid["error"])
