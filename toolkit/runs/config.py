@@ -149,7 +149,9 @@ class TrainConfig:
     meta_clip: float | None = option(None, help="Clip the meta-gradient to this global norm.")
     meta_gradient: str = option("fast", choices=("fast", "naive"),
                                 help="fast: the JVP route; naive: autograd through the unrolled step (reference).")
-    meta_source: str = option("valid", choices=("valid", "train"), help="Where meta-objective batches come from.")
+    meta_source: str = option("valid", choices=("valid", "train"),
+                              help="Where meta-objective batches come from (valid: the validation split's meta "
+                                   "part, never its selection part).")
     snapshot_every: int = option(100, help="Learned-loss snapshot every N steps.")
     loss_scale: str | None = option(None, choices=LOSS_SCALES,
                                     help="adalfl/ml3: 'normalised' (default) takes the gradient's direction from the "
