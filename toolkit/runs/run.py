@@ -429,10 +429,12 @@ def _base_model(config: TrainConfig, data: Dataset, user_model: nn.Module | None
 
 
 def _check_splits(data: Dataset) -> None:
-    sizes = f"train {len(data.train.y)}, validation {len(data.valid.y)}, test {len(data.test.y)} samples"
+    meta = len(data.meta.y) if data.meta is not None else 0  # the validation split is selection + meta parts
+    sizes = f"train {len(data.train.y)}, validation {len(data.valid.y) + meta}, test {len(data.test.y)} samples"
     if len(data.valid.y) < MIN_EVALUATION_SAMPLES:
-        raise ConfigError(f"the validation split is too small to measure anything ({sizes}): use --valid-fraction "
-                          f"> 0 so that it holds at least {MIN_EVALUATION_SAMPLES} samples, or more data")
+        raise ConfigError(f"the validation split is too small to measure anything ({sizes}; its selection part "
+                          f"{len(data.valid.y)}): raise --valid-fraction or --selection-fraction so that the selection "
+                          f"part holds at least {MIN_EVALUATION_SAMPLES} samples, or use more data")
     if len(data.test.y) < MIN_EVALUATION_SAMPLES:
         raise ConfigError(f"the test split is too small to measure anything ({sizes}): it needs at least "
                           f"{MIN_EVALUATION_SAMPLES} samples; use a larger dataset")
