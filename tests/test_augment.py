@@ -152,9 +152,14 @@ WRITERS = {"cifar10": (lambda root: write_cifar10(root / "cifar-10-batches-py"),
            "svhn": (lambda root: write_svhn(root / "svhn", n_train=100), Augmentation(4, False))}
 
 
+VALID_FRACTION = 0.2
+"""Of the writers' 100 training images: 20 for validation, so its selection part holds 10 (the fewest a run takes)."""
+
+
 def tiny(root: Path, dataset: str = "cifar10", **kw) -> TrainConfig:
     base = dict(dataset=dataset, data_dir=str(root), model="mlp", model_options={"hidden": (8,)}, steps=12,
-                batch_size=16, lr=0.05, momentum=0.9, seed=0, device="cpu", log_every=4, checkpoint_every=0)
+                batch_size=16, lr=0.05, momentum=0.9, seed=0, device="cpu", log_every=4, checkpoint_every=0,
+                valid_fraction=VALID_FRACTION)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -178,7 +183,7 @@ def test_training_batches_are_augmented_only_with_the_flag(tmp_path, monkeypatch
     seen = record_stepper_batches(monkeypatch)
     config = tiny(tmp_path, dataset, augment=augment)
     run.train(config, progress=False)
-    data = load_dataset(dataset, data_dir=tmp_path, download=False, seed=0)
+    data = load_dataset(dataset, data_dir=tmp_path, download=False, seed=0, valid_fraction=VALID_FRACTION)
     plain = BatchStream(data.train.x, data.train.y, 16, seed=0)
     assert len(seen) == config.steps
     for step, ((x, y), _) in enumerate(seen):
@@ -194,7 +199,7 @@ def test_meta_objective_batches_are_never_augmented(tmp_path, monkeypatch, meta_
     write_cifar10(tmp_path / "cifar-10-batches-py")
     seen = record_stepper_batches(monkeypatch)
     run.train(tiny(tmp_path, loss="adalfl", init_steps=2, steps=4, meta_source=meta_source), progress=False)
-    data = load_dataset("cifar10", data_dir=tmp_path, download=False, seed=0)
+    data = load_dataset("cifar10", data_dir=tmp_path, download=False, seed=0, valid_fraction=VALID_FRACTION)
     source = (data.valid if meta_source == "valid" else data.train).x.flatten(1)
     for _, (x_meta, _) in seen:
         matches = (x_meta.flatten(1)[:, None, :] == source[None]).all(-1)  # (batch, source rows)
@@ -278,7 +283,8 @@ def test_command_line_no_augment(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPOSITORY / "cli.py"), "train", "--dataset", "cifar10", "--data-dir",
          str(tmp_path / "data"), "--model", "mlp", "--model-option", "hidden=[8]", "--steps", "3", "--batch-size",
-         "16", "--device", "cpu", "--quiet", "--no-augment", "--out", str(tmp_path / "run")],
+         "16", "--device", "cpu", "--quiet", "--no-augment", "--valid-fraction", str(VALID_FRACTION),
+         "--out", str(tmp_path / "run")],
         capture_output=True, text=True, cwd=REPOSITORY, timeout=120)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["augment"] is False

@@ -90,7 +90,7 @@ def test_a_pickled_checkpoint_never_runs_code(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("rows,fraction,split", [(2, 0.1, "validation"), (400, 0.0, "validation"),
-                                                 (40, 0.5, "test")])
+                                                 (40, 0.7, "test")])
 def test_splits_too_small_to_measure_are_refused_with_their_sizes(tmp_path, rows, fraction, split) -> None:
     csv = tmp_path / "data.csv"
     lines = ["a,b,label"] + [f"{i % 7},{i % 5},{i % 2}" for i in range(rows)]

@@ -84,7 +84,14 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A dataset with normalised train / valid / test splits (see the module docstring)."""
+    """A dataset with normalised train / valid / test splits (see the module docstring).
+
+    ``meta`` and ``regime`` are set by :func:`toolkit.data.run_data.prepare_run_data` for a
+    training run: ``meta`` is the part of the validation split that meta-training may use, and
+    ``valid`` is then only the other part, the selection split every method is measured on;
+    ``regime`` records how the training split was made harder (label noise, imbalance). A
+    loaded dataset has neither (None).
+    """
 
     name: str
     task: str
@@ -96,6 +103,8 @@ class Dataset:
     source: str
     target_mean: float | None = None
     target_std: float | None = None
+    meta: Split | None = None
+    regime: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -303,8 +312,9 @@ def _load_csv(path_text: str, *, target: str | None, task: str | None) -> _Raw:
     return _Raw(CLASSIFICATION, len(classes), table.features, y.astype(np.int64).reshape(-1), str(path))
 
 
-def _holdout(labels: np.ndarray | None, n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Splits ``range(n)`` into kept and held-out indices (both sorted).
+def _holdout(labels: np.ndarray | None, n: int, fraction: float,
+             seed: int | list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Splits ``range(n)`` into kept and held-out indices (both sorted); ``seed`` as ``np.random.default_rng`` takes it.
 
     With ``labels`` the split is stratified: each class gives floor or ceil of
     ``fraction`` times its size, and ``round(fraction * n)`` are held out in all.

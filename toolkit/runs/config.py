@@ -19,10 +19,11 @@ from toolkit.errors import ConfigError
 from toolkit.meta.online import ONLINE_META_LR
 from toolkit.meta.rules import OPTIMIZERS, StepRule, make_rule
 from toolkit.runs.options import Check, above, at_least, check_option, field_types, flag, option, within
+from toolkit.data.regimes import NOISE_KINDS
 
 
 MAX_SEED = 2**31 - 1
-LOSS_CHOICES = ("ce", "mse", "adalfl", "ml3", "taylorglo")
+LOSS_CHOICES = ("ce", "mse", "gce", "focal", "adalfl", "ml3", "taylorglo")
 LOSS_PARAMS = ("mlp", "taylor")
 LOSS_SCALES = ("normalised", "free")
 SCHEDULES = ("multistep", "cosine")
@@ -61,8 +62,8 @@ class TrainConfig:
                                                 "breast_cancer, diabetes, or csv:PATH for your own CSV file.")
     model: str = option("lenet5", help="Model name; see toolkit.models.zoo.MODEL_NAMES.")
     loss: str = option("ce", choices=LOSS_CHOICES,
-                       help="ce/mse: fixed; ml3: offline-learned then fixed; adalfl: offline then online; "
-                            "taylorglo: CMA-ES search, then fixed.")
+                       help="ce/mse: fixed; gce/focal: fixed robust losses (classification); ml3: offline-learned "
+                            "then fixed; adalfl: offline then online; taylorglo: CMA-ES search, then fixed.")
     steps: int = option(1000, check=at_least(0), help="Base training steps.")
     batch_size: int = option(128, check=at_least(1), help="Training batch size (the global batch under torchrun).")
     lr: float = option(0.01, check=above(0), help="Base learning rate.")
@@ -85,6 +86,19 @@ class TrainConfig:
     task: str | None = option(None, choices=("classification", "regression"),
                               help="Task of a csv: dataset (default: inferred).")
     valid_fraction: float = option(0.1, check=within(0, 1), help="Share of the training set held out (stratified) for validation.")
+    selection_fraction: float = option(0.5, check=Check(lambda v: 0 < v < 1, "{option} must be in (0, 1), got {value}"),
+                                       help="Share of the validation split kept for selection (stratified): every "
+                                            "method's valid_* metrics; no method trains or meta-trains on it. The "
+                                            "rest is the meta part (--meta-source valid).")
+    label_noise: float = option(0.0, check=within(0, 1), metavar="RATE",
+                                help="Flip each training label with this probability (classification; validation "
+                                     "and test stay clean).")
+    label_noise_kind: str = option("symmetric", choices=NOISE_KINDS,
+                                   help="symmetric: to a uniformly chosen other class; pairflip: class c to "
+                                        "(c+1) mod C.")
+    imbalance: float = option(1.0, check=Check(lambda v: math.isfinite(v) and v >= 1, "{option} must be >= 1, got {value}"),
+                              metavar="RATIO", help="Long-tailed training split: class c keeps n_max*RATIO^(-c/(C-1)) "
+                                                    "samples (classification; 1: as is).")
     augment: bool = option(True, help="The dataset's standard training augmentation: crops and flips for "
                                       "CIFAR-10/100, crops for SVHN; no effect on other datasets.")
     eval_every: int = option(0, check=at_least(0), help="Validation every N steps (0: at the end).")
@@ -99,7 +113,9 @@ class TrainConfig:
     meta_clip: float | None = option(None, check=above(0), help="Clip the meta-gradient to this global norm.")
     meta_gradient: str = option("fast", choices=("fast", "naive"),
                                 help="fast: the JVP route; naive: autograd through the unrolled step (reference).")
-    meta_source: str = option("valid", choices=("valid", "train"), help="Where meta-objective batches come from.")
+    meta_source: str = option("valid", choices=("valid", "train"),
+                              help="Where meta-objective batches come from (valid: the validation split's meta "
+                                   "part, never its selection part).")
     snapshot_every: int = option(100, check=at_least(0), help="Learned-loss snapshot every N steps.")
     loss_scale: str | None = option(None, choices=LOSS_SCALES,
                                     help="adalfl/ml3: 'normalised' (default) takes the gradient's direction from the "

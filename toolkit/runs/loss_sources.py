@@ -154,6 +154,11 @@ def make_loss(config: TrainConfig, task: str, num_outputs: int = 2) -> nn.Module
         return losses.task_loss_module(task, num_outputs)
     if config.loss == "mse":
         return losses.SquaredErrorLoss(task=task)
+    if config.loss in ("gce", "focal"):  # fixed robust losses, trained as --loss ce is
+        if task != "classification" or num_outputs < 2:
+            raise ConfigError(f"--loss {config.loss} needs a classification dataset with 2 or more outputs: "
+                              "use --loss mse for regression")
+        return losses.build_loss(config.loss)
     if config.loss == "taylorglo":
         return losses.TaylorLoss.taylorglo(task=task)
     shape = losses.TaylorLoss.taylorglo(task=task) if config.loss_param == "taylor" else losses.MLPLoss(task=task)

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 import losses
 
 from toolkit.data.augment import AugmentedBatches, augmentation_for
-from toolkit.data.datasets import Dataset, load_dataset
+from toolkit.data.datasets import Dataset
+from toolkit.data.run_data import load_run_data, load_search_data, prepare_run_data
 from toolkit.layout import CHECKPOINT, LOCK, LOSS, RESULTS, SNAPSHOTS
 from toolkit.meta.adam import all_finite
 from toolkit.meta.distributed import SINGLE, Replicas, convert_sync_batchnorm
@@ -44,8 +45,7 @@ MIN_EVALUATION_SAMPLES = 10
 
 def load_run_dataset(config: TrainConfig) -> Dataset:
     """The dataset, splits and normalisation a config names (its seed picks the validation split)."""
-    return load_dataset(config.dataset, data_dir=config.data_dir, seed=config.seed,
-                        valid_fraction=config.valid_fraction, target=config.target, task=config.task)
+    return load_run_data(config)
 
 
 @dataclass
@@ -190,10 +190,12 @@ def _base_model(config: TrainConfig, data: Dataset, user_model: nn.Module | None
 
 
 def _check_splits(data: Dataset) -> None:
-    sizes = f"train {len(data.train.y)}, validation {len(data.valid.y)}, test {len(data.test.y)} samples"
+    meta = len(data.meta.y) if data.meta is not None else 0  # the validation split is selection + meta parts
+    sizes = f"train {len(data.train.y)}, validation {len(data.valid.y) + meta}, test {len(data.test.y)} samples"
     if len(data.valid.y) < MIN_EVALUATION_SAMPLES:
-        raise ConfigError(f"the validation split is too small to measure anything ({sizes}): use --valid-fraction "
-                          f"> 0 so that it holds at least {MIN_EVALUATION_SAMPLES} samples, or more data")
+        raise ConfigError(f"the validation split is too small to measure anything ({sizes}; its selection part "
+                          f"{len(data.valid.y)}): raise --valid-fraction or --selection-fraction so that the selection "
+                          f"part holds at least {MIN_EVALUATION_SAMPLES} samples, or use more data")
     if len(data.test.y) < MIN_EVALUATION_SAMPLES:
         raise ConfigError(f"the test split is too small to measure anything ({sizes}): it needs at least "
                           f"{MIN_EVALUATION_SAMPLES} samples; use a larger dataset")
@@ -210,7 +212,7 @@ def _setup(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         check_data_parallel(config, replicas)
         device = process_device(device)
     seed_everything(config.seed)
-    data = dataset or load_run_dataset(config)
+    data = prepare_run_data(dataset, config) if dataset is not None else load_run_dataset(config)
     _check_splits(data)
     model = _base_model(config, data, user_model, device)
     if replicas.active:
@@ -224,7 +226,8 @@ def _setup(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
         raise ConfigError(f"the loss to adapt has no trainable parameters ({type(loss).__name__}): "
                           "give a formula with numeric constants, or drop --adapt")
     splits = {name: (split.x.to(device), split.y.to(device))
-              for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test))}
+              for name, split in (("train", data.train), ("valid", data.valid), ("test", data.test),
+                                  ("meta", data.meta)) if split is not None}
     if not resume:  # a loss that cannot give one finite step is refused before anything is written
         x, y = splits["train"]
         check_finite_at_start(loss, model, (x[:config.batch_size], y[:config.batch_size]),
@@ -238,7 +241,8 @@ def _setup(config: TrainConfig, *, out: Path | None, resume: bool, progress: boo
     run.window = LossWindow(device)
     read_dir = out if read_from is None else read_from
     if read_dir is not None:
-        run.fingerprint = data_fingerprint([(s.x, s.y) for s in (data.train, data.valid, data.test)])
+        run.fingerprint = data_fingerprint([(s.x, s.y) for s in (data.train, data.valid, data.test, data.meta)
+                                            if s is not None])
     if resume and read_dir is not None and (read_dir / CHECKPOINT).exists():
         _resume(run, read_dir / CHECKPOINT)
     return run
@@ -253,7 +257,8 @@ def _batches(config: TrainConfig, dataset_name: str, splits: dict) -> tuple[Call
         train_batches = AugmentedBatches(train_batches, augmentation, seed=config.seed)
     if not (config.online or config.offline_phase):
         return train_batches, None
-    meta_x, meta_y = splits["valid"] if config.meta_source == "valid" else splits["train"]
+    # --meta-source valid: the validation split's meta part, never its selection part (toolkit.data.selection)
+    meta_x, meta_y = splits["meta"] if config.meta_source == "valid" else splits["train"]
     return train_batches, BatchStream(meta_x, meta_y, config.batch_size, seed=seed_stream(config.seed, "meta_batches"))
 
 
@@ -391,7 +396,7 @@ def _search(config: TrainConfig, task: str, history: RunLog, progress: bool) -> 
         bar.update(1)
         bar.set_postfix(best=f"{record['best']:.4f}", refresh=False)
 
-    loss, _ = search_taylorglo(config, trainer=train, load_data=load_run_dataset, task=task,
+    loss, _ = search_taylorglo(config, trainer=train, load_data=load_search_data, task=task,
                                generations=config.generations, population=config.population,
                                fitness_steps=config.fitness_steps, jobs=config.search_jobs, seed=config.seed,
                                invariant=config.invariant,
@@ -455,6 +460,7 @@ def _final_results(config, data, model, valid_x, valid_y, test_x, test_y, steppe
         "test_loss": test["loss"], "valid_loss": valid["loss"],
         "wall_time_s": wall,
         "device": str(device), "torch": torch.__version__, "config": config.to_dict(),
+        "data_regime": data.regime,  # the realised label noise, class counts, meta/selection sizes
     }
     if task == "classification":
         results.update(test_error=test["error"], valid_error=valid["error"])
