@@ -9,8 +9,10 @@ from test_losses_import import PUBLIC as LOSSES_PUBLIC
 FACES = {
     "losses": LOSSES_PUBLIC,  # pinned once, in tests/test_losses_import.py
     "toolkit.data": [
-        "Augmentation", "AugmentedBatches", "DATASET_NAMES", "DataError", "Dataset", "Split", "augment_batch",
-        "augmentation_for", "dataset_status", "load_dataset"],
+        "Augmentation", "AugmentedBatches", "DATASET_NAMES", "DataError", "Dataset", "NOISE_KINDS", "Split",
+        "apply_regime", "augment_batch", "augmentation_for", "dataset_status", "imbalanced_indices", "load_dataset",
+        "load_run_data", "load_search_data", "long_tail_counts", "noisy_labels", "prepare_run_data", "search_view",
+        "selection_indices", "split_for_selection"],
     "toolkit.models": [
         "AlexNet", "AllCNNC", "LeNet5", "LogisticRegression", "MLP", "MODEL_NAMES", "ModelError", "PreActResNet",
         "PyramidNet", "ResNet18", "SqueezeNet", "VGG16", "build_model", "model_options"],
