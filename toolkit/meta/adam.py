@@ -7,6 +7,14 @@ The meta optimiser must be able to *skip* an update without a host round trip (a
 meta-gradient must leave parameters and moments untouched), which ``torch.optim.Adam`` cannot do
 without reading the flag on the host: :func:`apply_meta_update` selects between the new and the
 old parameters and state on the device with ``torch.where`` (:func:`~toolkit.meta.rules.select_state`).
+
+Why there is no ``apply_if_finite`` wrapper (optax's): it decides from the gradients its own rule is given.
+The learner's decision is not a function of those alone: a meta update is skipped when the *base* step's
+learned loss or θ' is non-finite, when the meta-loss is, or when the meta-gradients are, and the base step
+is skipped on the first condition only, with the two kinds of skip counted apart. A wrapper of the meta rule
+would need the base step's and the meta-loss's flags passed in beside the gradients, so it would be this
+module's ``apply`` argument under another name; a wrapper that looked only at the meta-gradients would change
+what the learner does (it would take a meta step after a non-finite base step).
 """
 from __future__ import annotations
 
