@@ -29,7 +29,7 @@ def test_meta_optimizer_matches_torch_optim_adam_with_clip_grad_norm():
         state = apply_meta_update(params, grads, state, rule)
     for k in params:
         torch.testing.assert_close(params[k].detach(), reference[k].detach(), rtol=1e-12, atol=1e-14)
-    assert float(state["step"]) == 6.0
+    assert float(state.step) == 6.0
 
 
 def test_a_skipped_update_leaves_parameters_and_moments_untouched():
@@ -40,14 +40,14 @@ def test_a_skipped_update_leaves_parameters_and_moments_untouched():
     skipped = apply_meta_update(params, {"w": torch.full((3,), float("nan"), dtype=F64)}, state, rule,
                                 apply=torch.tensor(False))
     torch.testing.assert_close(params["w"].detach(), after_one, rtol=0, atol=0)
-    torch.testing.assert_close(skipped["exp_avg"]["w"], state["exp_avg"]["w"], rtol=0, atol=0)
-    assert float(skipped["step"]) == 1.0
+    torch.testing.assert_close(skipped.exp_avg["w"], state.exp_avg["w"], rtol=0, atol=0)
+    assert float(skipped.step) == 1.0
 
 
 def test_clipping_scales_the_meta_gradient_to_the_norm_and_leaves_small_ones():
     rule = meta_optimizer(lr=1.0, clip=1.0)
     grads = {"a": torch.tensor([3.0, 0.0], dtype=F64), "b": torch.tensor([4.0], dtype=F64)}
-    scaled = rule.update(grads, grads, rule.init(grads))[1]["exp_avg"]  # m' = 0.1 g after clipping
+    scaled = rule.update(grads, grads, rule.init(grads))[1].exp_avg  # m' = 0.1 g after clipping
     torch.testing.assert_close(torch.cat([scaled["a"], scaled["b"]]) / 0.1, torch.tensor([0.6, 0.0, 0.8], dtype=F64))
     with pytest.raises(ValueError, match="meta_clip must be positive"):
         meta_optimizer(lr=1.0, clip=0.0)
@@ -60,8 +60,8 @@ def test_checkpoints_of_the_older_adam_state_load_as_the_rules_state():
              "exp_avg_sq": {k: torch.full_like(p, 0.2) for k, p in params.items()}}
     state = meta_state_from_checkpoint(older)
     rule = meta_optimizer(lr=0.01)
-    assert set(state) == set(rule.init({k: p.detach() for k, p in params.items()}))
-    assert state["exp_avg"] is not older["exp_avg"] and state["step"] is older["step"]
+    assert type(state) is type(rule.init({k: p.detach() for k, p in params.items()}))
+    assert state.exp_avg is not older["exp_avg"] and state.step is older["step"]
     apply_meta_update(params, {k: torch.ones_like(p) for k, p in params.items()}, state, rule)
     with pytest.raises(ValueError, match="lacks"):
         meta_state_from_checkpoint({"exp_avg": {}})

@@ -153,7 +153,7 @@ def test_a_version_1_checkpoint_migrates_to_the_current_one(tmp_path):
            "config": {k: v for k, v in state["config"].items() if k not in ("optimizer", "sync_batchnorm")}}
     del old["loss_sums"], old["data_fingerprint"]
     migrated = MIGRATIONS[1](old, None)
-    assert migrated["version"] == 2 == CHECKPOINT_VERSION
+    assert migrated["version"] == 2
     assert migrated["stepper"]["rule_state"] == {} and "momentum" not in migrated["stepper"]
     with_momentum = MIGRATIONS[1]({**old, "stepper": {**stepper, "momentum": {"w": torch.ones(2)}}}, None)
     assert torch.equal(with_momentum["stepper"]["rule_state"]["momentum"]["w"], torch.ones(2))
@@ -163,6 +163,31 @@ def test_a_version_1_checkpoint_migrates_to_the_current_one(tmp_path):
     torch.save(old, path)
     assert read_checkpoint(path)["version"] == CHECKPOINT_VERSION
     assert train(small(), out_dir=tmp_path / "run", resume=True, progress=False)["status"] == "finished"
+
+
+def _flat(saved: dict) -> dict:
+    """A tagged optimiser state (version 3) in the flat form version 2 wrote."""
+    return {k: v for k, v in saved.items() if k != "kind" and v is not None}
+
+
+def test_a_version_2_checkpoint_of_the_online_learner_migrates_and_resumes_identically(tmp_path):
+    """Version 2 kept the base and meta optimiser states as flat dicts; version 3 as tagged NamedTuple fields.
+    Resuming the migrated checkpoint must train on exactly as resuming the current one does."""
+    config = small(loss="adalfl", init_steps=2, momentum=0.9, steps=20)
+    train(small(loss="adalfl", init_steps=2, momentum=0.9, steps=10), out_dir=tmp_path / "new", progress=False)
+    state = torch.load(tmp_path / "new" / CHECKPOINT, weights_only=True)
+    assert state["stepper"]["rule_state"]["kind"] == "sgd" and state["stepper"]["adam"]["kind"] == "adam"
+    old = {**state, "version": 2, "stepper": {**state["stepper"], "rule_state": _flat(state["stepper"]["rule_state"]),
+                                              "adam": _flat(state["stepper"]["adam"])}}
+    (tmp_path / "old").mkdir()
+    for f in (tmp_path / "new").iterdir():
+        (tmp_path / "old" / f.name).write_bytes(f.read_bytes())
+    torch.save(old, tmp_path / "old" / CHECKPOINT)
+    migrated = read_checkpoint(tmp_path / "old" / CHECKPOINT)
+    for key in ("rule_state", "adam"):
+        assert migrated["stepper"][key].keys() == state["stepper"][key].keys()
+    results = [train(config, out_dir=tmp_path / name, resume=True, progress=False) for name in ("new", "old")]
+    assert results[0]["test_loss"] == results[1]["test_loss"] and results[0]["status"] == "finished"
 
 
 def test_a_checkpoint_of_a_future_version_is_refused(tmp_path):

@@ -9,6 +9,7 @@ from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_co
 from losses import encode_targets, task_gradient, task_loss
 from toolkit.meta.guard import descent_reflection
 from toolkit.meta.lookahead import SGDRule, meta_gradient, meta_gradient_naive
+from toolkit.meta.rules import SGDState
 
 F64 = torch.float64
 
@@ -79,7 +80,7 @@ def test_guarded_fast_meta_gradient_equals_naive(model_name, rule_name, scaled) 
     factory, shape = MODELS[model_name]
     model = factory()
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
-    momentum = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+    momentum = SGDState(momentum={k: 0.1 * torch.randn_like(p) for k, p in params.items()})
     train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
     model.eval()  # the search reads outputs without dropout; the lookahead itself runs in train mode
     loss = _mixed_loss(model, params, train, scaled=scaled)
@@ -132,7 +133,7 @@ def test_a_step_reflected_in_parameter_space_is_exact_and_descends(loss_seed, ba
     torch.manual_seed(loss_seed)
     loss = losses.MLPLoss(hidden=(6, 6)).double()
     rule = SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    momentum = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+    momentum = SGDState(momentum={k: 0.1 * torch.randn_like(p) for k, p in params.items()})
     fast = meta_gradient(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum,
                               descent_guard=True)
     naive = meta_gradient_naive(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule,
@@ -179,7 +180,7 @@ def test_the_naive_reference_catches_a_wrong_reflection_in_the_default_route(mon
         torch.manual_seed(31)
         loss = losses.MLPLoss(hidden=(6, 6)).double()
     rule = SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)
-    state = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+    state = SGDState(momentum={k: 0.1 * torch.randn_like(p) for k, p in params.items()})
 
     def both():
         return [fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, state,

@@ -11,6 +11,7 @@ from losses import GradientScaledLoss, MLPLoss, task_loss
 from toolkit.data.datasets import load_dataset
 from toolkit.meta.lookahead import SGDRule
 from toolkit.meta.guard import check_step
+from toolkit.meta.rules import SGDState
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.runs.run import train
 from toolkit.runs.common import BatchStream, TrainConfig, evaluate
@@ -91,17 +92,17 @@ def test_a_step_that_raises_the_batch_loss_is_replaced_by_the_task_losses_own_st
     before = task_loss(torch.func.functional_call(model, leaf, (x,)), y, "classification")
     task_grads = dict(zip(leaf, torch.autograd.grad(before, list(leaf.values()))))
     task_step, task_state = learner.rule.update(theta, task_grads, learner.rule.init(theta))
-    task_momentum = task_state["momentum"]
+    task_momentum = task_state.momentum
     worse = {k: v + 3.0 * torch.randn_like(v) for k, v in theta.items()}  # raises the batch loss
-    momentum = {"momentum": {k: torch.ones_like(v) for k, v in theta.items()}}
+    momentum = SGDState(momentum={k: torch.ones_like(v) for k, v in theta.items()})
     fresh = learner.rule.init(theta)
     chosen, chosen_state, rejected = check_step(model, (x, y), params, worse, momentum, task_grads,
                                                 before.detach(), fresh, learner.rule, "classification")
     assert bool(rejected)
     for k in theta:
         torch.testing.assert_close(chosen[k], task_step[k], rtol=0, atol=0)
-        torch.testing.assert_close(chosen_state["momentum"][k], task_momentum[k], rtol=0, atol=0)
-    chosen, chosen_state, rejected = check_step(model, (x, y), params, task_step, {"momentum": task_momentum},
+        torch.testing.assert_close(chosen_state.momentum[k], task_momentum[k], rtol=0, atol=0)
+    chosen, chosen_state, rejected = check_step(model, (x, y), params, task_step, SGDState(momentum=task_momentum),
                                                 task_grads, before.detach(), fresh, learner.rule, "classification")
     assert not bool(rejected)  # a step that lowers the batch loss is kept as it is
     assert all(torch.equal(chosen[k], task_step[k]) for k in theta)

@@ -9,7 +9,7 @@ import losses
 from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, central_differences,
                      tiny_bn_dropout, tiny_conv, tiny_mlp)
 from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive
-from toolkit.meta.rules import AdamRule, SGDRule, torch_optimizer
+from toolkit.meta.rules import AdamRule, AdamState, SGDRule, SGDState, torch_optimizer
 from losses import task_loss
 
 
@@ -47,10 +47,10 @@ def _state(model, seed, rule=RULES["momentum-wd"]):
     torch.manual_seed(seed)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
     if isinstance(rule, AdamRule):
-        return params, {"step": torch.tensor(3.0, dtype=torch.float64),
-                        "exp_avg": {k: 0.1 * torch.randn_like(p) for k, p in params.items()},
-                        "exp_avg_sq": {k: 0.01 * torch.rand_like(p) + 1e-3 for k, p in params.items()}}
-    return params, {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+        return params, AdamState(step=torch.tensor(3.0, dtype=torch.float64),
+                                 exp_avg={k: 0.1 * torch.randn_like(p) for k, p in params.items()},
+                                 exp_avg_sq={k: 0.01 * torch.rand_like(p) + 1e-3 for k, p in params.items()})
+    return params, SGDState(momentum={k: 0.1 * torch.randn_like(p) for k, p in params.items()})
 
 
 def _torch_reference(rule, params):
@@ -104,8 +104,12 @@ def test_fast_meta_gradient_equals_naive(model_name, rule_name, loss_name):
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
-    for key, value in fast.state.items():  # momentum buffers, Adam moments and step
-        expected = naive.state[key]
+    assert type(fast.state) is type(naive.state)
+    for key, value in fast.state._asdict().items():  # momentum buffers, Adam moments and step
+        expected = getattr(naive.state, key)
+        if value is None:
+            assert expected is None
+            continue
         for k in (value if isinstance(value, dict) else {None: value}):
             a, b = (value, expected) if k is None else (value[k], expected[k])
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -130,10 +134,10 @@ def _lookahead_objective(model, params, loss, phi, train, valid, rule, state=Non
     if state:
         for k, p in scratch.named_parameters():
             if isinstance(rule, AdamRule):
-                opt.state[p] = {"step": state["step"].clone(), "exp_avg": state["exp_avg"][k].clone(),
-                                "exp_avg_sq": state["exp_avg_sq"][k].clone()}
+                opt.state[p] = {"step": state.step.clone(), "exp_avg": state.exp_avg[k].clone(),
+                                "exp_avg_sq": state.exp_avg_sq[k].clone()}
             else:
-                opt.state[p] = {"momentum_buffer": state["momentum"][k].clone()}
+                opt.state[p] = {"momentum_buffer": state.momentum[k].clone()}
     opt.zero_grad()
     fixed(scratch(train[0]), train[1]).backward()
     opt.step()
@@ -211,7 +215,7 @@ def test_fast_meta_gradient_with_frozen_layers_equals_naive():
     loss = _scaled_loss((6, 6))
     train, valid = batch(8, (1, 12, 12), 3, seed=1), batch(6, (1, 12, 12), 3, seed=2)
     rule = RULES["momentum-wd"]
-    momentum = {"momentum": {k: 0.1 * torch.randn_like(p) for k, p in params.items()}}
+    momentum = SGDState(momentum={k: 0.1 * torch.randn_like(p) for k, p in params.items()})
     fast, naive = (fn(model, params, {}, loss, dict(loss.named_parameters()), train, valid, rule, momentum)
                    for fn in (meta_gradient, meta_gradient_naive))
     assert_meta_gradients_close(fast, naive)
@@ -300,7 +304,7 @@ def _fast_equals_naive(model, shape, rule=RULES["nesterov-wd"], *, guard=False, 
     params, state = _state(model, seed, rule)
     params = {k: p for k, p in params.items() if dict(model.named_parameters())[k].requires_grad}
     if not isinstance(rule, AdamRule):
-        state = {"momentum": {k: v for k, v in state["momentum"].items() if k in params}}
+        state = SGDState(momentum={k: v for k, v in state.momentum.items() if k in params})
     train, valid = batch(shape[0], shape[1:], classes, seed=1), batch(shape[0], shape[1:], classes, seed=2)
     results, buffers = [], []
     for fn in (meta_gradient, meta_gradient_naive):

@@ -75,7 +75,7 @@ def test_no_graph_survives_and_memory_stays_flat():
     assert live_tensors() == before
     for p in [*learner.model.parameters(), *learner.loss.parameters()]:
         assert p.grad is None and p.grad_fn is None
-    state = [*learner.state["momentum"].values(), *learner.adam["exp_avg"].values(), *info.values()]
+    state = [*learner.state.momentum.values(), *learner.adam.exp_avg.values(), *info.values()]
     assert all(t.grad_fn is None for t in state)
 
 
@@ -100,14 +100,14 @@ def test_non_finite_updates_are_skipped_counted_and_stop_the_run():
     learner.step(train, valid)
     model_before = [p.detach().clone() for p in learner.model.parameters()]
     loss_before = [p.detach().clone() for p in learner.loss.parameters()]
-    momentum_before = {k: v.clone() for k, v in learner.state["momentum"].items()}
+    momentum_before = {k: v.clone() for k, v in learner.state.momentum.items()}
     learner.loss.armed = True
     learner.step(train, valid)
     learner.step(train, valid)
     assert learner.check() == {"skipped_base": 2, "skipped_meta": 0}
     assert all(a.equal(b.detach()) for a, b in zip(model_before, learner.model.parameters()))
     assert all(a.equal(b.detach()) for a, b in zip(loss_before, learner.loss.parameters()))
-    assert all(momentum_before[k].equal(v) for k, v in learner.state["momentum"].items())
+    assert all(momentum_before[k].equal(v) for k, v in learner.state.momentum.items())
     learner.step(train, valid)
     with pytest.raises(NonFiniteError, match="consecutive"):
         learner.check()

@@ -30,9 +30,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def process_device(device: torch.device) -> torch.device:
-    """The device this process computes on: the current CUDA device once one is selected (a data-parallel
-    process that joined its group on ``cuda:LOCAL_RANK``), else ``device`` as resolved."""
+def process_device(device: torch.device, *, local_rank: int | None = None) -> torch.device:
+    """The device this process computes on (the one rule for it).
+
+    With ``local_rank`` (a data-parallel process joining its group): ``cuda:LOCAL_RANK`` for a CUDA run
+    without an index (one GPU per process), else ``device``. Without it: the current CUDA device once one
+    is selected (a process that joined its group on ``cuda:LOCAL_RANK``), else ``device`` as resolved.
+    """
+    if local_rank is not None:
+        return torch.device("cuda", local_rank) if device.type == "cuda" and device.index is None else device
     if device.type == "cuda" and torch.cuda.is_initialized():
         return torch.device("cuda", torch.cuda.current_device())
     return device

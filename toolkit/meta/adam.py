@@ -2,11 +2,19 @@
 
 The loss parameters φ are updated by :class:`~toolkit.meta.rules.AdamRule` (``torch.optim.Adam``
 without weight decay), clipped by global norm when asked (:class:`~toolkit.meta.combined.ClippedRule`),
-so there is one Adam and one state format: the rules' ``{"step", "exp_avg", "exp_avg_sq"}``.
+so there is one Adam and one state shape: :class:`~toolkit.meta.rules.AdamState`.
 The meta optimiser must be able to *skip* an update without a host round trip (a non-finite
 meta-gradient must leave parameters and moments untouched), which ``torch.optim.Adam`` cannot do
 without reading the flag on the host: :func:`apply_meta_update` selects between the new and the
 old parameters and state on the device with ``torch.where`` (:func:`~toolkit.meta.rules.select_state`).
+
+Why there is no ``apply_if_finite`` wrapper (optax's): it decides from the gradients its own rule is given.
+The learner's decision is not a function of those alone: a meta update is skipped when the *base* step's
+learned loss or θ' is non-finite, when the meta-loss is, or when the meta-gradients are, and the base step
+is skipped on the first condition only, with the two kinds of skip counted apart. A wrapper of the meta rule
+would need the base step's and the meta-loss's flags passed in beside the gradients, so it would be this
+module's ``apply`` argument under another name; a wrapper that looked only at the meta-gradients would change
+what the learner does (it would take a meta step after a non-finite base step).
 """
 from __future__ import annotations
 
@@ -16,15 +24,12 @@ import torch
 from torch import Tensor
 
 from toolkit.meta.combined import clipped
-from toolkit.meta.rules import AdamRule, State, StepRule, select_state
+from toolkit.meta.rules import AdamRule, AdamState, State, StepRule, load_state, select_state
 
 TensorDict = dict[str, Tensor]
 
 META_CLIP_EPS = 1e-12
 """The meta-gradient clip's guard: the coefficient is max_norm / (‖g‖ + 1e-12)."""
-
-STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
-
 
 def meta_optimizer(*, lr: float, clip: float | None = None) -> StepRule:
     """Adam at ``lr`` on the loss parameters, after clipping the meta-gradient to global L2 norm ``clip``.
@@ -55,13 +60,17 @@ def apply_meta_update(params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
     return new_state
 
 
-def meta_state_from_checkpoint(saved: Mapping) -> State:
-    """The meta optimiser's state from a checkpoint: the rule's state dict, as every checkpoint wrote it
-    (``AdamState.state_dict()`` of older versions has the same keys), copied; a clear error otherwise."""
-    missing = [k for k in STATE_KEYS if k not in saved]
-    if missing:
-        raise ValueError(f"the checkpoint's meta-optimiser state lacks {missing}: it was not written by this toolkit")
-    return {"step": saved["step"], "exp_avg": dict(saved["exp_avg"]), "exp_avg_sq": dict(saved["exp_avg_sq"])}
+def meta_state_from_checkpoint(saved) -> AdamState:
+    """The meta optimiser's :class:`~toolkit.meta.rules.AdamState` from a checkpoint: the tagged plain dict of
+    :func:`~toolkit.meta.rules.state_to_dict`, or the flat ``{"step", "exp_avg", "exp_avg_sq"}`` of older
+    versions; a clear error otherwise."""
+    try:
+        state = load_state(saved)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"the checkpoint's meta-optimiser state is not one this toolkit writes ({exc})") from None
+    if not isinstance(state, AdamState):
+        raise ValueError(f"the checkpoint's meta-optimiser state is a {type(state).__name__}, not an AdamState")
+    return state
 
 
 def all_finite(tensors) -> Tensor:

@@ -19,10 +19,6 @@ CLIP_EPS = 1e-6
 """``torch.nn.utils.clip_grad_norm_``'s guard: the coefficient is max_norm / (‖g‖ + 1e-6)."""
 
 
-def _prefix(index: int) -> str:
-    return f"group{index}/"
-
-
 @dataclass(frozen=True)
 class GroupedRule:
     """A rule per group of parameters (``torch.optim``'s ``param_groups``).
@@ -30,8 +26,7 @@ class GroupedRule:
     Attributes:
         groups: ((parameter names, rule), ...); every parameter the rule sees is in exactly one group.
 
-    The state is flat (what :func:`~toolkit.meta.rules.select_state` and checkpoints expect): group
-    i's entries under ``"group{i}/<key>"``.
+    The state is a tuple of the groups' states, in the groups' order (a pytree, as each of them is).
     """
 
     groups: tuple[tuple[tuple[str, ...], StepRule], ...]
@@ -45,28 +40,18 @@ class GroupedRule:
         """Every group at learning rate ``lr``."""
         return replace(self, groups=tuple((names, rule.with_lr(lr)) for names, rule in self.groups))
 
-    def init(self, params: Mapping[str, Tensor]) -> State:
-        state: State = {}
-        for i, (names, rule) in enumerate(self.groups):
-            state.update({_prefix(i) + k: v for k, v in rule.init({n: params[n] for n in names}).items()})
-        return state
+    def init(self, params: Mapping[str, Tensor]) -> tuple[State, ...]:
+        return tuple(rule.init({n: params[n] for n in names}) for names, rule in self.groups)
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
-               state: State) -> tuple[TensorDict, State]:
+               state: tuple[State, ...]) -> tuple[TensorDict, tuple[State, ...]]:
         new_params: TensorDict = {}
-        new_state: State = {}
-        for i, (names, rule) in enumerate(self.groups):
-            p, s = rule.update({n: params[n] for n in names}, {n: grads[n] for n in names},
-                               group_state(state, i))
+        new_state = []
+        for (names, rule), part in zip(self.groups, state):
+            p, s = rule.update({n: params[n] for n in names}, {n: grads[n] for n in names}, part)
             new_params.update(p)
-            new_state.update({_prefix(i) + k: v for k, v in s.items()})
-        return {k: new_params[k] for k in params}, new_state
-
-
-def group_state(state: State, index: int) -> State:
-    """Group ``index``'s entries of a :class:`GroupedRule` state, under their own keys."""
-    prefix = _prefix(index)
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            new_state.append(s)
+        return {k: new_params[k] for k in params}, tuple(new_state)
 
 
 @dataclass(frozen=True)
@@ -94,6 +79,7 @@ class ClippedRule:
         return replace(self, rule=self.rule.with_lr(lr))
 
     def init(self, params: Mapping[str, Tensor]) -> State:
+        """The inner rule's state (clipping keeps none)."""
         return self.rule.init(params)
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
@@ -112,4 +98,4 @@ def clipped(rule: StepRule, max_norm: float | None, *, eps: float = CLIP_EPS) ->
     return rule if max_norm is None else ClippedRule(rule, max_norm, eps)
 
 
-__all__ = ["GroupedRule", "ClippedRule", "clipped", "group_state", "CLIP_EPS"]
+__all__ = ["GroupedRule", "ClippedRule", "clipped", "CLIP_EPS"]

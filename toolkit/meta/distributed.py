@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from toolkit.errors import ConfigError
+from toolkit.runtime import process_device
 
 TIMEOUT_S = 600
 """How long a collective waits for a missing process before failing (not hanging)."""
@@ -169,24 +170,17 @@ def shutdown(replicas: Replicas, *, synchronise: bool = True) -> None:
     torch.distributed.destroy_process_group()
 
 
-def rank_device(device: torch.device, local_rank: int | None) -> torch.device:
-    """This process's device: ``cuda:LOCAL_RANK`` for a CUDA run (one GPU per process), else ``device``."""
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank or 0)
-    return device
-
-
 @contextlib.contextmanager
 def joined(replicas: Replicas, device: torch.device, *, local_rank: int | None = None,
            init_method: str | None = None, timeout_s: float = TIMEOUT_S) -> Iterator[torch.device]:
     """The lifecycle of one data-parallel process: join, run the body, leave.
 
-    Yields this process's device (:func:`rank_device`). On a normal exit every process waits
+    Yields this process's device (:func:`toolkit.runtime.process_device` with its local rank). On a normal exit every process waits
     for the others and the group is destroyed, so no gloo thread survives it; on an error the
     group is destroyed without waiting (the failing process's peers then fail in their next
     collective instead of hanging). The single-process run (``world_size == 1``) joins nothing.
     """
-    device = rank_device(device, local_rank) if replicas.active else device
+    device = process_device(device, local_rank=local_rank or 0) if replicas.active else device
     initialise(replicas, device, init_method=init_method, timeout_s=timeout_s)
     try:
         yield device
@@ -301,5 +295,5 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["Replicas", "SINGLE", "from_environment", "joined", "initialise", "shutdown", "rank_device",
+__all__ = ["Replicas", "SINGLE", "from_environment", "joined", "initialise", "shutdown",
            "collective_threads", "all_reduce_sum", "SyncBatchNorm", "convert_sync_batchnorm", "TIMEOUT_S"]

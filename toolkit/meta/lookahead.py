@@ -44,6 +44,7 @@ from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_gradients
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
+from toolkit.runtime import rng_state, set_rng_state
 
 TensorDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -86,19 +87,13 @@ def _phase(name: str) -> torch.profiler.record_function:
     return torch.profiler.record_function(f"lookahead.{name}")
 
 
-def _rng_state(device: torch.device) -> tuple:
-    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-    return torch.get_rng_state(), cuda
-
-
 @contextlib.contextmanager
-def _replayed_rng(state: tuple, device: torch.device):
-    """Run a block with the RNG as it was (so dropout draws the same masks), then restore."""
+def _replayed_rng(state: dict[str, Tensor], device: torch.device):
+    """Run a block with the RNG as :func:`toolkit.runtime.rng_state` captured it (so dropout draws the same
+    masks), then restore."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], device)
+        set_rng_state(state, device)
         yield
 
 
@@ -238,7 +233,7 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
     x_all, y = train
     x = replicas.shard(x_all)
     state = rule.init(params) if state is None else state
-    rng = _rng_state(x.device)
+    rng = rng_state(x.device)
     with torch.enable_grad():
         own = update_buffers and _is_own_state(model, params, buffers)
         theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}

@@ -39,7 +39,7 @@ from toolkit.meta.guard import GuardCounts, GuardReport, check_step
 from toolkit.meta.lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.optimizers import OptimizerLink, as_rule
-from toolkit.meta.rules import State, StepRule, detach_state, select_state
+from toolkit.meta.rules import State, StepRule, detach_state, load_state, select_state, state_to_dict
 
 
 def has_trainable_parameters(module: nn.Module) -> bool:
@@ -274,18 +274,20 @@ class OnlineLossLearner:
 
     # ------------------------------------------------------------- checkpointing
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": self.adam,
-                "rule_state": self.state, "skips": self.skips, "guard_counts": self.guard_counts.counts,
+        """Plain data and tensors (``torch.load(..., weights_only=True)`` reads it): the optimiser states as
+        :func:`~toolkit.meta.rules.state_to_dict` writes them."""
+        return {"steps": self.steps, "loss": self.loss.state_dict(), "adam": state_to_dict(self.adam),
+                "rule_state": state_to_dict(self.state), "skips": self.skips, "guard_counts": self.guard_counts.counts,
                 "history": {"snapshots": self.history.snapshots, "records": self.history.records}}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         self.loss.load_state_dict(state["loss"])
         self.adam = meta_state_from_checkpoint(state["adam"])
-        if "rule_state" in state:
-            self.state = state["rule_state"]
+        if "rule_state" in state:  # tagged (state_to_dict) or an older flat dict: load_state reads both
+            self.state = load_state(state["rule_state"])
         elif state.get("momentum") is not None:  # checkpoints written before the rules took state dicts
-            self.state = {"momentum": state["momentum"]}
+            self.state = load_state({"momentum": state["momentum"]})
         if self.optimizer is not None:
             self.optimizer.write_state(self.state)
         self.skips = state["skips"]

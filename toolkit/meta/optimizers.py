@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from toolkit.meta.combined import GroupedRule, group_state
-from toolkit.meta.rules import AdamRule, RMSpropRule, SGDRule, State, StepRule
+from toolkit.meta.combined import GroupedRule
+from toolkit.meta.rules import AdamRule, RMSpropRule, SGDRule, State, StepRule, clone_state
 
 SUPPORTED = "torch.optim.SGD, Adam, AdamW or RMSprop"
 
@@ -92,9 +92,7 @@ class OptimizerLink:
         layout = self._layout()
         rules = tuple(group_rule(self.optimizer, g) for g in groups)
         rule = rules[0] if len(rules) == 1 else GroupedRule(tuple(zip(layout, rules)))
-        # Each state key: True for a 0-d tensor (a step count), False for a per-parameter dict.
-        keys = [{k: isinstance(v, Tensor) for k, v in r.init({}).items()} for r in rules]
-        self._cache = (key, rule, tuple(zip(layout, rules, keys)))
+        self._cache = (key, rule, tuple(zip(layout, rules)))
         return rule
 
     def _groups(self) -> tuple:
@@ -103,7 +101,7 @@ class OptimizerLink:
 
     def _check_steps(self) -> None:
         """Adam's and RMSprop's state keeps one step count per parameter; a group must agree (read once)."""
-        for names, _, _ in self._groups():
+        for names, _ in self._groups():
             steps = {float(s["step"]) for s in (self.optimizer.state.get(self._params[k], {}) for k in names)
                      if "step" in s}
             if len(steps) > 1:
@@ -112,35 +110,39 @@ class OptimizerLink:
     def read_state(self) -> State | None:
         """The rule's state from ``optimizer.state`` (the same tensors, not copies); None before any step."""
         groups = self._groups()
-        parts = [self._read_group(names, rule, keys) for names, rule, keys in groups]
+        parts = [self._read_group(names, rule) for names, rule in groups]
         if all(part is None for part in parts):
             return None
         parts = [part if part is not None else rule.init({k: self._params[k].detach() for k in names})
-                 for part, (names, rule, _) in zip(parts, groups)]
-        if len(parts) == 1:
-            return parts[0]
-        return {f"group{i}/{k}": v for i, part in enumerate(parts) for k, v in part.items()}
+                 for part, (names, rule) in zip(parts, groups)]
+        return parts[0] if len(parts) == 1 else tuple(parts)
 
-    def _read_group(self, names: tuple[str, ...], rule: StepRule, keys: dict[str, bool]) -> State | None:
+    def _read_group(self, names: tuple[str, ...], rule: StepRule) -> State | None:
+        """The rule's state NamedTuple with each field read from torch's name (``rule.TORCH_STATE``); a field
+        the rule's options switch off (None in ``rule.init``) stays None; what torch has not created yet
+        (a buffer before the first step) is the rule's initial zeros."""
         params = [self._params[k] for k in names]
         states = [self.optimizer.state.get(p) or {} for p in params]
         if not any(states):
             return None
         first = params[0].detach()
-        state: State = {}
-        for key, scalar in keys.items():
-            torch_key = rule.TORCH_STATE.get(key)
-            if scalar:
-                found = states[0].get(torch_key) if torch_key else None
-                state[key] = (torch.zeros((), dtype=first.dtype, device=first.device) if found is None
-                              else found.to(dtype=first.dtype, device=first.device))
+        layout = rule.init({})  # which fields the rule's options use: a 0-d tensor, a dict, or None
+        fields = {}
+        for field, kind in layout._asdict().items():
+            torch_key = rule.TORCH_STATE.get(field)
+            if isinstance(kind, Tensor) and torch_key is not None:  # a step count, one per parameter in torch
+                found = states[0].get(torch_key)
+                fields[field] = (torch.zeros((), dtype=first.dtype, device=first.device) if found is None
+                                 else found.to(dtype=first.dtype, device=first.device))
+            elif isinstance(kind, dict) and torch_key is not None:
+                fields[field] = {k: s[torch_key] if s.get(torch_key) is not None else torch.zeros_like(p.detach())
+                                 for k, s, p in zip(names, states, params)}
             else:
-                state[key] = {k: s[torch_key] if s.get(torch_key) is not None else torch.zeros_like(p.detach())
-                              for k, s, p in zip(names, states, params)}
-        if "momentum_started" in state:  # SGD with dampening: torch's buffer exists once it has stepped
-            started = states[0].get("momentum_buffer") is not None
-            state["momentum_started"] = torch.full_like(state["momentum_started"], float(started))
-        return state
+                fields[field] = None
+        if getattr(layout, "started", None) is not None:  # SGD with dampening: torch's buffer exists once it stepped
+            stepped = states[0].get("momentum_buffer") is not None
+            fields["started"] = torch.full((), float(stepped), dtype=first.dtype, device=first.device)
+        return type(layout)(**fields)
 
     def write_state(self, state: State) -> None:
         """Put the rule's state into ``optimizer.state`` under torch's names (what ``step()`` would leave)."""
@@ -148,10 +150,10 @@ class OptimizerLink:
         # The optimiser's step has been taken (by the learner): tell lr_scheduler, which otherwise warns that
         # scheduler.step() came before optimizer.step() (it reads this flag that its wrapper of step() sets).
         self.optimizer._opt_called = True
-        for i, (names, rule, _) in enumerate(groups):
-            part = state if len(groups) == 1 else group_state(state, i)
+        parts = (state,) if len(groups) == 1 else state
+        for (names, rule), part in zip(groups, parts):
             for key, torch_key in rule.TORCH_STATE.items():
-                value = part.get(key)
+                value = getattr(part, key, None)
                 if value is None:
                     continue
                 if isinstance(value, Tensor):  # one count per parameter, as torch keeps it (distinct tensors)
@@ -172,8 +174,7 @@ def rule_from_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> t
     link = OptimizerLink(optimizer, model)
     state = link.read_state()
     if state is not None:  # a snapshot: copies, so later torch steps do not change it
-        state = {k: v.clone() if isinstance(v, Tensor) else {n: t.clone() for n, t in v.items()}
-                 for k, v in state.items()}
+        state = clone_state(state)
     return link.rule(), state
 
 

@@ -9,19 +9,54 @@ counterpart step for step; :mod:`toolkit.meta.optimizers` reads a ``torch.optim`
 parameter groups and state (at every step, so schedulers work) so a user can hand in the optimiser
 they already have, and :mod:`toolkit.meta.combined` applies rules per parameter group and clips.
 
-State is a flat dict of name → tensor dicts (and, for Adam, a 0-d ``step`` tensor), so a
-checkpoint stores it as it is and ``torch.where`` can select between two states on the device.
+Each rule's state is a NamedTuple of its own (:class:`SGDState`, :class:`AdamState`,
+:class:`RMSpropState`) whose fields are 0-d tensors, name → tensor dicts, or None for what an option
+switches off. NamedTuples of dicts of tensors are pytrees (``torch.utils._pytree``), so ``torch.func``
+differentiates through ``update`` with the state as it is, :func:`detach_state` and :func:`select_state`
+map over any state (a :class:`~toolkit.meta.combined.GroupedRule`'s tuple of them included), and
+:func:`state_to_dict` / :func:`state_from_dict` give a checkpoint plain data (``torch.load(...,
+weights_only=True)`` cannot rebuild a NamedTuple).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 TensorDict = dict[str, Tensor]
-State = dict[str, Any]
+State = Any
+"""A rule's state: one of the NamedTuples below, or a tuple of them (one per parameter group)."""
+
+
+class SGDState(NamedTuple):
+    """:class:`SGDRule`'s state: the momentum buffers (None without momentum) and, with dampening, a 0-d
+    ``started`` flag (0 before the first step; None otherwise)."""
+
+    momentum: TensorDict | None = None
+    started: Tensor | None = None
+
+
+class AdamState(NamedTuple):
+    """:class:`AdamRule`'s state: the 0-d step count, the first and second moments, and AMSGrad's running
+    maximum of the second moment (None without ``amsgrad``)."""
+
+    step: Tensor
+    exp_avg: TensorDict
+    exp_avg_sq: TensorDict
+    max_exp_avg_sq: TensorDict | None = None
+
+
+class RMSpropState(NamedTuple):
+    """:class:`RMSpropRule`'s state: the 0-d step count, the running square average, the momentum buffers
+    (None without momentum) and the running gradient average (None unless centred)."""
+
+    step: Tensor
+    square_avg: TensorDict
+    momentum: TensorDict | None = None
+    grad_avg: TensorDict | None = None
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 """The base optimisers by name (``lfl train --optimizer``)."""
@@ -32,8 +67,8 @@ class StepRule(Protocol):
     """What the online learner, the lookahead and the fixed-loss stepper need from a base optimiser.
 
     ``update`` must be out of place and differentiable in ``grads`` (the lookahead differentiates
-    through it). The state is a flat dict whose values are 0-d tensors or name → tensor dicts (so
-    it can be detached, checkpointed and selected on the device). A rule that also has
+    through it). The state is a pytree of tensors (a NamedTuple of 0-d tensors and name → tensor
+    dicts, as the rules here keep it), so it can be detached and selected on the device. A rule that also has
     ``with_lr(lr)`` can take a per-call learning rate (``OnlineLossLearner.step(..., lr=)``).
     """
 
@@ -55,8 +90,8 @@ class SGDRule:
     """``torch.optim.SGD``: b' = μ b + (1 − d) g, θ' = θ − lr·(b' or g + μ b'), g = ∇ + wd·θ.
 
     The buffer starts at zero, which gives torch's first step exactly (b' = g) without dampening.
-    With dampening d the state also holds ``momentum_started`` (a 0-d tensor, 0 before the first
-    step), because torch's first step takes b' = g undamped.
+    With dampening d the state also holds ``started`` (a 0-d tensor, 0 before the first step),
+    because torch's first step takes b' = g undamped (:class:`SGDState`).
     """
 
     lr: float = 0.01
@@ -65,7 +100,9 @@ class SGDRule:
     weight_decay: float = 0.0
     dampening: float = 0.0
 
+    STATE = SGDState
     TORCH_STATE = {"momentum": "momentum_buffer"}
+    """:class:`SGDState`'s fields under ``torch.optim.SGD``'s per-parameter state names."""
 
     def __post_init__(self) -> None:
         _check_common(self.lr, self.weight_decay)
@@ -82,34 +119,32 @@ class SGDRule:
         """The same rule at another learning rate (for schedules)."""
         return replace(self, lr=lr)
 
-    def init(self, params: Mapping[str, Tensor]) -> State:
+    def init(self, params: Mapping[str, Tensor]) -> SGDState:
         if self.momentum == 0:
-            return {}
-        state: State = {"momentum": {k: torch.zeros_like(p) for k, p in params.items()}}
-        if self.dampening:
-            state["momentum_started"] = _zero(params)
-        return state
+            return SGDState()
+        return SGDState(momentum={k: torch.zeros_like(p) for k, p in params.items()},
+                        started=_zero(params) if self.dampening else None)
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
-               state: State) -> tuple[TensorDict, State]:
+               state: SGDState) -> tuple[TensorDict, SGDState]:
         names = list(params)
         if not names:
-            return {}, dict(state)
+            return {}, state
         # One fused (foreach) kernel per operation over all tensors; all differentiable.
         p = [params[k] for k in names]
         g = [grads[k] for k in names]
         if self.weight_decay:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
-        new_state: State = {}
+        new_state = SGDState()
         if self.momentum > 0:
-            old = torch._foreach_mul([state["momentum"][k] for k in names], self.momentum)
+            old = torch._foreach_mul([state.momentum[k] for k in names], self.momentum)
+            started = None
             if self.dampening:  # torch: b' = g on the first step, μ b + (1 − d) g after
-                started = state["momentum_started"]
-                b = torch._foreach_add(old, torch._foreach_mul(g, 1 - self.dampening * started))
-                new_state["momentum_started"] = torch.ones_like(started)
+                b = torch._foreach_add(old, torch._foreach_mul(g, 1 - self.dampening * state.started))
+                started = torch.ones_like(state.started)
             else:
                 b = torch._foreach_add(old, g)
-            new_state["momentum"] = dict(zip(names, b))
+            new_state = SGDState(momentum=dict(zip(names, b)), started=started)
             g = torch._foreach_add(g, b, alpha=self.momentum) if self.nesterov else b
         return dict(zip(names, torch._foreach_add(p, g, alpha=-self.lr))), new_state
 
@@ -130,8 +165,10 @@ class AdamRule:
     decoupled: bool = False
     amsgrad: bool = False
 
+    STATE = AdamState
     TORCH_STATE = {"step": "step", "exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq",
                    "max_exp_avg_sq": "max_exp_avg_sq"}
+    """:class:`AdamState`'s fields under ``torch.optim.Adam``'s per-parameter state names."""
 
     def __post_init__(self) -> None:
         _check_common(self.lr, self.weight_decay)
@@ -143,15 +180,14 @@ class AdamRule:
     def with_lr(self, lr: float) -> "AdamRule":
         return replace(self, lr=lr)
 
-    def init(self, params: Mapping[str, Tensor]) -> State:
-        state = {"step": _zero(params), "exp_avg": {k: torch.zeros_like(p) for k, p in params.items()},
-                 "exp_avg_sq": {k: torch.zeros_like(p) for k, p in params.items()}}
-        if self.amsgrad:
-            state["max_exp_avg_sq"] = {k: torch.zeros_like(p) for k, p in params.items()}
-        return state
+    def init(self, params: Mapping[str, Tensor]) -> AdamState:
+        def zeros() -> TensorDict:
+            return {k: torch.zeros_like(p) for k, p in params.items()}
+        return AdamState(step=_zero(params), exp_avg=zeros(), exp_avg_sq=zeros(),
+                         max_exp_avg_sq=zeros() if self.amsgrad else None)
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
-               state: State) -> tuple[TensorDict, State]:
+               state: AdamState) -> tuple[TensorDict, AdamState]:
         names = list(params)
         p = [params[k] for k in names]
         g = [grads[k] for k in names]
@@ -159,13 +195,12 @@ class AdamRule:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
         if self.weight_decay and self.decoupled:
             p = torch._foreach_mul(p, 1 - self.lr * self.weight_decay)
-        max_v = [state["max_exp_avg_sq"][k] for k in names] if self.amsgrad else None
-        new_p, m, v, step, max_v = adam_arrays(p, g, [state["exp_avg"][k] for k in names],
-                                               [state["exp_avg_sq"][k] for k in names], state["step"],
+        max_v = [state.max_exp_avg_sq[k] for k in names] if self.amsgrad else None
+        new_p, m, v, step, max_v = adam_arrays(p, g, [state.exp_avg[k] for k in names],
+                                               [state.exp_avg_sq[k] for k in names], state.step,
                                                lr=self.lr, betas=self.betas, eps=self.eps, max_v=max_v)
-        new_state = {"step": step, "exp_avg": dict(zip(names, m)), "exp_avg_sq": dict(zip(names, v))}
-        if self.amsgrad:
-            new_state["max_exp_avg_sq"] = dict(zip(names, max_v))
+        new_state = AdamState(step=step, exp_avg=dict(zip(names, m)), exp_avg_sq=dict(zip(names, v)),
+                              max_exp_avg_sq=dict(zip(names, max_v)) if self.amsgrad else None)
         return dict(zip(names, new_p)), new_state
 
 
@@ -184,8 +219,10 @@ class RMSpropRule:
     momentum: float = 0.0
     centered: bool = False
 
+    STATE = RMSpropState
     TORCH_STATE = {"step": "step", "square_avg": "square_avg", "momentum": "momentum_buffer",
                    "grad_avg": "grad_avg"}
+    """:class:`RMSpropState`'s fields under ``torch.optim.RMSprop``'s per-parameter state names."""
 
     def __post_init__(self) -> None:
         _check_common(self.lr, self.weight_decay)
@@ -197,29 +234,31 @@ class RMSpropRule:
     def with_lr(self, lr: float) -> "RMSpropRule":
         return replace(self, lr=lr)
 
-    def init(self, params: Mapping[str, Tensor]) -> State:
-        keys = ["square_avg", *(["momentum"] if self.momentum else []), *(["grad_avg"] if self.centered else [])]
-        return {"step": _zero(params), **{key: {k: torch.zeros_like(p) for k, p in params.items()} for key in keys}}
+    def init(self, params: Mapping[str, Tensor]) -> RMSpropState:
+        def zeros() -> TensorDict:
+            return {k: torch.zeros_like(p) for k, p in params.items()}
+        return RMSpropState(step=_zero(params), square_avg=zeros(), momentum=zeros() if self.momentum else None,
+                            grad_avg=zeros() if self.centered else None)
 
     def update(self, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
-               state: State) -> tuple[TensorDict, State]:
+               state: RMSpropState) -> tuple[TensorDict, RMSpropState]:
         names = list(params)
         p = [params[k] for k in names]
         g = [grads[k] for k in names]
         if self.weight_decay:
             g = torch._foreach_add(g, p, alpha=self.weight_decay)
-        s = torch._foreach_add(torch._foreach_mul([state["square_avg"][k] for k in names], self.alpha),
+        s = torch._foreach_add(torch._foreach_mul([state.square_avg[k] for k in names], self.alpha),
                                torch._foreach_mul(g, g), alpha=1 - self.alpha)
-        new_state: State = {"step": state["step"] + 1, "square_avg": dict(zip(names, s))}
+        new_state = RMSpropState(step=state.step + 1, square_avg=dict(zip(names, s)))
         if self.centered:
-            mean = torch._foreach_lerp([state["grad_avg"][k] for k in names], g, 1 - self.alpha)
-            new_state["grad_avg"] = dict(zip(names, mean))
+            mean = torch._foreach_lerp([state.grad_avg[k] for k in names], g, 1 - self.alpha)
+            new_state = new_state._replace(grad_avg=dict(zip(names, mean)))
             s = torch._foreach_sub(s, torch._foreach_mul(mean, mean))
         avg = [_sqrt(t) + self.eps for t in s]
         step = torch._foreach_div(g, avg)
         if self.momentum:
-            step = torch._foreach_add(torch._foreach_mul([state["momentum"][k] for k in names], self.momentum), step)
-            new_state["momentum"] = dict(zip(names, step))
+            step = torch._foreach_add(torch._foreach_mul([state.momentum[k] for k in names], self.momentum), step)
+            new_state = new_state._replace(momentum=dict(zip(names, step)))
         return dict(zip(names, torch._foreach_add(p, step, alpha=-self.lr))), new_state
 
 
@@ -268,11 +307,19 @@ def update_with_pullback(rule: StepRule, params: Mapping[str, Tensor], grads: Ma
     the rule's one definition.
     """
     theta = {k: p.detach() for k, p in params.items()}
+    structure = []
 
-    def update(g: TensorDict) -> tuple[TensorDict, State]:
-        return rule.update(theta, g, state)
+    def update(g: TensorDict) -> tuple[TensorDict, list[Tensor]]:
+        # The state leaves out as aux (torch.func's aux holds tensors only; the unused fields are None).
+        new_params, new_state = rule.update(theta, g, state)
+        leaves, spec = tree_flatten(new_state)
+        structure.append((spec, [leaf is None for leaf in leaves]))
+        return new_params, [leaf for leaf in leaves if leaf is not None]
 
-    new_params, vjp, new_state = torch.func.vjp(update, {k: g.detach() for k, g in grads.items()}, has_aux=True)
+    new_params, vjp, tensors = torch.func.vjp(update, {k: g.detach() for k, g in grads.items()}, has_aux=True)
+    spec, empty = structure[0]
+    tensors = iter(tensors)
+    new_state = tree_unflatten([None if e else next(tensors) for e in empty], spec)
     names = list(new_params)
 
     def pullback(v: Mapping[str, Tensor]) -> TensorDict:
@@ -283,22 +330,85 @@ def update_with_pullback(rule: StepRule, params: Mapping[str, Tensor], grads: Ma
 
 
 def detach_state(state: State) -> State:
-    """The state with every tensor detached."""
-    return {k: v.detach() if isinstance(v, Tensor) else {n: t.detach() for n, t in v.items()}
-            for k, v in state.items()}
+    """The state with every tensor detached (same structure)."""
+    return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, state)
+
+
+def clone_state(state: State) -> State:
+    """A copy of the state whose tensors share no memory with it (a snapshot)."""
+    return tree_map(lambda t: t.detach().clone() if isinstance(t, Tensor) else t, state)
 
 
 def select_state(keep_new: Tensor, new: State, old: State) -> State:
-    """``new`` where the boolean 0-d tensor ``keep_new`` holds, else ``old`` (on the device)."""
-    out: State = {}
-    for k, value in new.items():
-        if k not in old:
-            out[k] = value
-        elif isinstance(value, Tensor):
-            out[k] = torch.where(keep_new, value, old[k])
-        else:
-            out[k] = {n: torch.where(keep_new, t, old[k][n]) for n, t in value.items()}
-    return out
+    """``new`` where the boolean 0-d tensor ``keep_new`` holds, else ``old`` (on the device); both of one
+    structure (the same rule's states)."""
+    return tree_map(lambda a, b: a if a is None else torch.where(keep_new, a, b), new, old)
+
+
+STATE_KINDS: dict[str, type] = {"sgd": SGDState, "adam": AdamState, "rmsprop": RMSpropState}
+"""The state types by the kind tag a checkpoint stores (:func:`state_to_dict`)."""
+
+
+def state_to_dict(state: State) -> dict:
+    """The state as plain data for ``torch.save`` (read back with ``weights_only=True``): a rule's NamedTuple
+    as ``{"kind": ..., **its fields}``, a tuple of group states as ``{"kind": "grouped", "groups": [...]}``."""
+    if isinstance(state, tuple) and not hasattr(state, "_fields"):
+        return {"kind": "grouped", "groups": [state_to_dict(part) for part in state]}
+    for kind, cls in STATE_KINDS.items():
+        if type(state) is cls:
+            return {"kind": kind, **{k: dict(v) if isinstance(v, dict) else v for k, v in state._asdict().items()}}
+    raise TypeError(f"no checkpoint form for a state of type {type(state).__name__}: "
+                    f"one of {', '.join(c.__name__ for c in STATE_KINDS.values())} or a tuple of them")
+
+
+def state_from_dict(saved: Mapping) -> State:
+    """Rebuild what :func:`state_to_dict` wrote; a ValueError naming what is wrong otherwise."""
+    if not isinstance(saved, Mapping) or saved.get("kind") not in (*STATE_KINDS, "grouped"):
+        kind = saved.get("kind") if isinstance(saved, Mapping) else type(saved).__name__
+        raise ValueError(f"not an optimiser state of this toolkit (kind {kind!r})")
+    if saved["kind"] == "grouped":
+        return tuple(state_from_dict(part) for part in saved["groups"])
+    cls = STATE_KINDS[saved["kind"]]
+    missing = [f for f in cls._fields if f not in saved and f not in cls._field_defaults]
+    if missing:
+        raise ValueError(f"the saved {saved['kind']} state lacks {missing}")
+    return cls(**{f: dict(saved[f]) if isinstance(saved.get(f), Mapping) else saved.get(f, cls._field_defaults.get(f))
+                  for f in cls._fields})
+
+
+def state_from_legacy_dict(saved: Mapping) -> State:
+    """A state as checkpoints before version 3 wrote it (a flat dict: ``{}`` or ``{"momentum"[,
+    "momentum_started"]}`` for SGD, ``{"step", "exp_avg", "exp_avg_sq"[, "max_exp_avg_sq"]}`` for Adam,
+    ``{"step", "square_avg", ...}`` for RMSprop, group i's entries under ``"group{i}/<key>"``) as its NamedTuple."""
+    saved = dict(saved)
+    if any(k.startswith("group") and "/" in k for k in saved):
+        count = 1 + max(int(k.split("/", 1)[0].removeprefix("group")) for k in saved if "/" in k)
+        return tuple(state_from_legacy_dict({k.split("/", 1)[1]: v for k, v in saved.items()
+                                             if k.startswith(f"group{i}/")}) for i in range(count))
+    dicts = {k: dict(v) if isinstance(v, Mapping) else v for k, v in saved.items()}
+    for marker, needed in (("exp_avg", ("step", "exp_avg", "exp_avg_sq")), ("square_avg", ("step", "square_avg"))):
+        missing = [k for k in needed if marker in dicts and k not in dicts]
+        if missing:
+            raise ValueError(f"the saved optimiser state lacks {missing}")
+    if "exp_avg" in dicts:
+        return AdamState(step=dicts["step"], exp_avg=dicts["exp_avg"], exp_avg_sq=dicts["exp_avg_sq"],
+                         max_exp_avg_sq=dicts.get("max_exp_avg_sq"))
+    if "square_avg" in dicts:
+        return RMSpropState(step=dicts["step"], square_avg=dicts["square_avg"], momentum=dicts.get("momentum"),
+                            grad_avg=dicts.get("grad_avg"))
+    if set(dicts) <= {"momentum", "momentum_started"}:
+        return SGDState(momentum=dicts.get("momentum"), started=dicts.get("momentum_started"))
+    raise ValueError(f"not an optimiser state of this toolkit (keys {sorted(dicts)})")
+
+
+def load_state(saved: Any) -> State:
+    """A state from a checkpoint: :func:`state_from_dict`'s tagged form, or a pre-version-3 flat dict
+    (:func:`state_from_legacy_dict`); a state already rebuilt passes through."""
+    if isinstance(saved, tuple):
+        return saved
+    if isinstance(saved, Mapping) and "kind" in saved:
+        return state_from_dict(saved)
+    return state_from_legacy_dict(saved)
 
 
 def make_rule(name: str, *, lr: float, momentum: float = 0.0, nesterov: bool = False,
@@ -328,5 +438,6 @@ def torch_optimizer(rule: StepRule, params) -> torch.optim.Optimizer:
     raise TypeError(f"no torch.optim counterpart for {type(rule).__name__}")
 
 
-__all__ = ["SGDRule", "AdamRule", "RMSpropRule", "StepRule", "OPTIMIZERS", "adam_arrays", "update_with_pullback",
-           "detach_state", "select_state", "make_rule", "torch_optimizer"]
+__all__ = ["SGDRule", "AdamRule", "RMSpropRule", "StepRule", "OPTIMIZERS", "SGDState", "AdamState", "RMSpropState",
+           "STATE_KINDS", "adam_arrays", "update_with_pullback", "detach_state", "clone_state", "select_state",
+           "state_to_dict", "state_from_dict", "state_from_legacy_dict", "load_state", "make_rule", "torch_optimizer"]

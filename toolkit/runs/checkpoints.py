@@ -25,14 +25,17 @@ from torch import Tensor, nn
 from toolkit.data.augment import augmentation_for
 from toolkit.layout import CHECKPOINT
 from toolkit.errors import ConfigError
+from toolkit.meta.rules import state_from_legacy_dict, state_to_dict
 from toolkit.runs.common import TrainConfig, atomic_write
 from toolkit.runs.reporting import LOSS_NAMES
 from toolkit.runs.user_model import check_same_model, describe_model
 from toolkit.runtime import rng_state, set_rng_state
 
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3
 """2: ``data_fingerprint`` added; the stepper's state always under ``rule_state``; the loss window as
-``loss_sums``; every option in the config."""
+``loss_sums``; every option in the config. 3: the optimiser states (``rule_state``, the meta optimiser's
+``adam``) as tagged plain dicts of their NamedTuples' fields (:func:`toolkit.meta.rules.state_to_dict`);
+the fixed-loss stepper holds ``optimizer.state_dict()`` only."""
 KEYS = ("config", "phase", "step", "model", "loss", "stepper", "loss_sums", "rng", "wall_time_s")
 """What every checkpoint holds (after migration)."""
 PHASES = ("init", "train")
@@ -80,8 +83,11 @@ def read_checkpoint(path: Path, current: dict | None = None) -> dict:
     version = state.get("version") if isinstance(state, dict) else None
     if type(version) is not int or not 1 <= version <= CHECKPOINT_VERSION or not isinstance(state.get("config"), dict):
         raise ConfigError(f"{path} is not a checkpoint of this toolkit version; delete it to start afresh")
-    for old in range(version, CHECKPOINT_VERSION):
-        state = MIGRATIONS[old](state, current)
+    try:
+        for old in range(version, CHECKPOINT_VERSION):
+            state = MIGRATIONS[old](state, current)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise _damaged(path, f"its version-{version} contents do not migrate ({str(exc)[:200]})") from None
     return state
 
 
@@ -118,7 +124,27 @@ def _from_v1(state: dict, current: dict | None) -> dict:
     return state
 
 
-MIGRATIONS: dict[int, Callable[[dict, dict | None], dict]] = {1: _from_v1}
+def _from_v2(state: dict, current: dict | None) -> dict:
+    """Version 2 → 3: the stepper's flat optimiser-state dicts (``rule_state``, and the online learner's
+    ``adam``) become the tagged plain dicts of their NamedTuples (:func:`toolkit.meta.rules.state_to_dict`).
+
+    A fixed-loss stepper's ``rule_state`` is kept (converted) for :meth:`FixedLossStepper.load_state_dict`,
+    which writes a guarded run's state into its optimiser, the one state from version 3 on.
+    """
+    state = dict(state)
+    stepper = state.get("stepper")
+    if isinstance(stepper, dict):
+        stepper = dict(stepper)
+        for key in ("rule_state", "adam"):
+            saved = stepper.get(key)
+            if isinstance(saved, dict) and "kind" not in saved:
+                stepper[key] = state_to_dict(state_from_legacy_dict(saved))
+        state["stepper"] = stepper
+    state["version"] = 3
+    return state
+
+
+MIGRATIONS: dict[int, Callable[[dict, dict | None], dict]] = {1: _from_v1, 2: _from_v2}
 """``MIGRATIONS[v]`` turns a version-``v`` checkpoint into version ``v + 1``."""
 
 
