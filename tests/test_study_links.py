@@ -156,3 +156,20 @@ def test_bad_links_are_one_line_errors(tmp_path, method: str, fragment: str) -> 
                     f'[[method]]\nname = "m"\n{method}\n')
     with pytest.raises(StudyError, match=fragment):
         load_study(path)
+
+
+@pytest.mark.slow
+def test_an_approx_source_is_the_sources_export_approx_closed_form(tmp_path) -> None:
+    from toolkit.analysis.export import export_loss
+
+    path = tmp_path / "study.toml"
+    path.write_text(STUDY.split("[[setting]]")[0] + 'model_options = { hidden = [8] }\n[[method]]\nname = "ce"\nloss = "ce"\n[[method]]\nname = "adalfl"\n'
+                    'loss = "adalfl"\n[[method]]\nname = "approx"\nloss_from = "method:adalfl:approx"\n')
+    report = study_command(path, tmp_path / "out", progress=False)
+    rows = {r["method"]: r for r in report["rows"]}
+    source = _selection_run(tmp_path / "out", "narrow", "adalfl")
+    expected, _ = export_loss(str(source), fmt="json", approx=True)
+    saved = Path(rows["approx"]["loss_source"]["file"])
+    assert json.loads(saved.read_text()) == json.loads(expected) and rows["approx"]["loss_source"]["approx"]
+    assert all(_results(r)["config"]["loss_from"] == str(saved) for r in rows["approx"]["runs"])
+    assert rows["approx"]["n"] == 2 and "approx" in (tmp_path / "out" / "report.md").read_text()

@@ -25,6 +25,11 @@ file sets explicitly, as on the command line). A later table wins over an earlie
 ``[study]`` < ``[[setting]]`` < ``[[method]]``. For ``milestones`` (itself a list) a grid
 is a list of lists. Everything is checked, and every run's config built, before the first
 run starts.
+
+``[study]`` may also set ``extend_edges = true`` (a choice at the end of a numeric grid extends
+that grid, at most ``max_extensions`` rounds: :mod:`toolkit.runs.study_edges`), and a
+``[[method]]`` may set ``steps = "match:METHOD"`` or ``loss_from = "method:[SETTING/]METHOD[:approx]"``
+(equal time, or another method's learned loss trained fixed: :mod:`toolkit.runs.study_links`).
 """
 from __future__ import annotations
 
