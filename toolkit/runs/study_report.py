@@ -7,7 +7,12 @@ metric), and over the evaluation seeds ``n``, ``<metric>_mean``, ``<metric>_std`
 values, where ``<metric>`` is ``test_error`` (classification) or ``test_mse``
 (regression). Non-baseline rows add ``p_value`` (two-sided paired t-test against the
 baseline, by seed), ``wilcoxon_p_value`` (n ≥ 6), ``mean_difference`` (method −
-baseline) and ``wins`` (seeds on which the method is better). ``report.md`` is the same
+baseline) and ``wins`` (seeds on which the method is better). Every row has its cost
+(``budget``: "equal steps" or "equal time", ``steps``, ``train_time_s_median`` and
+``cost_vs_baseline``; ``matched_steps`` for ``steps = "match:..."``), the descent guard's
+run totals (``guarded_mean``, ``rejected_steps_mean``; None without a guard), ``edges``
+(the chosen values at an end of their grid), ``extensions`` (how ``extend_edges`` grew a grid) and, for a reused
+loss, ``loss_source``. ``report.md`` is the same
 table for people; ``test_error.png``/``.svg`` shows every seed.
 """
 from __future__ import annotations
