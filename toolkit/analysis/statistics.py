@@ -5,6 +5,7 @@ and ``lfl study`` (report.json), so the three agree to the last bit on the same 
 
 - :func:`summarise_values`: mean, sample standard deviation (n − 1; 0 for one value), min and
   max (the worst seed, for an error or a loss).
+- :func:`median`: the median (a run's cost: robust to one slow run on a busy machine).
 - :func:`paired_tests`: the two-sided paired t-test (``scipy.stats.ttest_rel``, n ≥ 2) and the
   Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, n ≥ :data:`MIN_WILCOXON_PAIRS`: with fewer
   pairs no two-sided p-value can fall below 0.05), over the keys (seeds) both sides have.
@@ -27,6 +28,11 @@ def summarise_values(values: Sequence[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0,
             "min": float(array.min()), "max": float(array.max())}
+
+
+def median(values: Sequence[float]) -> float | None:
+    """The median of the values (the mean of the middle two for an even count); None for none."""
+    return float(np.median(np.asarray(values, dtype=np.float64))) if len(values) else None
 
 
 def paired_tests(method: Mapping, base: Mapping) -> dict:
@@ -67,4 +73,4 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-__all__ = ["MIN_WILCOXON_PAIRS", "summarise_values", "paired_tests", "format_p"]
+__all__ = ["MIN_WILCOXON_PAIRS", "summarise_values", "median", "paired_tests", "format_p"]

@@ -28,7 +28,11 @@ from typing import Any, Callable
 from toolkit.layout import RESULTS
 from toolkit.runs.backends import make_backend
 from toolkit.runs.run_directory import DirectoryLock
-from toolkit.runs.study_spec import Group, Study, run_key, selection_metric
+from toolkit.errors import StudyError
+from toolkit.layout import LOSS
+from toolkit.runs.study_edges import grid_edges, extend_grid
+from toolkit.runs.study_links import matched_steps, write_source_loss
+from toolkit.runs.study_spec import GridPoint, Group, Study, run_key, selection_metric
 from toolkit.runs.sweep import run_one
 from toolkit.runs.common import TrainConfig, progress_bar
 
@@ -49,12 +53,29 @@ class RunOutcome:
 
 @dataclass
 class GroupOutcome:
-    """A group's selection runs (one per grid point), the chosen point and the seed runs."""
+    """A group's selection runs (one per grid point), the chosen point and the seed runs.
+
+    ``points`` and ``grid`` start as the group's own and grow when an edge is extended (``extensions``
+    says how); a reused loss sets each point's ``loss_from`` (``loss_file``); ``matched`` says how a
+    ``steps = "match:..."`` step count was computed; ``error`` why a linked group could not run.
+    """
 
     group: Group
     selection: list[RunOutcome | None] = field(default_factory=list)
     chosen: int | None = None
     runs: dict[int, RunOutcome] = field(default_factory=dict)
+    points: list[GridPoint] = field(default_factory=list)
+    grid: dict[str, list] = field(default_factory=dict)
+    extensions: dict[tuple[str, str], dict] = field(default_factory=dict)
+    rounds: int = 0
+    matched: dict[str, Any] | None = None
+    loss_file: str | None = None
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        self.points = self.points or list(self.group.points)
+        self.grid = self.grid or {k: list(v) for k, v in self.group.grid.items()}
+        self.selection = self.selection or [None] * len(self.points)
 
 
 def finished_results(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
@@ -156,16 +177,23 @@ class _StudyProgress:
             print(f"study: {self.done}/{self.total} after {time.perf_counter() - self.started:.0f} s: "
                   f"{outcome.path} {state}", file=sys.stderr, flush=True)
 
+    def grow(self, runs: int) -> None:
+        """More (or, negative, fewer) runs than counted at the start: a grid extended, a group that cannot run."""
+        self.total += runs
+        self.bar.total = self.total
+        self.bar.refresh()
+
     def close(self) -> None:
         self.bar.close()
 
 
 def count_runs(study: Study) -> int:
-    """How many runs the study asks for: each tuned group's grid on the selection seed, every group's seeds.
+    """How many runs the study asks for: each grid (or linked group) on the selection seed, every group's seeds.
 
-    Runs that two groups share count for each (the progress bar moves for each).
+    Runs that two groups share count for each (the progress bar moves for each). Grid extensions add more
+    as they are decided.
     """
-    return sum((len(g.points) if g.tuned else 0) + len(study.seeds) for g in study.groups)
+    return sum((len(g.points) if study.needs_selection(g) else 0) + len(study.seeds) for g in study.groups)
 
 
 def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, backend: str = "local",
@@ -191,12 +219,13 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, backend: str 
 
 
 def _run_study(study: Study, out: Path, executor, *, progress: bool) -> list[GroupOutcome]:
-    outcomes = {(g.setting, g.method): GroupOutcome(group=g, selection=[None] * len(g.points)) for g in study.groups}
+    outcomes = {(g.setting, g.method): GroupOutcome(group=g) for g in study.groups}
     bar = _StudyProgress(count_runs(study), enabled=progress)
     # Several groups may ask for the same run (same config and seed): it trains once.
     in_flight: dict[Path, Future] = {}
     jobs_of: dict[Future, _Job] = {}
     finished: dict[Path, RunOutcome] = {}
+    waiting_for: dict[tuple[str, str], list[Callable[[], None]]] = {key: [] for key in outcomes}
 
     def submit(job: _Job) -> None:
         # An absolute path: a Ray worker's working directory need not be this one.
@@ -222,26 +251,90 @@ def _run_study(study: Study, out: Path, executor, *, progress: bool) -> list[Gro
             return
         submit(_Job(run_dir=run_dir, config=config, attempt=1, waiting=[then]))
 
-    def start_seeds(outcome: GroupOutcome, index: int) -> None:
-        outcome.chosen = index
+    def after(key: tuple[str, str], then: Callable[[], None]) -> None:
+        """``then`` once the group ``key`` has chosen its grid point (at once if it has)."""
+        if outcomes[key].chosen is not None:
+            then()
+        else:
+            waiting_for[key].append(then)
+
+    def fail(outcome: GroupOutcome, reason: str) -> None:
+        outcome.error = reason
         for seed in study.seeds:
-            request(replace(outcome.group.points[index].config, seed=seed),
-                    lambda result, seed=seed: outcome.runs.__setitem__(seed, result))
+            outcome.runs[seed] = RunOutcome(path="", seed=seed, error=reason)
+            bar.update(outcome.runs[seed])
+
+    def start_seeds(outcome: GroupOutcome) -> None:
+        config = outcome.points[outcome.chosen].config
+        target = outcome.group.links.steps_match
+        if target is not None:
+            try:
+                config = replace(config, steps=_matched(outcome, outcomes[(outcome.group.setting, target)]))
+            except StudyError as exc:
+                return fail(outcome, str(exc))
+        for seed in study.seeds:
+            request(replace(config, seed=seed), lambda result, seed=seed: outcome.runs.__setitem__(seed, result))
+
+    def decide(outcome: GroupOutcome, index: int) -> None:
+        outcome.chosen = index
+        for then in waiting_for[(outcome.group.setting, outcome.group.method)]:
+            then()
+        target = outcome.group.links.steps_match
+        if target is not None:
+            after((outcome.group.setting, target), lambda: start_seeds(outcome))
+        else:
+            start_seeds(outcome)
+
+    def select(outcome: GroupOutcome, first: int = 0) -> None:
+        if not study.needs_selection(outcome.group):
+            return decide(outcome, 0)
+        for index in range(first, len(outcome.points)):
+            request(replace(outcome.points[index].config, seed=study.selection_seed),
+                    lambda result, o=outcome, i=index: selected(o, i, result))
 
     def selected(outcome: GroupOutcome, index: int, result: RunOutcome) -> None:
         outcome.selection[index] = result
-        if all(s is not None for s in outcome.selection):
-            scores = [selection_metric(s.results) for s in outcome.selection]
-            start_seeds(outcome, min(range(len(scores)), key=lambda i: (scores[i], i)))
+        if not all(s is not None for s in outcome.selection):
+            return
+        scores = [selection_metric(s.results) for s in outcome.selection]
+        best = min(range(len(scores)), key=lambda i: (scores[i], i))
+        edges = grid_edges(outcome.grid, outcome.points[best].values)
+        if study.extend_edges and edges and outcome.rounds < study.max_extensions:
+            new = extend_grid(outcome.group.grid, outcome.grid, outcome.points, edges, outcome.extensions)
+            if new:
+                outcome.rounds += 1
+                first = len(outcome.points)
+                outcome.points += new
+                outcome.selection += [None] * len(new)
+                bar.grow(len(new))
+                return select(outcome, first)
+        decide(outcome, best)
+
+    def begin(outcome: GroupOutcome) -> None:
+        source = outcome.group.links.loss_source
+        if source is None:
+            return select(outcome)
+        origin = outcomes[(source.setting or outcome.group.setting, source.method)]
+
+        def with_loss() -> None:
+            run = origin.selection[origin.chosen]
+            if run is None or not run.results or not (Path(run.path) / LOSS).is_file():
+                bar.grow(-len(outcome.points))
+                return fail(outcome, f"method {source.method!r} left no learned loss on the selection seed")
+            try:
+                outcome.loss_file = str(write_source_loss(Path(run.path), out, approx=source.approx))
+            except Exception as exc:  # noqa: BLE001 - an approximation that fails stops this method only
+                bar.grow(-len(outcome.points))
+                return fail(outcome, f"cannot reuse {source.text()}: {type(exc).__name__}: {exc}")
+            outcome.points = [replace(p, config=replace(p.config, loss_from=outcome.loss_file))
+                              for p in outcome.points]
+            select(outcome)
+
+        after((origin.group.setting, origin.group.method), with_loss)
 
     with executor:
         for outcome in outcomes.values():
-            if outcome.group.tuned:
-                for index, point in enumerate(outcome.group.points):
-                    request(replace(point.config, seed=study.selection_seed),
-                            lambda result, o=outcome, i=index: selected(o, i, result))
-            else:
-                start_seeds(outcome, 0)
+            begin(outcome)
         while in_flight:
             done, _ = wait(list(in_flight.values()), return_when=FIRST_COMPLETED)
             for future in done:
@@ -259,6 +352,17 @@ def _run_study(study: Study, out: Path, executor, *, progress: bool) -> list[Gro
                     then(result)
     bar.close()
     return list(outcomes.values())
+
+
+def _matched(outcome: GroupOutcome, target: GroupOutcome) -> int:
+    """The matched step count of ``outcome`` (recorded in ``outcome.matched``) from both selection runs."""
+    own, theirs = outcome.selection[outcome.chosen], target.selection[target.chosen]
+    times = [r.results.get("wall_time_s") if r is not None and r.results else None for r in (own, theirs)]
+    if not all(_number(t, 0.0) for t in times):
+        raise StudyError(f"cannot match {target.group.method!r}'s time: a selection run has no training time")
+    outcome.matched = {"method": target.group.method, **matched_steps(
+        target_time_s=times[1], own_time_s=times[0], own_steps=int(own.results["steps"]))}
+    return outcome.matched["steps"]
 
 
 __all__ = ["run_study", "count_runs", "finished_results", "RunOutcome", "GroupOutcome", "MAX_ATTEMPTS"]

@@ -25,6 +25,11 @@ file sets explicitly, as on the command line). A later table wins over an earlie
 ``[study]`` < ``[[setting]]`` < ``[[method]]``. For ``milestones`` (itself a list) a grid
 is a list of lists. Everything is checked, and every run's config built, before the first
 run starts.
+
+``[study]`` may also set ``extend_edges = true`` (a choice at the end of a numeric grid extends
+that grid, at most ``max_extensions`` rounds: :mod:`toolkit.runs.study_edges`), and a
+``[[method]]`` may set ``steps = "match:METHOD"`` or ``loss_from = "method:[SETTING/]METHOD[:approx]"``
+(equal time, or another method's learned loss trained fixed: :mod:`toolkit.runs.study_links`).
 """
 from __future__ import annotations
 
@@ -33,15 +38,16 @@ import itertools
 import json
 import math
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ConfigError, StudyError
 from toolkit.runs.config import OPTION_NAMES, PRESETS, TrainConfig, coerce_option
 from toolkit.runs.options import field_types
+from toolkit.runs.study_links import Links, check_links, split_links
 
-STUDY_KEYS = ("seeds", "baseline", "selection_seed")
+STUDY_KEYS = ("seeds", "baseline", "selection_seed", "extend_edges", "max_extensions")
 NOT_IN_STUDY = ("seed", "search_jobs")  # the study sets the seed; parallelism is --jobs
 MAX_GRID_POINTS = 10_000
 """Most grid points one (setting, method) group may declare, and all groups together: each is a training run."""
@@ -65,6 +71,7 @@ class Group:
     method: str
     grid: dict[str, list]
     points: tuple[GridPoint, ...]
+    links: Links = Links()
 
     @property
     def tuned(self) -> bool:
@@ -82,9 +89,18 @@ class Study:
     settings: tuple[str, ...]
     methods: tuple[str, ...]
     groups: tuple[Group, ...]
+    extend_edges: bool = False
+    max_extensions: int = 3
 
     def group(self, setting: str, method: str) -> Group:
         return next(g for g in self.groups if g.setting == setting and g.method == method)
+
+    def needs_selection(self, group: Group) -> bool:
+        """Whether ``group`` trains on the selection seed: a grid, a link, or another method's link to it."""
+        return group.tuned or group.links.any or any(
+            g.links.steps_match == group.method and g.setting == group.setting
+            or g.links.loss_source is not None and g.links.loss_source.method == group.method
+            and (g.links.loss_source.setting or g.setting) == group.setting for g in self.groups)
 
 
 def run_key(config: TrainConfig) -> str:
@@ -134,18 +150,28 @@ def load_study(path: str | Path) -> Study:
     if not _is_int(selection_seed) or selection_seed < 0 or selection_seed in seeds:
         raise StudyError(f"{path}: selection_seed must be an integer >= 0 that is not among seeds; "
                          f"got {selection_seed!r}")
+    extend_edges = shared.pop("extend_edges", False)
+    max_extensions = shared.pop("max_extensions", 3)
+    if not isinstance(extend_edges, bool):
+        raise StudyError(f"{path}: [study] extend_edges must be true or false; got {extend_edges!r}")
+    if not _is_int(max_extensions) or max_extensions < 0:
+        raise StudyError(f"{path}: [study] max_extensions must be an integer >= 0; got {max_extensions!r}")
 
     groups, points = [], 0
     for setting in settings:
         for method in methods:
-            options = {**shared, **_without_name(setting), **_without_name(method)}
+            where = f"{path} (setting {setting['name']!r}, method {method['name']!r})"
+            own, links = split_links(_without_name(method), where)
+            options = {**shared, **_without_name(setting), **own}
             points += _grid_size(options)  # Counted before any point is built.
             if points > MAX_GRID_POINTS:
                 raise StudyError(f"{path}: the grids declare more than {MAX_GRID_POINTS:,} points "
                                  "(toolkit.runs.study_spec.MAX_GRID_POINTS), each a training run; use fewer values")
-            groups.append(_group(options, setting["name"], method["name"], path))
+            groups.append(replace(_group(options, setting["name"], method["name"], path), links=links))
+    check_links(groups, tuple(s["name"] for s in settings), tuple(method_names), path)
     return Study(path=path, seeds=tuple(seeds), selection_seed=selection_seed, baseline=baseline,
-                 settings=tuple(s["name"] for s in settings), methods=tuple(method_names), groups=tuple(groups))
+                 settings=tuple(s["name"] for s in settings), methods=tuple(method_names), groups=tuple(groups),
+                 extend_edges=extend_edges, max_extensions=max_extensions)
 
 
 def _table(value: Any, where: str) -> dict:
