@@ -241,8 +241,9 @@ def check_step(model: nn.Module, train, params: Mapping[str, Tensor], new_params
         rejected = ~(after < before)
         theta = {k: p.detach() for k, p in params.items()}
         fallback, fallback_state = rule.update(theta, dict(task_grads), state)
-        chosen = unflat(torch.where(rejected, flat(fallback[k] for k in new_params), flat(new_params.values())),
-                        new_params)
+        # One where per tensor: a where over flattened copies writes three fresh parameter-sized buffers,
+        # which costs more than the launches it saves on a CPU (torch has no foreach where).
+        chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
         chosen_state = select_state(rejected, fallback_state, new_state)
     return chosen, chosen_state, rejected
 
