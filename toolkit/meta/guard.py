@@ -78,26 +78,50 @@ def descent_reflection(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -
         return Reflection(direction=direction, count=uphill.sum(), task_gradient=r)
 
 
+def flat(tensors) -> Tensor:
+    """The tensors of a list, end to end in one vector (one concatenation; views of them cost nothing)."""
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflat(vector: Tensor, like: Mapping[str, Tensor]) -> TensorDict:
+    """``vector`` cut back into tensors shaped like ``like``'s, under its names (views, no copy)."""
+    pieces = vector.split([t.numel() for t in like.values()])
+    return {k: piece.view_as(t) for (k, t), piece in zip(like.items(), pieces)}
+
+
 @dataclass(frozen=True)
 class ParameterReflection:
     """g ↦ H g = g − 2 (g · d) d over all parameters, d = ĝ_L when the batch step points uphill, else 0.
 
-    ``g`` and ``d`` are name → tensor dicts; H is linear and symmetric for a fixed ``uphill``.
+    ``g`` is a name → tensor dict; H is linear and symmetric for a fixed ``uphill``. The unit direction
+    is kept as ĝ_L = g_L · ``inverse_norm`` without being written out: H g = g − 2 s² (g · g_L) g_L with
+    s = ``inverse_norm``, one dot product over the flattened parameters and one ``torch._foreach_addcmul``.
 
     Attributes:
-        direction: the unit task-loss gradient ĝ_L (name → tensor), scaled by 0 or 1.
+        task_grads: g_L = ∇θ L_task on the batch (name → tensor).
+        flat_task_grads: g_L as one flat vector (for the dot products).
+        inverse_norm: 1/‖g_L‖ when the step is reflected, else 0 (0-d tensor).
         uphill: whether the learned step pointed uphill for the batch task loss (0-d bool tensor).
     """
 
-    direction: TensorDict
+    task_grads: TensorDict
+    flat_task_grads: Tensor
+    inverse_norm: Tensor
     uphill: Tensor
 
+    @property
+    def direction(self) -> TensorDict:
+        """d = ĝ_L (or 0), name → tensor, written out (for inspection; the map itself never builds it)."""
+        return dict(zip(self.task_grads, torch._foreach_mul(list(self.task_grads.values()), self.inverse_norm)))
+
     def __call__(self, g: Mapping[str, Tensor]) -> TensorDict:
-        names = list(self.direction)
+        names = list(self.task_grads)
         if not names:
             return dict(g)
-        dot = torch.stack([(g[k] * self.direction[k]).sum() for k in names]).sum()
-        return {k: g[k] - 2.0 * dot * self.direction[k] for k in names}
+        tensors = [g[k] for k in names]
+        coefficient = -2.0 * self.inverse_norm.square() * torch.dot(flat(tensors), self.flat_task_grads)
+        return dict(zip(names, torch._foreach_addcmul(tensors, list(self.task_grads.values()),
+                                                      [coefficient] * len(names))))
 
 
 def parameter_reflection(grads: Mapping[str, Tensor], task_grads: Mapping[str, Tensor]) -> ParameterReflection:
@@ -110,12 +134,17 @@ def parameter_reflection(grads: Mapping[str, Tensor], task_grads: Mapping[str, T
     with torch.no_grad():
         names = list(grads)
         if not names:
-            return ParameterReflection(direction={}, uphill=torch.zeros((), dtype=torch.bool))
-        dot = torch.stack([(grads[k].detach() * task_grads[k]).sum() for k in names]).sum()
-        norm = torch.stack([task_grads[k].pow(2).sum() for k in names]).sum().sqrt()
+            empty = torch.zeros(0)
+            return ParameterReflection(task_grads={}, flat_task_grads=empty, inverse_norm=empty.sum(),
+                                       uphill=torch.zeros((), dtype=torch.bool))
+        task = {k: task_grads[k] for k in names}
+        flat_task = flat(task.values())
+        dot = torch.dot(flat([grads[k].detach() for k in names]), flat_task)
+        norm = torch.linalg.vector_norm(flat_task)
         uphill = (dot < 0) & (norm > 0)
-        scale = torch.where(uphill, 1.0 / norm.clamp_min(torch.finfo(norm.dtype).tiny), torch.zeros_like(norm))
-        return ParameterReflection(direction={k: task_grads[k] * scale for k in names}, uphill=uphill)
+        inverse = torch.where(uphill, norm.clamp_min(torch.finfo(norm.dtype).tiny).reciprocal(),
+                              torch.zeros_like(norm))
+        return ParameterReflection(task_grads=task, flat_task_grads=flat_task, inverse_norm=inverse, uphill=uphill)
 
 
 class GuardReport(NamedTuple):
@@ -212,6 +241,8 @@ def check_step(model: nn.Module, train, params: Mapping[str, Tensor], new_params
         rejected = ~(after < before)
         theta = {k: p.detach() for k, p in params.items()}
         fallback, fallback_state = rule.update(theta, dict(task_grads), state)
+        # One where per tensor: a where over flattened copies writes three fresh parameter-sized buffers,
+        # which costs more than the launches it saves on a CPU (torch has no foreach where).
         chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
         chosen_state = select_state(rejected, fallback_state, new_state)
     return chosen, chosen_state, rejected
@@ -268,5 +299,5 @@ def _shares(counts: list[int]) -> dict[str, float]:
             "rejected_steps": n["step_rejected"] / n["steps"] if n["steps"] else 0.0}
 
 
-__all__ = ["Reflection", "descent_reflection", "ParameterReflection", "parameter_reflection", "Guard",
+__all__ = ["flat", "unflat", "Reflection", "descent_reflection", "ParameterReflection", "parameter_reflection", "Guard",
            "GuardReport", "GuardCounts", "COUNTED", "guarded_gradients", "check_step"]

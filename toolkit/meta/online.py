@@ -106,7 +106,7 @@ class OnlineLossLearner:
                  meta_interval: int = 1, meta_clip: float | None = None, meta_gradient: str = "fast",
                  task: str = "classification", snapshot_every: int = 100, max_nonfinite: int = 50,
                  descent_guard: bool = True, replicas: Replicas = SINGLE, max_grad_norm: float | None = None,
-                 input_fn=None, output_fn=None) -> None:
+                 input_fn=None, output_fn=None, compile: bool = False) -> None:
         if meta_interval < 1:
             raise ValueError(f"meta_interval must be >= 1, got {meta_interval}")
         if online_meta_lr <= 0:
@@ -142,6 +142,8 @@ class OnlineLossLearner:
             raise ValueError("a data-parallel run uses the default meta-gradient route (meta_gradient='fast')")
         self.replicas = replicas
         self.guard_counts = GuardCounts(device)
+        self.compile = compile
+        self._check_step = compiled(check_step) if compile else check_step
 
     @property
     def meta_rule(self) -> StepRule:
@@ -204,7 +206,7 @@ class OnlineLossLearner:
                                      replicas=self.replicas)
         new_params, new_state = result.params, result.state
         if result.guard is not None:
-            new_params, new_state, rejected = check_step(
+            new_params, new_state, rejected = self._check_step(
                 self.model, train, params, result.params, result.state, result.guard.task_grads,
                 result.train_task_loss, self.state, rule, self.task, replicas=self.replicas, io=self.io)
             self.guard_counts.add(result.guard.report(rejected))
@@ -350,6 +352,13 @@ def guarded_step(model: nn.Module, loss: nn.Module, train, params: dict[str, Ten
     return FixedStep(value, new_params, new_state, step.guard.report(rejected), step.train_task_loss)
 
 
+def compiled(fn):
+    """``fn`` under ``torch.compile``: mode "reduce-overhead" (CUDA graphs) where CUDA is present, else the
+    default mode; ``dynamic=False``, so each shape is captured once."""
+    mode = "reduce-overhead" if torch.cuda.is_available() else "default"
+    return torch.compile(fn, mode=mode, dynamic=False)
+
+
 def frozen_copy(loss: nn.Module) -> nn.Module:
     """A copy of a learned loss with its parameters frozen (for fixed-loss training)."""
     fixed = copy.deepcopy(loss)
@@ -358,5 +367,5 @@ def frozen_copy(loss: nn.Module) -> nn.Module:
     return fixed
 
 
-__all__ = ["OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
+__all__ = ["compiled", "OnlineLossLearner", "LossHistory", "NonFiniteError", "frozen_copy", "has_trainable_parameters",
            "FixedStep", "guarded_step", "fixed_loss_gradients"]

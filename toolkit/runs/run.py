@@ -285,7 +285,7 @@ def _make_stepper(run: Run) -> FixedLossStepper | OnlineStepper:
         learner = OnlineLossLearner(run.model, loss, rule=config.rule(), online_meta_lr=config.online_meta_lr,
                                     meta_interval=config.meta_interval, meta_clip=config.meta_clip,
                                     meta_gradient=config.meta_gradient, task=run.task,
-                                    descent_guard=config.descent_guard,
+                                    descent_guard=config.descent_guard, compile=config.compile,
                                     snapshot_every=0,  # the run writes loss_snapshots.jsonl itself
                                     replicas=run.replicas)
         return OnlineStepper(learner)
