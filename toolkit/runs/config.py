@@ -136,8 +136,10 @@ class TrainConfig:
     online_meta_lr: float = option(ONLINE_META_LR, help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
     meta_interval: int = option(1, help="Meta step every k base steps.")
     meta_clip: float | None = option(None, help="Clip the meta-gradient to this global norm.")
-    meta_gradient: str = option("fast", choices=("fast", "naive"),
-                                help="fast: the JVP route; naive: autograd through the unrolled step (reference).")
+    meta_gradient: str = option("fast", choices=("fast", "naive", "fd"),
+                                help="fast: the JVP route; naive: autograd through the unrolled step (reference); "
+                                     "fd: the JVP replaced by a one-sided finite difference (approximate, "
+                                     "docs/performance.md).")
     meta_source: str = option("valid", choices=("valid", "train"), help="Where meta-objective batches come from.")
     snapshot_every: int = option(100, help="Learned-loss snapshot every N steps.")
     loss_scale: str | None = option(None, choices=LOSS_SCALES,
