@@ -148,3 +148,42 @@ def format_floor(rows: list[dict]) -> str:
                      f"{f['guard']:8.2f} {f['guarded']:5.2f} {m['guarded']:7.2f} {d['guarded']:5.2f} | "
                      f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f}")
     return "\n".join(lines)
+
+
+def format_ops(rows: list[dict]) -> str:
+    """A text table of :func:`count_ops` rows: aten calls per CE step and each route's ratio to it."""
+    lines = [f"{'model':<11} {'CE ops':>7} " + " ".join(f"{route:>14}" for route in ROUTES)]
+    for r in rows:
+        lines.append(f"{r['model']:<11} {r['ce']:7.0f} " + " ".join(
+            f"{r['routes'][route]['ops']:7.0f} {r['routes'][route]['ratio']:5.2f}x" for route in ROUTES))
+    return "\n".join(lines)
+
+
+def floor_report(*, floor: bool, ops: bool, models: tuple[tuple[str, tuple[int, ...], int], ...], num_outputs: int,
+                 device: torch.device, repeats: int, as_json: bool, progress=None, **options) -> str:
+    """``lfl bench --floor`` / ``--ops``: the tables (or JSON) for ``models``, (name, input shape, batch) each.
+
+    ``--ops`` counts CPU operators and is refused on another device.
+    """
+    if ops and device.type != "cpu":
+        raise ConfigError("--ops counts CPU operators: run it with --device cpu")
+    result: dict[str, list[dict]] = {}
+    for name, shape, batch in models:
+        if progress is not None:
+            progress(name)
+        common = {"model": name, "input_shape": tuple(shape), "num_outputs": num_outputs, "batch_size": batch}
+        if floor:
+            row = benchmark_floor(**common, device=device, repeats=repeats, **options)
+            result.setdefault("floor", []).append({**row, "input_shape": list(shape)})
+        if ops:
+            result.setdefault("ops", []).append(count_ops(**common, steps=min(repeats, 5), **options))
+    if as_json:
+        import json
+        return json.dumps(result, indent=2)
+    parts = []
+    if floor:
+        parts += [f"CE-step units, medians of {repeats} interleaved rounds; dist = measured / floor:",
+                  format_floor(result["floor"])]
+    if ops:
+        parts += ["aten:: operator calls per step (torch.profiler, CPU):", format_ops(result["ops"])]
+    return "\n".join(parts)
