@@ -222,7 +222,7 @@ def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buff
     return u
 
 
-FD_EPSILON = 1e-4
+FD_EPSILON = 3e-5
 """The finite-difference tangent's default relative step ε (:func:`finite_difference_tangent`)."""
 
 
