@@ -28,5 +28,9 @@ _WHERE = {
     "study_command": "study_report",
     "benchmark_steps": "bench",
     "benchmark_all": "bench",
+    "benchmark_floor": "bench_floor",
+    "count_ops": "bench_floor",
+    "floor_all": "bench_floor",
+    "fd_error_table": "fd_error",
 }
 __getattr__, __dir__, __all__ = lazy_names(__name__, _WHERE)
