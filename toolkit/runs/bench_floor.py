@@ -140,7 +140,8 @@ def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options
 def format_floor(rows: list[dict]) -> str:
     """A text table: primitives, floors and distances, CE-step units, one line per model."""
     lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} | {'floor':>5} {'unguard':>7} "
-             f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | {'fd fl':>5} {'fd':>5} {'dist':>5}"]
+             f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
+             f"{'fd fl':>5} {'fd':>5} {'dist':>5}"]
     for r in rows:
         p, f, m, d = r["primitives"], r["floor"], r["measured"], r["distance"]
         lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} {p['forward']:5.2f} {p['forward_backward']:7.2f} "
