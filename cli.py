@@ -241,13 +241,29 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 @click.option("--loss-scale", default="normalised", show_default=True, type=click.Choice(["normalised", "free"]),
               help="As in lfl train: 'free' times the loss network alone (the paper's AdaLFL).")
 @click.option("--breakdown", is_flag=True, help="Also time the default step's parts under the profiler (CPU only).")
+@click.option("--floor", is_flag=True, help="The model's primitives (forward, forward+backward, JVP), each AdaLFL "
+              "route's floor as their sum, and its measured distance to it, in CE steps.")
+@click.option("--ops", is_flag=True, help="aten:: operator calls per step of each route over a CE step's (CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, all_models: bool, dataset_shape: str, classes: int, batch_size: int, device: str,
-          repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, as_json: bool) -> None:
+          repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, floor: bool, ops: bool,
+          as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
-    from toolkit.runs.bench import benchmark_all, benchmark_steps
+    from toolkit.runs.bench import ZOO_INPUTS, benchmark_all, benchmark_steps
     from toolkit.runtime import resolve_device
 
+    if floor or ops:
+        from toolkit.runs.bench_floor import floor_report
+        if breakdown:
+            raise click.UsageError("choose one of --breakdown and --floor/--ops")
+        models = tuple((name, shape, batch) for name, (shape, batch) in ZOO_INPUTS.items()) if all_models else \
+            ((model, tuple(_int_list(dataset_shape)), batch_size),)
+        progress = None if as_json else (lambda name: click.echo(f"  measuring {name} ...", err=True))
+        repeats = repeats if repeats is not None else (10 if all_models else 30)
+        click.echo(floor_report(floor=floor, ops=ops, models=models, num_outputs=classes, device=resolve_device(device),
+                                repeats=repeats, as_json=as_json, progress=progress, loss_param=loss_param,
+                                loss_scale=loss_scale))
+        return
     options = {"device": resolve_device(device), "loss_param": loss_param, "loss_scale": loss_scale,
                "breakdown": breakdown}
     if all_models:

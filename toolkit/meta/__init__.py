@@ -21,6 +21,7 @@ _WHERE = {
     "Lookahead": "lookahead",
     "meta_gradient": "lookahead",
     "meta_gradient_naive": "lookahead",
+    "meta_gradient_fd": "lookahead",
     "jacobian_vector_product": "lookahead",
     "OnlineLossLearner": "online",
     "NonFiniteError": "online",

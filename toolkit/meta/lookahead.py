@@ -192,12 +192,56 @@ def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buff
     return u
 
 
+FD_EPSILON = 3e-5
+"""The finite-difference tangent's default relative step ε (:func:`finite_difference_tangent`)."""
+
+
+def finite_difference_tangent(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                              x: Tensor, tangents: Mapping[str, Tensor], outputs: Tensor, *,
+                              epsilon: float = FD_EPSILON, io: ModelIO = PLAIN) -> Tensor:
+    """u ≈ J_f w by a one-sided finite difference: (f(θ + h·w) − f(θ)) / h, one forward.
+
+    An approximation (error O(h) plus rounding O(eps/h)), opt-in as ``meta_gradient="fd"``; the
+    default route's :func:`jacobian_vector_product` is exact. The step is relative to the sizes of
+    θ and w, h = ε·max(‖θ‖, 1)/‖w‖ (global L2 norms), so the perturbation's norm is ε·max(‖θ‖, 1)
+    whatever the scale of w (which carries the learning rate); w = 0 gives u = 0.
+
+    Args:
+        params: θ; tangents: w, same names and shapes; x: the input batch.
+        outputs: f_θ(x) from the training forward (detached), reused as the base point; the caller
+            replays the same random numbers (dropout masks) for the perturbed forward.
+        epsilon: the relative step ε.
+    """
+    names = list(params)
+    theta = [params[k].detach() for k in names]
+    w = [tangents[k] for k in names]
+    theta_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in theta]))
+    w_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in w]))
+    moving = w_norm > 0
+    h = torch.where(moving, epsilon * theta_norm.clamp_min(1.0) / torch.where(moving, w_norm, 1.0),
+                    torch.ones_like(w_norm))
+    shifted = dict(zip(names, torch._foreach_add(theta, torch._foreach_mul(w, h))))
+    with torch.no_grad():
+        perturbed = io.functional(model, shifted, _cloned(buffers), x)
+    return (perturbed - outputs) / h.to(outputs.dtype)
+
+
+def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
+    """The rule's state: ``rule.init`` when None; a bare momentum dict (older callers) for SGD."""
+    if state is None:
+        return rule.init(params)
+    if isinstance(rule, SGDRule) and "momentum" not in state and rule.momentum and state:
+        return {"momentum": dict(state)}
+    return state
+
+
 @with_model_precision
 def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                   loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                   rule: StepRule, state: State | None = None, *, task: str = "classification",
                   update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN, tangent: str = "jvp",
+                  fd_epsilon: float = FD_EPSILON) -> Lookahead:
     """The base update and the exact meta-gradient (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one forward-mode
@@ -225,11 +269,15 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         io: how the model is called and its outputs read (``input_fn``/``output_fn``); under
             ``torch.autocast`` the model runs in the autocast dtype, the rest in float32
             (:mod:`toolkit.meta.model_io`).
+        tangent: "jvp" (exact, forward-mode AD) or "fd" (:func:`finite_difference_tangent`, one
+            forward, approximate, with relative step ``fd_epsilon``).
 
     Returns:
         A :class:`Lookahead`, identical on every process of a data-parallel run.
     """
     require_scalar(loss)
+    if tangent not in ("jvp", "fd"):
+        raise ValueError(f"tangent must be 'jvp' or 'fd', got {tangent!r}")
     x_all, y = train
     x = replicas.shard(x_all)
     state = rule.init(params) if state is None else state
@@ -242,7 +290,8 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
                 local_outputs = io.call(model, x)
             else:
                 local_outputs = io.functional(model, theta_leaf, buffers if update_buffers else _cloned(buffers), x)
-            outputs = replicas.gather(local_outputs.detach())
+            local_f = local_outputs.detach()
+            outputs = replicas.gather(local_f)
         with _phase("loss_gradient"):
             train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
         with _phase("train_backward"):
@@ -270,7 +319,11 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         if step.guard is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
             w = step.guard.step(w)
         with _replayed_rng(rng, x.device):
-            u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w, io=io))
+            if tangent == "fd":
+                u = replicas.gather(finite_difference_tangent(model, params, buffers, x, w, local_f,
+                                                              epsilon=fd_epsilon, io=io))
+            else:
+                u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w, io=io))
 
     with _phase("meta_backward"):
         meta = pullback(u)
@@ -359,14 +412,22 @@ def _reflected_naively(outputs: Tensor, theta: Mapping[str, Tensor], m: Tensor, 
     return reflected, guard
 
 
+def meta_gradient_fd(*args, **kwargs) -> Lookahead:
+    """:func:`meta_gradient` with the finite-difference tangent (``tangent="fd"``): one forward instead
+    of the JVP, approximate (docs/performance.md measures its error)."""
+    return meta_gradient(*args, tangent="fd", **kwargs)
+
+
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
     "fast": meta_gradient,
     "naive": meta_gradient_naive,
+    "fd": meta_gradient_fd,
 }
-"""The routes by name: "fast" is :func:`meta_gradient` (JVP), "naive" the unrolled reference."""
+"""The routes by name: "fast" is :func:`meta_gradient` (JVP), "naive" the unrolled reference, "fd" the
+finite-difference tangent (:func:`meta_gradient_fd`)."""
 
 def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
-    """The meta-gradient route by name ("fast" or "naive")."""
+    """The meta-gradient route by name ("fast", "naive" or "fd")."""
     try:
         return META_GRADIENTS[name]
     except KeyError:
@@ -375,4 +436,5 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
 
 __all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
            "BatchGradients", "batch_gradients", "loss_value_and_gradient",
-           "meta_gradient_naive", "META_GRADIENTS", "get_meta_gradient"]
+           "meta_gradient_naive", "meta_gradient_fd", "finite_difference_tangent",
+           "FD_EPSILON", "META_GRADIENTS", "get_meta_gradient"]

@@ -28,6 +28,10 @@ _WHERE = {
     "study_command": "study_report",
     "benchmark_steps": "bench",
     "benchmark_all": "bench",
+    "benchmark_floor": "bench_floor",
+    "count_ops": "bench_floor",
+    "floor_all": "bench_floor",
+    "fd_error_table": "fd_error",
 }
 __getattr__, _lazy_dir, _lazy_all = lazy_names(__name__, _WHERE)
 

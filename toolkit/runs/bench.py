@@ -45,6 +45,56 @@ def _peak_memory_mb(device: torch.device, fn) -> float:
     return peak / 2**20
 
 
+def check_sizes(*, batch_size: int, repeats: int, num_outputs: int, input_shape) -> None:
+    """Refuse sizes below 1 with the option's name (a :class:`ConfigError`)."""
+    for name, value in (("--batch-size", batch_size), ("--repeats", repeats), ("--classes", num_outputs)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if not input_shape or any(d < 1 for d in input_shape):
+        raise ConfigError(f"--dataset-shape must be positive sizes such as 1,28,28; got {tuple(input_shape)}")
+
+
+STEPPERS = ("ce", "fast", "naive", "fast-unguarded", "fd-unguarded")
+"""What :func:`steppers_and_batches` builds: cross-entropy SGD, AdaLFL's default route with the descent
+guard ("fast", as ``lfl train`` runs it), the unrolled reference ("naive", guarded), the default
+route without the guard (``--no-descent-guard``) and the finite-difference tangent without it."""
+
+
+def steppers_and_batches(*, model: str, input_shape, num_outputs: int, batch_size: int, device: torch.device,
+                         loss_param: str = "mlp", loss_scale: str = "normalised", seed: int = 0,
+                         names: tuple[str, ...] = STEPPERS, n_batches: int = 8):
+    """Steppers of :data:`STEPPERS` on copies of one freshly built model, and random batches.
+
+    Returns (steppers by name, training batches, validation batches, the model they copy).
+    ``loss_scale`` is the learned loss's as in ``lfl train`` ("normalised": wrapped in
+    ``losses.GradientScaledLoss``; "free": the loss network alone, as in the paper).
+    """
+    torch.manual_seed(seed)
+    base = build_model(model, input_shape=tuple(input_shape), num_outputs=num_outputs).to(device)
+    make_x = lambda: torch.randn(batch_size, *input_shape, device=device)  # noqa: E731
+    make_y = lambda: torch.randint(0, num_outputs, (batch_size,), device=device)  # noqa: E731
+    train = [(make_x(), make_y()) for _ in range(n_batches)]
+    valid = [(make_x(), make_y()) for _ in range(n_batches)]
+    loss = losses.MLPLoss() if loss_param == "mlp" else losses.TaylorLoss.taylorglo()
+    if loss_scale == "normalised":
+        loss = losses.GradientScaledLoss(loss)
+    elif loss_scale != "free":
+        raise ValueError(f"loss_scale must be 'normalised' or 'free', got {loss_scale!r}")
+    rule = SGDRule(lr=0.01)
+    routes = {"fast": ("fast", True), "naive": ("naive", True), "fast-unguarded": ("fast", False),
+              "fd-unguarded": ("fd", False)}
+    steppers = {}
+    for name in names:
+        if name == "ce":
+            steppers[name] = FixedLossStepper(copy.deepcopy(base), losses.CrossEntropyLoss().to(device),
+                                              TrainConfig(lr=0.01))
+        else:
+            route, guard = routes[name]
+            steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
+                                               meta_gradient=route, snapshot_every=0, descent_guard=guard)
+    return steppers, train, valid, base
+
+
 def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
                     batch_size: int = 128, device: torch.device = torch.device("cpu"), repeats: int = 30,
                     warmup: int = 5, loss_param: str = "mlp", loss_scale: str = "normalised",
@@ -66,32 +116,11 @@ def benchmark_steps(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     """
     if breakdown and device.type != "cpu":
         raise ConfigError("the breakdown times CPU work only: run it with --device cpu")
-    for name, value in (("--batch-size", batch_size), ("--repeats", repeats), ("--classes", num_outputs)):
-        if value < 1:
-            raise ConfigError(f"{name} must be >= 1, got {value}")
-    if not input_shape or any(d < 1 for d in input_shape):
-        raise ConfigError(f"--dataset-shape must be positive sizes such as 1,28,28; got {tuple(input_shape)}")
-    torch.manual_seed(seed)
-    base = build_model(model, input_shape=tuple(input_shape), num_outputs=num_outputs).to(device)
-    n_batches = 8
-    make_x = lambda: torch.randn(batch_size, *input_shape, device=device)  # noqa: E731
-    make_y = lambda: torch.randint(0, num_outputs, (batch_size,), device=device)  # noqa: E731
-    train = [(make_x(), make_y()) for _ in range(n_batches)]
-    valid = [(make_x(), make_y()) for _ in range(n_batches)]
-    rule = SGDRule(lr=0.01)
-    loss = losses.MLPLoss() if loss_param == "mlp" else losses.TaylorLoss.taylorglo()
-    if loss_scale == "normalised":
-        loss = losses.GradientScaledLoss(loss)
-    elif loss_scale != "free":
-        raise ValueError(f"loss_scale must be 'normalised' or 'free', got {loss_scale!r}")
-    config = TrainConfig(lr=0.01)
-    steppers = {"ce": FixedLossStepper(copy.deepcopy(base), losses.CrossEntropyLoss().to(device), config)}
-    for name in ("fast", "naive"):
-        steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
-                                           meta_gradient=name, snapshot_every=0)
-    # The default step without the descent guard (toolkit.meta.guard), as --no-descent-guard runs it.
-    steppers["fast-unguarded"] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
-                                                   meta_gradient="fast", snapshot_every=0, descent_guard=False)
+    check_sizes(batch_size=batch_size, repeats=repeats, num_outputs=num_outputs, input_shape=input_shape)
+    steppers, train, valid, _ = steppers_and_batches(
+        model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size, device=device,
+        loss_param=loss_param, loss_scale=loss_scale, seed=seed, names=("ce", "fast", "naive", "fast-unguarded"))
+    n_batches = len(train)
     times: dict[str, list[float]] = {k: [] for k in steppers}
     for i in range(warmup + repeats):
         for name, stepper in steppers.items():

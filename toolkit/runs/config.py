@@ -111,8 +111,10 @@ class TrainConfig:
     online_meta_lr: float = option(ONLINE_META_LR, check=above(0), help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
     meta_interval: int = option(1, check=at_least(1), help="Meta step every k base steps.")
     meta_clip: float | None = option(None, check=above(0), help="Clip the meta-gradient to this global norm.")
-    meta_gradient: str = option("fast", choices=("fast", "naive"),
-                                help="fast: the JVP route; naive: autograd through the unrolled step (reference).")
+    meta_gradient: str = option("fast", choices=("fast", "naive", "fd"),
+                                help="fast: the JVP route; naive: autograd through the unrolled step (reference); "
+                                     "fd: the JVP replaced by a one-sided finite difference (approximate, "
+                                     "docs/performance.md).")
     meta_source: str = option("valid", choices=("valid", "train"),
                               help="Where meta-objective batches come from (valid: the validation split's meta "
                                    "part, never its selection part).")

@@ -1,0 +1,74 @@
+"""lfl bench --floor / --ops: the table's structure, floors that are sums of the primitives, operator counts."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from helpers import run_lfl
+
+from toolkit.runs.bench_floor import ROUTES, count_ops, floors
+
+PRIMITIVES = ("forward", "forward_backward", "jvp")
+
+
+def test_floors_are_the_sums_of_their_primitives():
+    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1}
+    f = floors(p)
+    assert f["backward"] == p["forward_backward"] - p["forward"]
+    assert f["exact"] == 2 * p["forward_backward"] + p["jvp"]
+    assert f["guard"] == f["backward"] + p["forward"]
+    assert f["guarded"] == f["exact"] + f["guard"]
+    assert f["fd_unguarded"] == 2 * p["forward_backward"] + p["forward"]
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def test_bench_floor_json_on_two_small_models():
+    rows = []
+    for model, shape in (("logreg", "1,6,6"), ("mlp", "12")):
+        result = run_lfl("bench", "--floor", "--model", model, "--dataset-shape", shape, "--classes", "3",
+                         "--batch-size", "8", "--repeats", "2", "--device", "cpu", "--json")
+        assert result.returncode == 0, result.stderr
+        rows += json.loads(result.stdout)["floor"]
+    for row in rows:
+        assert set(row["primitives"]) == set(PRIMITIVES) and set(row["measured"]) == set(ROUTES)
+        p, f, ce = row["primitives"], row["floor"], row["ce_step_s"]
+        assert _positive(ce)
+        for key in PRIMITIVES:  # CE units are the primitive's median over the CE step's
+            assert _positive(p[key]) and p[key] == row["primitives_s"][key] / ce
+        assert f == floors(p)  # exactly the sums, recomputed from the reported primitives
+        for route in ROUTES:
+            assert _positive(row["measured"][route]) and _positive(row["distance"][route])
+        assert row["distance"]["unguarded"] == row["measured"]["unguarded"] / f["exact"]
+        assert row["distance"]["guarded"] == row["measured"]["guarded"] / f["guarded"]
+
+
+def test_bench_floor_prints_a_table_and_refuses_breakdown_with_it():
+    result = run_lfl("bench", "--floor", "--model", "mlp", "--dataset-shape", "12", "--classes", "3",
+                     "--batch-size", "8", "--repeats", "1", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[1]
+    assert header.split()[0] == "model" and "dist" in header
+    assert result.stdout.splitlines()[2].split()[0] == "mlp"
+    refused = run_lfl("bench", "--floor", "--breakdown", "--model", "mlp", "--dataset-shape", "12", "--device", "cpu")
+    assert refused.returncode == 2 and "--breakdown" in refused.stderr
+
+
+def test_ops_count_aten_calls_per_step_and_ratios_to_cross_entropy():
+    result = count_ops(model="mlp", input_shape=(12,), num_outputs=3, batch_size=8, steps=1)
+    assert result["ce"] >= 3  # at least a forward, a loss and a backward
+    for route in ROUTES:
+        ops = result["routes"][route]
+        assert ops["ops"] > result["ce"] and ops["ratio"] == ops["ops"] / result["ce"]
+    # The guard's extra backward and forward are more operators, never fewer.
+    assert result["routes"]["guarded"]["ops"] > result["routes"]["unguarded"]["ops"]
+
+
+@pytest.mark.parametrize("flag", ["--floor", "--ops"])
+def test_bench_floor_and_ops_refuse_bad_sizes_in_one_line(flag):
+    result = run_lfl("bench", flag, "--model", "mlp", "--batch-size", "0", "--device", "cpu")
+    assert result.returncode == 2 and "--batch-size must be >= 1" in result.stderr

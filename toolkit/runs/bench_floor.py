@@ -1,0 +1,190 @@
+"""How far an AdaLFL step is from its floor (``lfl bench --floor``), and its operator count (``--ops``).
+
+The floor of a route is what it cannot avoid, in the model's own primitives timed in the same
+process on the same batches: a forward (without a graph), a forward and backward (the parameter
+gradient of cross-entropy), and a forward-mode JVP through the model
+(:func:`toolkit.meta.lookahead.jacobian_vector_product`). The exact route (default, unguarded)
+needs a forward and backward on the training batch, one on the validation batch at θ′, and one JVP;
+the descent guard adds one backward (the task gradient) and one forward (the step check at θ′); the
+finite-difference route (``meta_gradient="fd"``) replaces the JVP by a forward. The backward is
+taken as forward+backward minus forward. Everything (the steps and the primitives) runs interleaved
+round by round and each figure is a median, in units of the cross-entropy step's median.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from toolkit.meta.lookahead import jacobian_vector_product
+from toolkit.runs.bench import ZOO_INPUTS, _synchronise, check_sizes, steppers_and_batches
+from toolkit.runs.common import ConfigError
+
+ROUTES = {"unguarded": "fast-unguarded", "guarded": "fast", "fd_unguarded": "fd-unguarded"}
+"""The AdaLFL routes whose distance to the floor is reported: name → stepper of
+:func:`toolkit.runs.bench.steppers_and_batches`."""
+
+
+def _primitives(model, batches) -> dict[str, Callable[[int], None]]:
+    """Callables of the round number for the model's primitives, on the training batches."""
+    params = {k: p for k, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+    tangents = {k: torch.randn_like(p) for k, p in params.items()}
+
+    def forward(i: int) -> None:
+        with torch.no_grad():
+            model(batches[i % len(batches)][0])
+
+    def forward_backward(i: int) -> None:
+        x, y = batches[i % len(batches)]
+        torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()))
+
+    def jvp(i: int) -> None:
+        jacobian_vector_product(model, params, buffers, batches[i % len(batches)][0], tangents)
+
+    return {"forward": forward, "forward_backward": forward_backward, "jvp": jvp}
+
+
+def floors(primitives: dict[str, float]) -> dict[str, float]:
+    """Each route's floor from the primitives' times (any unit): sums, nothing else."""
+    backward = primitives["forward_backward"] - primitives["forward"]
+    exact = 2 * primitives["forward_backward"] + primitives["jvp"]
+    guard = backward + primitives["forward"]
+    return {"backward": backward, "exact": exact, "guard": guard, "guarded": exact + guard,
+            "fd_unguarded": 2 * primitives["forward_backward"] + primitives["forward"]}
+
+
+def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
+                    batch_size: int = 128, device: torch.device = torch.device("cpu"), repeats: int = 30,
+                    warmup: int = 5, seed: int = 0, **options) -> dict:
+    """The primitives, the floors and each AdaLFL route's distance to its floor, from one interleaved run.
+
+    Returns a JSON-ready dict: ``ce_step_s``; ``primitives`` (forward, forward_backward, jvp; CE-step
+    units) and ``primitives_s``; ``floor`` (backward, exact, guard, guarded, fd_unguarded; CE-step units,
+    each a sum of ``primitives``); ``measured`` (unguarded, guarded, fd_unguarded; CE-step units) and
+    ``distance`` (measured / floor, the exact floor for unguarded, the guarded one for guarded).
+    ``options`` go to :func:`toolkit.runs.bench.steppers_and_batches` (``loss_param``, ``loss_scale``).
+    """
+    check_sizes(batch_size=batch_size, repeats=repeats, num_outputs=num_outputs, input_shape=input_shape)
+    steppers, train, valid, base = steppers_and_batches(
+        model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size, device=device,
+        seed=seed, names=("ce", *ROUTES.values()), **options)
+    work = {name: (lambda i, s=s: s.step(train[i % len(train)], valid[i % len(valid)], lr=0.01))
+            for name, s in steppers.items()}
+    work.update(_primitives(base, train))
+    times: dict[str, list[float]] = {k: [] for k in work}
+    for i in range(warmup + repeats):
+        for name, fn in work.items():
+            _synchronise(device)
+            start = time.perf_counter()
+            fn(i)
+            _synchronise(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    median = {k: statistics.median(v) for k, v in times.items()}
+    ce = median["ce"]
+    primitives = {k: median[k] / ce for k in ("forward", "forward_backward", "jvp")}
+    floor = floors(primitives)
+    measured = {route: median[stepper] / ce for route, stepper in ROUTES.items()}
+    floor_of = {"unguarded": "exact", "guarded": "guarded", "fd_unguarded": "fd_unguarded"}
+    return {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
+            "threads": torch.get_num_threads(), "ce_step_s": ce,
+            "primitives_s": {k: median[k] for k in primitives}, "primitives": primitives, "floor": floor,
+            "measured": measured, "distance": {r: measured[r] / floor[floor_of[r]] for r in measured}}
+
+
+def count_ops(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10, batch_size: int = 128,
+              steps: int = 3, seed: int = 0, **options) -> dict:
+    """``aten::`` operator calls per step under ``torch.profiler`` (CPU), every nesting level counted.
+
+    Returns ``ce`` (calls per cross-entropy step) and, per AdaLFL route (unguarded, guarded,
+    fd_unguarded), calls per step and their ratio to the CE step's. One warm-up step per stepper
+    runs before the profiled ones.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    check_sizes(batch_size=batch_size, repeats=steps, num_outputs=num_outputs, input_shape=input_shape)
+    steppers, train, valid, _ = steppers_and_batches(
+        model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size,
+        device=torch.device("cpu"), seed=seed, names=("ce", *ROUTES.values()), **options)
+    per_step = {}
+    for name, stepper in steppers.items():
+        stepper.step(train[0], valid[0], lr=0.01)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for i in range(steps):
+                stepper.step(train[i % len(train)], valid[i % len(valid)], lr=0.01)
+        per_step[name] = sum(e.name.startswith("aten::") for e in prof.events()) / steps
+    ce = per_step["ce"]
+    return {"model": model, "batch_size": batch_size, "steps": steps, "ce": ce,
+            "routes": {route: {"ops": per_step[s], "ratio": per_step[s] / ce} for route, s in ROUTES.items()}}
+
+
+def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options) -> list[dict]:
+    """:func:`benchmark_floor` for every zoo model at its benchmark input (:data:`toolkit.runs.bench.ZOO_INPUTS`)."""
+    rows = []
+    for name in models or tuple(ZOO_INPUTS):
+        if name not in ZOO_INPUTS:
+            raise ConfigError(f"unknown model {name!r}: choose from {', '.join(ZOO_INPUTS)}")
+        shape, batch = ZOO_INPUTS[name]
+        if progress is not None:
+            progress(name)
+        row = benchmark_floor(model=name, input_shape=shape, batch_size=batch, **options)
+        row["input_shape"] = list(shape)
+        rows.append(row)
+    return rows
+
+
+def format_floor(rows: list[dict]) -> str:
+    """A text table: primitives, floors and distances, CE-step units, one line per model."""
+    lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} | {'floor':>5} {'unguard':>7} "
+             f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
+             f"{'fd fl':>5} {'fd':>5} {'dist':>5}"]
+    for r in rows:
+        p, f, m, d = r["primitives"], r["floor"], r["measured"], r["distance"]
+        lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} {p['forward']:5.2f} {p['forward_backward']:7.2f} "
+                     f"{p['jvp']:5.2f} | {f['exact']:5.2f} {m['unguarded']:7.2f} {d['unguarded']:5.2f} | "
+                     f"{f['guard']:8.2f} {f['guarded']:5.2f} {m['guarded']:7.2f} {d['guarded']:5.2f} | "
+                     f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f}")
+    return "\n".join(lines)
+
+
+def format_ops(rows: list[dict]) -> str:
+    """A text table of :func:`count_ops` rows: aten calls per CE step and each route's ratio to it."""
+    lines = [f"{'model':<11} {'CE ops':>7} " + " ".join(f"{route:>14}" for route in ROUTES)]
+    for r in rows:
+        lines.append(f"{r['model']:<11} {r['ce']:7.0f} " + " ".join(
+            f"{r['routes'][route]['ops']:7.0f} {r['routes'][route]['ratio']:5.2f}x" for route in ROUTES))
+    return "\n".join(lines)
+
+
+def floor_report(*, floor: bool, ops: bool, models: tuple[tuple[str, tuple[int, ...], int], ...], num_outputs: int,
+                 device: torch.device, repeats: int, as_json: bool, progress=None, **options) -> str:
+    """``lfl bench --floor`` / ``--ops``: the tables (or JSON) for ``models``, (name, input shape, batch) each.
+
+    ``--ops`` counts CPU operators and is refused on another device.
+    """
+    if ops and device.type != "cpu":
+        raise ConfigError("--ops counts CPU operators: run it with --device cpu")
+    result: dict[str, list[dict]] = {}
+    for name, shape, batch in models:
+        if progress is not None:
+            progress(name)
+        common = {"model": name, "input_shape": tuple(shape), "num_outputs": num_outputs, "batch_size": batch}
+        if floor:
+            row = benchmark_floor(**common, device=device, repeats=repeats, **options)
+            result.setdefault("floor", []).append({**row, "input_shape": list(shape)})
+        if ops:
+            result.setdefault("ops", []).append(count_ops(**common, steps=min(repeats, 5), **options))
+    if as_json:
+        import json
+        return json.dumps(result, indent=2)
+    parts = []
+    if floor:
+        parts += [f"CE-step units, medians of {repeats} interleaved rounds; dist = measured / floor:",
+                  format_floor(result["floor"])]
+    if ops:
+        parts += ["aten:: operator calls per step (torch.profiler, CPU):", format_ops(result["ops"])]
+    return "\n".join(parts)
