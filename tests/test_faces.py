@@ -21,11 +21,12 @@ FACES = {
         "NonFiniteError", "OnlineLossLearner", "OptimizerLink", "RMSpropRule", "Replicas", "SGDRule", "StepRule",
         "SyncBatchNorm", "check_step", "convert_sync_batchnorm",
         "descent_reflection", "from_environment", "frozen_copy", "jacobian_vector_product", "make_rule",
-        "meta_gradient", "meta_gradient_naive", "offline_initialise", "parameter_reflection", "rule_from_optimizer",
+        "meta_gradient", "meta_gradient_fd", "meta_gradient_naive", "offline_initialise", "parameter_reflection", "rule_from_optimizer",
         "search_taylorglo", "taylorglo_loss"],
     "toolkit.runs": [
         "ConfigError", "PRESETS", "RunDirectory", "RunLog", "RunWriter", "TrainConfig", "benchmark_all",
-        "benchmark_steps", "checkpoint_options", "load_run_dataset", "load_study", "lr_at", "make_loss", "read_config_file",
+        "benchmark_floor", "benchmark_steps", "checkpoint_options", "count_ops", "fd_error_table", "floor_all",
+        "load_run_dataset", "load_study", "lr_at", "make_loss", "read_config_file",
         "read_metrics_csv", "resolve_config", "run_seeds", "run_study", "study_command", "terminate_as_interrupt",
         "train"],
     "toolkit.analysis": [

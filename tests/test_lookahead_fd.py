@@ -15,7 +15,7 @@ import losses
 from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
 
 from toolkit.meta.distributed import Replicas
-from toolkit.meta.lookahead import finite_difference_tangent, jacobian_vector_product, meta_gradient
+from toolkit.meta.lookahead import finite_difference_tangent, jacobian_vector_product, meta_gradient, meta_gradient_with_tangent
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import AdamRule, SGDRule
 from toolkit.runs.common import ConfigError, TrainConfig
@@ -38,8 +38,8 @@ def _routes(model_name, rule, **fd):
     for route in ({}, {"tangent": "fd", **fd}):
         torch.manual_seed(7)  # the same dropout masks on both routes
         buffers = {k: b.clone() for k, b in model.named_buffers()}
-        results.append(meta_gradient(model, params, buffers, loss, dict(loss.named_parameters()), train, valid,
-                                     rule, **route))
+        results.append(meta_gradient_with_tangent(model, params, buffers, loss, dict(loss.named_parameters()), train,
+                                                  valid, rule, **route))
     return results
 
 
@@ -80,8 +80,8 @@ def test_fd_tangent_matches_the_jvp_and_is_zero_along_zero():
 
 def test_unknown_tangent_is_refused():
     with pytest.raises(ValueError, match="tangent must be 'jvp' or 'fd'"):
-        meta_gradient(tiny_mlp(), {}, {}, losses.MLPLoss(), {}, batch(2, (5,), 3, seed=0),
-                      batch(2, (5,), 3, seed=0), SGDRule(lr=0.1), tangent="spline")
+        meta_gradient_with_tangent(tiny_mlp(), {}, {}, losses.MLPLoss(), {}, batch(2, (5,), 3, seed=0),
+                                   batch(2, (5,), 3, seed=0), SGDRule(lr=0.1), tangent="spline")
 
 
 def test_fd_learner_trains_like_the_exact_one():

@@ -236,12 +236,12 @@ def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
 
 
 @with_model_precision
-def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                  loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                  rule: StepRule, state: State | None = None, *, task: str = "classification",
-                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN, tangent: str = "jvp",
-                  fd_epsilon: float = FD_EPSILON) -> Lookahead:
+def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                               loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                               rule: StepRule, state: State | None = None, *, task: str = "classification",
+                               update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                               replicas: Replicas = SINGLE, io: ModelIO = PLAIN, tangent: str = "jvp",
+                               fd_epsilon: float = FD_EPSILON) -> Lookahead:
     """The base update and the exact meta-gradient (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one forward-mode
@@ -412,10 +412,31 @@ def _reflected_naively(outputs: Tensor, theta: Mapping[str, Tensor], m: Tensor, 
     return reflected, guard
 
 
-def meta_gradient_fd(*args, **kwargs) -> Lookahead:
-    """:func:`meta_gradient` with the finite-difference tangent (``tangent="fd"``): one forward instead
-    of the JVP, approximate (docs/performance.md measures its error)."""
-    return meta_gradient(*args, tangent="fd", **kwargs)
+def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                  loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                  rule: StepRule, state: State | None = None, *, task: str = "classification",
+                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+    """The default route: :func:`meta_gradient_with_tangent` with the exact tangent (``torch.func.jvp``).
+
+    One signature with :func:`meta_gradient_naive` and :func:`meta_gradient_fd`, so the learner and the
+    offline phase call any route the same way.
+    """
+    return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
+                                      task=task, update_buffers=update_buffers, diagnostics=diagnostics,
+                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="jvp")
+
+
+def meta_gradient_fd(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                     loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                     rule: StepRule, state: State | None = None, *, task: str = "classification",
+                     update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                     replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+    """The default route with the finite-difference tangent (one forward instead of the JVP, relative step
+    :data:`FD_EPSILON`): approximate, opt-in as ``--meta-gradient fd`` (docs/performance.md measures its error)."""
+    return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
+                                      task=task, update_buffers=update_buffers, diagnostics=diagnostics,
+                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="fd")
 
 
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
@@ -436,5 +457,5 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
 
 __all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
            "BatchGradients", "batch_gradients", "loss_value_and_gradient",
-           "meta_gradient_naive", "meta_gradient_fd", "finite_difference_tangent",
+           "meta_gradient_naive", "meta_gradient_fd", "meta_gradient_with_tangent", "finite_difference_tangent",
            "FD_EPSILON", "META_GRADIENTS", "get_meta_gradient"]

@@ -15,7 +15,7 @@ import torch
 
 import losses
 
-from toolkit.meta.lookahead import meta_gradient
+from toolkit.meta.lookahead import meta_gradient_with_tangent
 from toolkit.meta.rules import SGDRule
 from toolkit.models.zoo import build_model
 
@@ -39,7 +39,7 @@ def _meta_grads(model, loss, train, valid, dtype: torch.dtype, **route) -> torch
     model, loss = copy.deepcopy(model).to(dtype), copy.deepcopy(loss).to(dtype)
     cast = lambda batch: (batch[0].to(dtype), batch[1])  # noqa: E731
     torch.manual_seed(1234)  # the same dropout masks on every route
-    result = meta_gradient(model, dict(model.named_parameters()), dict(model.named_buffers()), loss,
+    result = meta_gradient_with_tangent(model, dict(model.named_parameters()), dict(model.named_buffers()), loss,
                            dict(loss.named_parameters()), cast(train), cast(valid), SGDRule(lr=0.01, momentum=0.9),
                            update_buffers=False, **route)
     return _flat(result.meta_grads)
