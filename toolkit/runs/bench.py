@@ -184,6 +184,14 @@ def benchmark_all(*, device: torch.device = torch.device("cpu"), repeats: int = 
     Each row adds ``input_shape`` to the single-model result; ``progress(model)`` is called
     before each model.
     """
+    return for_each_zoo_model(lambda **inputs: benchmark_steps(**inputs, device=device, repeats=repeats,
+                                                               warmup=warmup, **options),
+                              models=models, progress=progress)
+
+
+def for_each_zoo_model(measure, *, models: tuple[str, ...] | None = None, progress=None) -> list[dict]:
+    """``measure(model=, input_shape=, batch_size=)`` for each of ``models`` (default: every zoo model) at its
+    benchmark input (:data:`ZOO_INPUTS`), one row each with ``input_shape`` added; ``progress(model)`` first."""
     rows = []
     for name in models or tuple(ZOO_INPUTS):
         if name not in ZOO_INPUTS:
@@ -191,8 +199,7 @@ def benchmark_all(*, device: torch.device = torch.device("cpu"), repeats: int = 
         shape, batch = ZOO_INPUTS[name]
         if progress is not None:
             progress(name)
-        row = benchmark_steps(model=name, input_shape=shape, batch_size=batch, device=device, repeats=repeats,
-                              warmup=warmup, **options)
+        row = measure(model=name, input_shape=shape, batch_size=batch)
         row["input_shape"] = list(shape)
         rows.append(row)
     return rows

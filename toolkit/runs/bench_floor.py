@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from toolkit.meta.lookahead import jacobian_vector_product
-from toolkit.runs.bench import ZOO_INPUTS, _synchronise, check_sizes, steppers_and_batches
-from toolkit.runs.common import ConfigError
+from toolkit.runs.bench import _synchronise, check_sizes, for_each_zoo_model, steppers_and_batches
+from toolkit.errors import ConfigError
 
 ROUTES = {"unguarded": "fast-unguarded", "guarded": "fast", "fd_unguarded": "fd-unguarded"}
 """The AdaLFL routes whose distance to the floor is reported: name → stepper of
@@ -124,17 +124,7 @@ def count_ops(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: in
 
 def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options) -> list[dict]:
     """:func:`benchmark_floor` for every zoo model at its benchmark input (:data:`toolkit.runs.bench.ZOO_INPUTS`)."""
-    rows = []
-    for name in models or tuple(ZOO_INPUTS):
-        if name not in ZOO_INPUTS:
-            raise ConfigError(f"unknown model {name!r}: choose from {', '.join(ZOO_INPUTS)}")
-        shape, batch = ZOO_INPUTS[name]
-        if progress is not None:
-            progress(name)
-        row = benchmark_floor(model=name, input_shape=shape, batch_size=batch, **options)
-        row["input_shape"] = list(shape)
-        rows.append(row)
-    return rows
+    return for_each_zoo_model(lambda **inputs: benchmark_floor(**inputs, **options), models=models, progress=progress)
 
 
 def format_floor(rows: list[dict]) -> str:
