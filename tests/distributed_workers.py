@@ -11,7 +11,6 @@ import losses
 from helpers import STRUCTURES, batch, tiny_mlp
 from toolkit.meta import distributed
 from toolkit.meta.distributed import Replicas, convert_sync_batchnorm
-from toolkit.meta.lookahead import meta_gradient
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import AdamRule, SGDRule
 

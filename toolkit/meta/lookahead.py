@@ -226,15 +226,6 @@ def finite_difference_tangent(model: nn.Module, params: Mapping[str, Tensor], bu
     return (perturbed - outputs) / h.to(outputs.dtype)
 
 
-def _as_state(rule: StepRule, params: Mapping[str, Tensor], state) -> State:
-    """The rule's state: ``rule.init`` when None; a bare momentum dict (older callers) for SGD."""
-    if state is None:
-        return rule.init(params)
-    if isinstance(rule, SGDRule) and "momentum" not in state and rule.momentum and state:
-        return {"momentum": dict(state)}
-    return state
-
-
 @with_model_precision
 def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                                loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,

@@ -28,7 +28,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from losses import task_loss
 from losses.base import require_scalar
 
 from toolkit.errors import UserError

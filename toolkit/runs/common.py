@@ -7,12 +7,9 @@ The options of a run (:class:`TrainConfig`) are declared in :mod:`toolkit.runs.c
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 

@@ -22,7 +22,6 @@ import csv
 import io
 import numbers
 from pathlib import Path
-from typing import Any
 
 from toolkit.layout import HISTORY, METRICS, TENSORBOARD, JsonLinesError, jsonl_lines
 from toolkit.errors import ConfigError

@@ -19,7 +19,6 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 from toolkit.layout import CHECKPOINT, LOCK, LOSS, METRICS, RESULTS, RUN_OUTPUTS, SUMMARY, TENSORBOARD  # noqa: F401
 from toolkit.errors import ConfigError
