@@ -219,139 +219,151 @@ def run_study(study: Study, out_dir: str | Path, *, jobs: int = 1, backend: str 
 
 
 def _run_study(study: Study, out: Path, executor, *, progress: bool) -> list[GroupOutcome]:
-    outcomes = {(g.setting, g.method): GroupOutcome(group=g) for g in study.groups}
-    bar = _StudyProgress(count_runs(study), enabled=progress)
-    # Several groups may ask for the same run (same config and seed): it trains once.
-    in_flight: dict[Path, Future] = {}
-    jobs_of: dict[Future, _Job] = {}
-    finished: dict[Path, RunOutcome] = {}
-    waiting_for: dict[tuple[str, str], list[Callable[[], None]]] = {key: [] for key in outcomes}
+    scheduler = _Scheduler(study, out, executor, progress=progress)
+    with executor:
+        scheduler.run()
+    return list(scheduler.outcomes.values())
 
-    def submit(job: _Job) -> None:
+
+class _Scheduler:
+    """The study's runs as a graph of callbacks: each group selects its grid point on the selection seed
+    (extending a grid at its edge where asked), waits for the groups it links to (a matched step count, a
+    reused loss), then requests its seeds. A run asked for by several groups (same config and seed) trains
+    once; a finished one on disk is reused; a failed one is tried once more."""
+
+    def __init__(self, study: Study, out: Path, executor, *, progress: bool) -> None:
+        self.study, self.out, self.executor = study, out, executor
+        self.outcomes = {(g.setting, g.method): GroupOutcome(group=g) for g in study.groups}
+        self.bar = _StudyProgress(count_runs(study), enabled=progress)
+        self.in_flight: dict[Path, Future] = {}
+        self.jobs_of: dict[Future, _Job] = {}
+        self.finished: dict[Path, RunOutcome] = {}
+        self.waiting_for: dict[tuple[str, str], list[Callable[[], None]]] = {key: [] for key in self.outcomes}
+
+    def run(self) -> None:
+        for outcome in self.outcomes.values():
+            self.begin(outcome)
+        while self.in_flight:
+            done, _ = wait(list(self.in_flight.values()), return_when=FIRST_COMPLETED)
+            for future in done:
+                self.collect(future)
+        self.bar.close()
+
+    def collect(self, future: Future) -> None:
+        """A finished job: retried once if it failed (not diverged), else handed to whoever waits for it."""
+        job = self.jobs_of.pop(future)
+        del self.in_flight[job.run_dir]
+        reply = _reply(future)
+        if reply.get("error") and not reply.get("final") and job.attempt < MAX_ATTEMPTS:
+            return self.submit(replace(job, attempt=job.attempt + 1))
+        result = RunOutcome(path=str(job.run_dir), seed=job.config.seed, results=reply.get("results"),
+                            error=reply.get("error"))
+        self.finished[job.run_dir] = result
+        for then in job.waiting:
+            self.bar.update(result)
+            then(result)
+
+    def submit(self, job: _Job) -> None:
         # An absolute path: a Ray worker's working directory need not be this one.
-        future = executor.submit(_train_one, job.config, str(job.run_dir.absolute()), executor.threads,
-                                 gpu=job.config.device != "cpu")
-        in_flight[job.run_dir] = future
-        jobs_of[future] = job
+        future = self.executor.submit(_train_one, job.config, str(job.run_dir.absolute()), self.executor.threads,
+                                      gpu=job.config.device != "cpu")
+        self.in_flight[job.run_dir] = future
+        self.jobs_of[future] = job
 
-    def request(config: TrainConfig, then: Callable[[RunOutcome], None]) -> None:
-        run_dir = out / "runs" / run_key(config) / f"seed-{config.seed}"
-        if run_dir in finished:
-            bar.update(finished[run_dir])
-            then(finished[run_dir])
-            return
-        if run_dir in in_flight:
-            jobs_of[in_flight[run_dir]].waiting.append(then)
-            return
-        results = finished_results(run_dir, config)
-        if results is not None:
-            finished[run_dir] = RunOutcome(path=str(run_dir), seed=config.seed, results=results, reused=True)
-            bar.update(finished[run_dir])
-            then(finished[run_dir])
-            return
-        submit(_Job(run_dir=run_dir, config=config, attempt=1, waiting=[then]))
+    def request(self, config: TrainConfig, then: Callable[[RunOutcome], None]) -> None:
+        """``then(outcome)`` once the run of ``config`` is over: at once if it finished here or on disk."""
+        run_dir = self.out / "runs" / run_key(config) / f"seed-{config.seed}"
+        if run_dir in self.in_flight:
+            return self.jobs_of[self.in_flight[run_dir]].waiting.append(then)
+        if run_dir not in self.finished:
+            results = finished_results(run_dir, config)
+            if results is None:
+                return self.submit(_Job(run_dir=run_dir, config=config, attempt=1, waiting=[then]))
+            self.finished[run_dir] = RunOutcome(path=str(run_dir), seed=config.seed, results=results, reused=True)
+        self.bar.update(self.finished[run_dir])
+        then(self.finished[run_dir])
 
-    def after(key: tuple[str, str], then: Callable[[], None]) -> None:
+    def after(self, key: tuple[str, str], then: Callable[[], None]) -> None:
         """``then`` once the group ``key`` has chosen its grid point (at once if it has)."""
-        if outcomes[key].chosen is not None:
+        if self.outcomes[key].chosen is not None:
             then()
         else:
-            waiting_for[key].append(then)
+            self.waiting_for[key].append(then)
 
-    def fail(outcome: GroupOutcome, reason: str) -> None:
+    def fail(self, outcome: GroupOutcome, reason: str) -> None:
         outcome.error = reason
-        for seed in study.seeds:
+        for seed in self.study.seeds:
             outcome.runs[seed] = RunOutcome(path="", seed=seed, error=reason)
-            bar.update(outcome.runs[seed])
+            self.bar.update(outcome.runs[seed])
 
-    def start_seeds(outcome: GroupOutcome) -> None:
+    def start_seeds(self, outcome: GroupOutcome) -> None:
         config = outcome.points[outcome.chosen].config
         target = outcome.group.links.steps_match
         if target is not None:
             try:
-                config = replace(config, steps=_matched(outcome, outcomes[(outcome.group.setting, target)]))
+                config = replace(config, steps=_matched(outcome, self.outcomes[(outcome.group.setting, target)]))
             except StudyError as exc:
-                return fail(outcome, str(exc))
-        for seed in study.seeds:
-            request(replace(config, seed=seed), lambda result, seed=seed: outcome.runs.__setitem__(seed, result))
+                return self.fail(outcome, str(exc))
+        for seed in self.study.seeds:
+            self.request(replace(config, seed=seed), lambda result, seed=seed: outcome.runs.__setitem__(seed, result))
 
-    def decide(outcome: GroupOutcome, index: int) -> None:
+    def decide(self, outcome: GroupOutcome, index: int) -> None:
         outcome.chosen = index
-        for then in waiting_for[(outcome.group.setting, outcome.group.method)]:
+        for then in self.waiting_for[(outcome.group.setting, outcome.group.method)]:
             then()
         target = outcome.group.links.steps_match
         if target is not None:
-            after((outcome.group.setting, target), lambda: start_seeds(outcome))
+            self.after((outcome.group.setting, target), lambda: self.start_seeds(outcome))
         else:
-            start_seeds(outcome)
+            self.start_seeds(outcome)
 
-    def select(outcome: GroupOutcome, first: int = 0) -> None:
-        if not study.needs_selection(outcome.group):
-            return decide(outcome, 0)
+    def select(self, outcome: GroupOutcome, first: int = 0) -> None:
+        if not self.study.needs_selection(outcome.group):
+            return self.decide(outcome, 0)
         for index in range(first, len(outcome.points)):
-            request(replace(outcome.points[index].config, seed=study.selection_seed),
-                    lambda result, o=outcome, i=index: selected(o, i, result))
+            self.request(replace(outcome.points[index].config, seed=self.study.selection_seed),
+                         lambda result, o=outcome, i=index: self.selected(o, i, result))
 
-    def selected(outcome: GroupOutcome, index: int, result: RunOutcome) -> None:
+    def selected(self, outcome: GroupOutcome, index: int, result: RunOutcome) -> None:
+        """A selection run is over; once all are, the best point is chosen, or the grid extended at its edge."""
         outcome.selection[index] = result
         if not all(s is not None for s in outcome.selection):
             return
         scores = [selection_metric(s.results) for s in outcome.selection]
         best = min(range(len(scores)), key=lambda i: (scores[i], i))
         edges = grid_edges(outcome.grid, outcome.points[best].values)
-        if study.extend_edges and edges and outcome.rounds < study.max_extensions:
+        if self.study.extend_edges and edges and outcome.rounds < self.study.max_extensions:
             new = extend_grid(outcome.group.grid, outcome.grid, outcome.points, edges, outcome.extensions)
             if new:
                 outcome.rounds += 1
                 first = len(outcome.points)
                 outcome.points += new
                 outcome.selection += [None] * len(new)
-                bar.grow(len(new))
-                return select(outcome, first)
-        decide(outcome, best)
+                self.bar.grow(len(new))
+                return self.select(outcome, first)
+        self.decide(outcome, best)
 
-    def begin(outcome: GroupOutcome) -> None:
+    def begin(self, outcome: GroupOutcome) -> None:
         source = outcome.group.links.loss_source
         if source is None:
-            return select(outcome)
-        origin = outcomes[(source.setting or outcome.group.setting, source.method)]
+            return self.select(outcome)
+        origin = self.outcomes[(source.setting or outcome.group.setting, source.method)]
+        self.after((origin.group.setting, origin.group.method), lambda: self.with_source_loss(outcome, origin))
 
-        def with_loss() -> None:
-            run = origin.selection[origin.chosen]
-            if run is None or not run.results or not (Path(run.path) / LOSS).is_file():
-                bar.grow(-len(outcome.points))
-                return fail(outcome, f"method {source.method!r} left no learned loss on the selection seed")
-            try:
-                outcome.loss_file = str(write_source_loss(Path(run.path), out, approx=source.approx))
-            except Exception as exc:  # noqa: BLE001 - an approximation that fails stops this method only
-                bar.grow(-len(outcome.points))
-                return fail(outcome, f"cannot reuse {source.text()}: {type(exc).__name__}: {exc}")
-            outcome.points = [replace(p, config=replace(p.config, loss_from=outcome.loss_file))
-                              for p in outcome.points]
-            select(outcome)
-
-        after((origin.group.setting, origin.group.method), with_loss)
-
-    with executor:
-        for outcome in outcomes.values():
-            begin(outcome)
-        while in_flight:
-            done, _ = wait(list(in_flight.values()), return_when=FIRST_COMPLETED)
-            for future in done:
-                job = jobs_of.pop(future)
-                del in_flight[job.run_dir]
-                reply = _reply(future)
-                if reply.get("error") and not reply.get("final") and job.attempt < MAX_ATTEMPTS:
-                    submit(replace(job, attempt=job.attempt + 1))
-                    continue
-                result = RunOutcome(path=str(job.run_dir), seed=job.config.seed,
-                                    results=reply.get("results"), error=reply.get("error"))
-                finished[job.run_dir] = result
-                for then in job.waiting:
-                    bar.update(result)
-                    then(result)
-    bar.close()
-    return list(outcomes.values())
+    def with_source_loss(self, outcome: GroupOutcome, origin: GroupOutcome) -> None:
+        """A method that reuses ``origin``'s learned loss: its points train that loss, fixed."""
+        source = outcome.group.links.loss_source
+        run = origin.selection[origin.chosen]
+        if run is None or not run.results or not (Path(run.path) / LOSS).is_file():
+            self.bar.grow(-len(outcome.points))
+            return self.fail(outcome, f"method {source.method!r} left no learned loss on the selection seed")
+        try:
+            outcome.loss_file = str(write_source_loss(Path(run.path), self.out, approx=source.approx))
+        except Exception as exc:  # noqa: BLE001 - an approximation that fails stops this method only
+            self.bar.grow(-len(outcome.points))
+            return self.fail(outcome, f"cannot reuse {source.text()}: {type(exc).__name__}: {exc}")
+        outcome.points = [replace(p, config=replace(p.config, loss_from=outcome.loss_file)) for p in outcome.points]
+        self.select(outcome)
 
 
 def _matched(outcome: GroupOutcome, target: GroupOutcome) -> int:
