@@ -182,3 +182,25 @@ def test_import_toolkit_plots_stays_light():
     code = "import sys, toolkit.analysis.plots, toolkit.analysis.fit, toolkit.analysis.compare; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_loss_shapes_scale_each_curve_to_its_range(tmp_path):
+    """Cross-entropy, GCE and a learned loss on one figure: each curve spans [0, 1] where the loss varies,
+    lies at 0 where it is flat (cross-entropy and GCE for y = 0), and the figure saves as PNG and SVG."""
+    import numpy as np
+
+    import losses
+    from toolkit.analysis.plots import plot_loss_shapes, save_figure
+
+    torch.manual_seed(0)
+    fig = plot_loss_shapes({"ce": losses.CrossEntropyLoss(), "gce": losses.GeneralizedCrossEntropyLoss(),
+                            "learned": losses.MLPLoss(hidden=(4,))})
+    target, other = fig.axes[0], fig.axes[1]
+    for line in target.get_lines():
+        y = np.asarray(line.get_ydata())
+        assert y.min() == pytest.approx(0.0) and y.max() == pytest.approx(1.0)
+    p = np.asarray(target.get_lines()[0].get_xdata())
+    ce = -np.log(p)
+    np.testing.assert_allclose(target.get_lines()[0].get_ydata(), (ce - ce.min()) / (ce.max() - ce.min()), rtol=1e-9)
+    assert np.all(np.asarray(other.get_lines()[0].get_ydata()) == 0)  # cross-entropy ignores y = 0
+    assert all(path.exists() for path in save_figure(fig, tmp_path / "shapes"))

@@ -20,6 +20,7 @@ _WHERE = {
     "paired_tests": "statistics",
     "plot_learning_curves": "plots",
     "plot_loss_evolution": "plots",
+    "plot_loss_shapes": "plots",
     "plot_loss_surface": "plots",
 }
 __getattr__, __dir__, __all__ = lazy_names(__name__, _WHERE)

@@ -208,6 +208,42 @@ def plot_loss_evolution(snapshots: Run | list[tuple[int, losses.LearnedLoss]], *
     return fig
 
 
+SHAPE_DOMAIN = (0.02, 1.0)
+"""ŷ of :func:`plot_loss_shapes`: cross-entropy's −log ŷ is unbounded at 0, and would flatten every other curve."""
+
+
+def plot_loss_shapes(named: dict[str, object], *, domain: tuple[float, float] = SHAPE_DOMAIN,
+                     title: str | None = None):
+    """Several classification losses side by side, each scaled to [0, 1] on each panel: ℓ(ŷ | y=1) and
+    ℓ(ŷ | y=0) over the predicted probability ŷ.
+
+    A gradient-normalised learned loss is a direction whose size comes from elsewhere, so only its shape
+    can be compared with cross-entropy's or GCE's: each curve is (ℓ − min) / (max − min) over the panel's
+    ŷ (a loss that is flat on a panel, as cross-entropy is for y = 0, is drawn at 0).
+
+    Args:
+        named: label → loss (anything with ``elementwise(y_pred, y_true)``: learned losses, and the
+            standard and robust criteria of :mod:`losses`).
+        domain: ŷ interval (default :data:`SHAPE_DOMAIN`).
+    """
+    grid = domain_grid("classification", domain, points=401)
+    fig, axes = _figure(len(grid))
+    colours = _palette(len(named))
+    for ax, (part, (p, y)) in zip(axes, grid.items()):
+        for colour, (label, loss) in zip(colours, named.items()):
+            values = loss_values(loss, p, y)
+            span = float(np.max(values) - np.min(values))
+            shape = (values - np.min(values)) / span if span > 1e-12 * max(1.0, float(np.max(np.abs(values)))) \
+                else np.zeros_like(values)
+            ax.plot(p, shape, color=colour, label=label)
+        ax.set_title(PART_TITLES[part])
+        ax.set_xlabel("predicted probability ŷ")
+        ax.set_ylabel(f"ℓ(ŷ | {part.replace('=', ' = ')}), scaled to [0, 1]")
+    axes[-1].legend(fontsize="small")
+    fig.suptitle(title or "Loss shapes")
+    return fig
+
+
 def plot_loss_surface(loss: losses.LearnedLoss, *, domain: tuple[float, float] | None = None,
                       title: str | None = None, points: int = 101):
     """Filled contours of ℓ(y_pred, y) over the domain square (classification: [0, 1]², y one-hot at 0 and 1)."""
