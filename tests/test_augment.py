@@ -167,7 +167,9 @@ def tiny(root: Path, dataset: str = "cifar10", **kw) -> TrainConfig:
 def record_stepper_batches(monkeypatch) -> list:
     """Every (train, valid) pair the training loop hands to a stepper, in order."""
     seen = []
-    for stepper in (run.FixedLossStepper, run.OnlineStepper):
+    from toolkit.meta.online import OnlineLossLearner
+
+    for stepper in (run.FixedLossStepper, OnlineLossLearner):
         def step(self, train, valid=None, *, _original=stepper.step, **kw):
             seen.append((train, valid))
             return _original(self, train, valid, **kw)

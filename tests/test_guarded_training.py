@@ -128,7 +128,7 @@ def test_guarded_fixed_loss_steps_equal_torch_optim_sgd_when_nothing_is_reflecte
                  torch.randint(0, 3, (16,), generator=generator))
         guarded.step(batch, lr=0.05)
         plain.step(batch, lr=0.05)
-    assert guarded.record() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}
+    assert guarded.diagnostics() == {"guarded": 0.0, "guarded_steps": 0.0, "rejected_steps": 0.0}
     for (name, p), q in zip(model.named_parameters(), reference.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-12, msg=name)
 
@@ -164,6 +164,6 @@ def test_a_flat_learned_loss_cannot_stall_training() -> None:
         opt.zero_grad()
         task_loss(reference(x), y, "regression").backward()
         opt.step()
-    assert stepper.record()["rejected_steps"] == 1.0
+    assert stepper.diagnostics()["rejected_steps"] == 1.0
     for (k, a), (_, b) in zip(model.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=k)

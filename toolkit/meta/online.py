@@ -266,9 +266,22 @@ class OnlineLossLearner:
         of samples, and ``guarded_steps``, the share of base steps reflected in parameter space."""
         return self.guard_counts.read() if self.descent_guard else {}
 
+    def diagnostics(self) -> dict:
+        """The diagnostics since the last call (a host sync): skipped updates, the guard's shares, and the
+        gradient-scale ratio when the latest step computed it. Part of the training loop's stepper
+        interface (:mod:`toolkit.runs.steppers`), which the learner implements itself."""
+        rec = {**self.check(), **self.guard_record()}
+        if "grad_ratio" in self.last:
+            rec["grad_ratio"] = float(self.last["grad_ratio"])
+        return rec
+
+    def summary(self) -> dict:
+        """The whole run's diagnostics (results.json): skipped updates and the guard's shares over every step."""
+        return {**self.check(), **(self.guard_counts.totals() if self.descent_guard else {})}
+
     def record(self) -> dict:
-        """A host record of the latest diagnostics (call every N steps)."""
-        rec = {"step": self.steps, **self.check(), **self.guard_record()}
+        """A host record of the latest diagnostics and losses (call every N steps), kept in ``history``."""
+        rec = {"step": self.steps, **self.diagnostics()}
         rec.update({k: float(v) for k, v in self.last.items()})
         self.history.records.append(rec)
         return rec

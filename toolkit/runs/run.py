@@ -35,7 +35,7 @@ from toolkit.runs.loss_sources import check_finite_at_start, make_loss
 from toolkit.runs.reporting import GuardWarning, LossWindow, loss_postfix, run_progress
 from toolkit.runs.run_directory import RunDirectory
 from toolkit.runs.signals import terminate_as_interrupt
-from toolkit.runs.steppers import FixedLossStepper, OnlineStepper
+from toolkit.runs.steppers import FixedLossStepper, Stepper
 from toolkit.runs.user_model import check_outputs, model_class, reinitialise
 from toolkit.runtime import process_device, resolve_device, seed_everything, seed_stream
 
@@ -69,7 +69,7 @@ class Run:
     prepare: bool = False
     fingerprint: str | None = None
     checkpoint: dict | None = None
-    stepper: FixedLossStepper | OnlineStepper | None = None
+    stepper: Stepper | None = None
     window: LossWindow | None = None
     start_step: int = 0
     reached: int = 0
@@ -278,7 +278,7 @@ def _resume(run: Run, path: Path) -> None:
     run.start_step = run.reached = state["step"]
 
 
-def _make_stepper(run: Run) -> FixedLossStepper | OnlineStepper:
+def _make_stepper(run: Run) -> Stepper:
     """The online learner (``--adapt`` / AdaLFL) or the base optimiser on a fixed (or frozen learned) loss."""
     config, loss = run.config, run.loss
     if config.online:
@@ -288,7 +288,7 @@ def _make_stepper(run: Run) -> FixedLossStepper | OnlineStepper:
                                     descent_guard=config.descent_guard, compile=config.compile,
                                     snapshot_every=0,  # the run writes loss_snapshots.jsonl itself
                                     replicas=run.replicas)
-        return OnlineStepper(learner)
+        return learner  # the learner is a stepper itself
     learned = has_trainable_parameters(loss)
     return FixedLossStepper(run.model, frozen_copy(loss) if learned else loss, config, task=run.task, learned=learned,
                             guard_task=run.task if learned and config.descent_guard else None, replicas=run.replicas)
@@ -478,7 +478,7 @@ def _log_record(config: TrainConfig, done: int, info: dict, window: LossWindow, 
     record = {"phase": "train", "step": done, "lr": lr_at(config, done - 1), **window.read(length)}
     if "meta_loss" in info:
         record["meta_loss"] = float(info["meta_loss"])
-    record.update(stepper.record())
+    record.update(stepper.diagnostics())
     return record
 
 

@@ -1,12 +1,12 @@
 """The loop's steppers: one base step, its history diagnostics, its results summary and its checkpoint state.
 
-:class:`FixedLossStepper` trains on a fixed loss (cross-entropy, squared error, a frozen learned loss, with
-the descent guard when asked). :class:`OnlineStepper` adapts an :class:`~toolkit.meta.online.OnlineLossLearner`,
-whose ``step`` and ``state_dict`` already fit; the adapter adds the run's views of it (``record``: the
-history's host-read diagnostics, ``summary``: results.json's), which belong to the run's file formats rather
-than to the learner, so the learner stays free of them.
+Two kinds fit :class:`Stepper`: :class:`FixedLossStepper` trains on a fixed loss (cross-entropy, squared
+error, a frozen learned loss, with the descent guard when asked), and
+:class:`~toolkit.meta.online.OnlineLossLearner` (AdaLFL, ``--adapt``) implements the interface itself.
 """
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -15,10 +15,27 @@ import losses
 
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.guard import GuardCounts
-from toolkit.meta.online import OnlineLossLearner, fixed_loss_gradients, guarded_step
+from toolkit.meta.online import fixed_loss_gradients, guarded_step
 from toolkit.meta.optimizers import OptimizerLink
 from toolkit.meta.rules import load_state, torch_optimizer
 from toolkit.runs.common import TrainConfig
+
+
+class Stepper(Protocol):
+    """What the training loop asks of a base step (:mod:`toolkit.runs.run`)."""
+
+    def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
+        """One base step (and a meta step where the stepper learns); device scalars, no host sync."""
+
+    def diagnostics(self) -> dict:
+        """The history's diagnostics since the last call (a host read, every ``--log-every`` steps)."""
+
+    def summary(self) -> dict:
+        """The whole run's diagnostics, for results.json."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class FixedLossStepper:
@@ -90,7 +107,7 @@ class FixedLossStepper:
         self.guard_counts.add(step.guard)
         return self._info(step.value, step.task_loss)
 
-    def record(self) -> dict:
+    def diagnostics(self) -> dict:
         """The history's diagnostics since the last record (the guard's shares; a host read)."""
         return {} if self.guard_task is None else self.guard_counts.read()
 
@@ -114,31 +131,4 @@ class FixedLossStepper:
             self.link.write_state(load_state(state["rule_state"]))
 
 
-class OnlineStepper:
-    """Adapter from :class:`OnlineLossLearner` to the loop's stepper interface."""
-
-    def __init__(self, learner: OnlineLossLearner) -> None:
-        self.learner = learner
-
-    def step(self, train, valid=None, *, lr: float, diagnostics: bool = False) -> dict[str, Tensor]:
-        return self.learner.step(train, valid, lr=lr, diagnostics=diagnostics)
-
-    def record(self) -> dict:
-        rec = {**self.learner.check(), **self.learner.guard_record()}
-        if "grad_ratio" in self.learner.last:
-            rec["grad_ratio"] = float(self.learner.last["grad_ratio"])
-        return rec
-
-    def summary(self) -> dict:
-        """The run's diagnostics for results.json: skipped updates, the guard's shares over every step."""
-        guard = self.learner.guard_counts.totals() if self.learner.descent_guard else {}
-        return {**self.learner.check(), **guard}
-
-    def state_dict(self) -> dict:
-        return self.learner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.learner.load_state_dict(state)
-
-
-__all__ = ["FixedLossStepper", "OnlineStepper"]
+__all__ = ["Stepper", "FixedLossStepper"]
