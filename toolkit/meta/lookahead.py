@@ -37,7 +37,7 @@ from torch.func import functional_call, jvp
 
 from losses import encode_targets
 from losses.base import fill_missing_gradients, require_scalar
-from losses.derivatives import value_and_gradient, value_gradient_pullback
+from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
 from toolkit.meta.distributed import SINGLE, Replicas
@@ -110,12 +110,6 @@ def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
         return False
     own_buffers = dict(model.named_buffers())
     return len(own_buffers) == len(buffers) and all(own_buffers.get(k) is b for k, b in buffers.items())
-
-
-def loss_value_and_gradient(loss: nn.Module, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """(M, m = ∂M/∂f) of a loss at detached outputs f (:func:`losses.derivatives.value_and_gradient`), detached."""
-    value, m = value_and_gradient(loss, outputs, targets)
-    return value.detach(), m.detach()
 
 
 @dataclass(frozen=True)
@@ -447,6 +441,6 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
 
 
 __all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
-           "BatchGradients", "batch_gradients", "loss_value_and_gradient",
+           "BatchGradients", "batch_gradients",
            "meta_gradient_naive", "meta_gradient_fd", "meta_gradient_with_tangent", "finite_difference_tangent",
            "FD_EPSILON", "META_GRADIENTS", "get_meta_gradient"]

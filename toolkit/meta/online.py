@@ -29,13 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from losses.base import require_scalar
+from losses.derivatives import value_and_gradient
 
 from toolkit.errors import UserError
 from toolkit.meta.adam import all_finite, apply_meta_update, meta_optimizer, meta_state_from_checkpoint
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
 from toolkit.meta.guard import GuardCounts, GuardReport, check_step
-from toolkit.meta.lookahead import batch_gradients, get_meta_gradient, loss_value_and_gradient
+from toolkit.meta.lookahead import batch_gradients, get_meta_gradient
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.optimizers import OptimizerLink, as_rule
 from toolkit.meta.rules import State, StepRule, detach_state, load_state, select_state, state_to_dict
@@ -324,7 +325,7 @@ def fixed_loss_gradients(model: nn.Module, loss: nn.Module, train, params: dict[
     with torch.enable_grad():
         local_outputs = io.call(model, replicas.shard(x))
         outputs = replicas.gather(local_outputs.detach())
-        value, m = loss_value_and_gradient(loss, outputs, y)
+        value, m = (t.detach() for t in value_and_gradient(loss, outputs, y))  # a fixed loss: no graph to φ
         return batch_gradients(local_outputs, params, m, outputs, y, task, replicas=replicas,
                                descent_guard=descent_guard, value=value)
 
