@@ -31,7 +31,7 @@ FACES = {
         "train"],
     "toolkit.analysis": [
         "AnalysisError", "approximate_loss", "compare_runs", "exact_formula", "export_loss", "find_runs",
-        "format_comparison", "paired_tests", "plot_learning_curves", "plot_loss_evolution", "plot_loss_shapes", "plot_loss_surface",
+        "format_comparison", "paired_tests", "plot_cost_quality", "plot_learning_curves", "plot_loss_evolution", "plot_loss_shapes", "plot_loss_surface",
         "read_run", "summarise_values", "taylor_expansion"],
     "toolkit.errors": ["ConfigError", "StudyError", "UserError"],
 }

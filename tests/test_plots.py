@@ -204,3 +204,16 @@ def test_loss_shapes_scale_each_curve_to_its_range(tmp_path):
     np.testing.assert_allclose(target.get_lines()[0].get_ydata(), (ce - ce.min()) / (ce.max() - ce.min()), rtol=1e-9)
     assert np.all(np.asarray(other.get_lines()[0].get_ydata()) == 0)  # cross-entropy ignores y = 0
     assert all(path.exists() for path in save_figure(fig, tmp_path / "shapes"))
+
+
+def test_cost_quality_places_each_row_at_its_cost_and_error(tmp_path):
+    from toolkit.analysis.plots import plot_cost_quality, save_figure
+
+    rows = [{"method": "ce", "cost_vs_baseline": 1.0, "test_error_mean": 0.13, "test_error_std": 0.01},
+            {"method": "adalfl-k4", "cost_vs_baseline": 4.4, "test_error_mean": 0.134, "test_error_std": 0.005},
+            {"method": "no-cost", "cost_vs_baseline": None, "test_error_mean": 0.2, "test_error_std": 0.0}]
+    fig = plot_cost_quality(rows)
+    ax = fig.axes[0]
+    points = [tuple(float(v) for v in container.lines[0].get_xydata()[0]) for container in ax.containers]
+    assert points == [(1.0, 0.13), (4.4, 0.134)] and ax.get_xscale() == "log"  # a row without a cost is left out
+    assert all(path.exists() for path in save_figure(fig, tmp_path / "cost"))

@@ -19,6 +19,7 @@ _WHERE = {
     "summarise_values": "statistics",
     "paired_tests": "statistics",
     "plot_learning_curves": "plots",
+    "plot_cost_quality": "plots",
     "plot_loss_evolution": "plots",
     "plot_loss_shapes": "plots",
     "plot_loss_surface": "plots",

@@ -244,6 +244,27 @@ def plot_loss_shapes(named: dict[str, object], *, domain: tuple[float, float] = 
     return fig
 
 
+def plot_cost_quality(rows: list[dict], *, metric: str = "test_error", title: str | None = None):
+    """What each method buys for what it costs: one point per study report row (``lfl study``'s
+    report.json ``rows``), its training time over the baseline's on a log axis against its mean test
+    metric, with the standard deviation over seeds as an error bar."""
+    fig, (ax,) = _figure(1, width=6.0, height=4.2)
+    colours = _palette(len(rows))
+    for colour, row in zip(colours, rows):
+        cost, mean, std = row.get("cost_vs_baseline"), row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+        if cost is None or mean is None:
+            continue
+        ax.errorbar([cost], [mean], yerr=[std or 0.0], fmt="o", color=colour, capsize=3,
+                    label=f"{row['method']} ({row.get('setting', '')})" if len({r.get('setting') for r in rows}) > 1
+                    else row["method"])
+    ax.set_xscale("log")
+    ax.set_xlabel("training time / baseline's (median over seeds)")
+    ax.set_ylabel(f"{metric.replace('_', ' ')} (mean ± std over seeds)")
+    ax.legend(fontsize="small")
+    ax.set_title(title or "Cost and quality")
+    return fig
+
+
 def plot_loss_surface(loss: losses.LearnedLoss, *, domain: tuple[float, float] | None = None,
                       title: str | None = None, points: int = 101):
     """Filled contours of ℓ(y_pred, y) over the domain square (classification: [0, 1]², y one-hot at 0 and 1)."""
