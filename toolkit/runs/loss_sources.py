@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import losses
+from losses.derivatives import value_and_gradient
 
 from toolkit.layout import LOSS
 from toolkit.meta.online import has_trainable_parameters
@@ -185,13 +186,11 @@ def check_finite_at_start(loss: nn.Module, model: nn.Module, batch: tuple[torch.
         model.eval()
         with torch.no_grad():
             outputs = model(x)
-        outputs = outputs.detach().requires_grad_(True)
-        value = loss(outputs, y)
-        (gradient,) = torch.autograd.grad(value, outputs, allow_unused=True)
+        value, gradient = value_and_gradient(loss, outputs, y)  # the pair the training step itself derives
     finally:
         model.train(training)
         set_rng_state(state, device)
-    finite = bool(torch.isfinite(value).all()) and (gradient is None or bool(torch.isfinite(gradient).all()))
+    finite = bool(torch.isfinite(value).all()) and bool(torch.isfinite(gradient).all())
     if not finite:
         what = "value" if not bool(torch.isfinite(value).all()) else "gradient"
         raise ConfigError(f"{where}: the loss's {what} is not finite on the first training batch (a NaN or "

@@ -25,13 +25,12 @@ from toolkit.errors import ConfigError
 
 # What a run writes: an existing one is refused, and --overwrite removes these (and nothing else).
 LOCK_NAME = LOCK
-SUMMARY_NAME = SUMMARY
 TENSORBOARD_EVENTS = "events.out.tfevents."
 CHECK_BYTES = 1 << 20
 """How much of a file the ownership checks read at most (a header line, a JSON object's keys)."""
 JSON_CHECK_LIMIT = 256 << 20
 """A results/loss/summary JSON file larger than this is not one this toolkit wrote."""
-_JSON_KEYS = {RESULTS: ("config", "status"), LOSS: ("kind",), SUMMARY_NAME: ("runs", "config")}
+_JSON_KEYS = {RESULTS: ("config", "status"), LOSS: ("kind",), SUMMARY: ("runs", "config")}
 _CSV_HEADER = "phase,step,name,value"
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -121,7 +120,7 @@ def claim_summary(out: Path, *, resume: bool, overwrite: bool) -> None:
     The same rule as a run: an existing summary is refused unless the caller resumes or overwrites, and
     it is replaced only when it is one this toolkit wrote.
     """
-    path = out / SUMMARY_NAME
+    path = out / SUMMARY
     if not (path.exists() or path.is_symlink()):
         return
     if not (resume or overwrite):
