@@ -232,6 +232,8 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 @click.option("--model", default="lenet5", show_default=True)
 @click.option("--all", "all_models", is_flag=True,
               help="Every zoo model at its benchmark input (MNIST shapes, batch 128; CIFAR shapes, batch 32).")
+@click.option("--models", "only", default=None, metavar="NAME,NAME",
+              help="With --all: only these zoo models (e.g. logreg,mlp).")
 @click.option("--dataset-shape", default="1,28,28", show_default=True, help="Input shape of the synthetic batches.")
 @click.option("--classes", default=10, show_default=True, type=int)
 @click.option("--batch-size", default=128, show_default=True, type=int)
@@ -245,18 +247,27 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
               "route's floor as their sum, and its measured distance to it, in CE steps.")
 @click.option("--ops", is_flag=True, help="aten:: operator calls per step of each route over a CE step's (CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(model: str, all_models: bool, dataset_shape: str, classes: int, batch_size: int, device: str,
+def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, classes: int, batch_size: int, device: str,
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, floor: bool, ops: bool,
           as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
     from toolkit.runs.bench import ZOO_INPUTS, benchmark_all, benchmark_steps
     from toolkit.runtime import resolve_device
 
+    zoo = tuple(ZOO_INPUTS)
+    if only is not None:
+        if not all_models:
+            raise click.UsageError("--models chooses among the zoo models of --all: add --all")
+        zoo = tuple(name.strip() for name in only.split(",") if name.strip())
+        unknown = [name for name in zoo if name not in ZOO_INPUTS]
+        if unknown or not zoo:
+            raise click.UsageError(f"unknown zoo model {', '.join(unknown) or repr(only)} in --models: "
+                                   f"choose from {', '.join(ZOO_INPUTS)}")
     if floor or ops:
         from toolkit.runs.bench_floor import floor_report
         if breakdown:
             raise click.UsageError("choose one of --breakdown and --floor/--ops")
-        models = tuple((name, shape, batch) for name, (shape, batch) in ZOO_INPUTS.items()) if all_models else \
+        models = tuple((name, *ZOO_INPUTS[name]) for name in zoo) if all_models else \
             ((model, tuple(_int_list(dataset_shape)), batch_size),)
         progress = None if as_json else (lambda name: click.echo(f"  measuring {name} ...", err=True))
         repeats = repeats if repeats is not None else (10 if all_models else 30)
@@ -268,7 +279,7 @@ def bench(model: str, all_models: bool, dataset_shape: str, classes: int, batch_
                "breakdown": breakdown}
     if all_models:
         progress = None if as_json else (lambda name: click.echo(f"  timing {name} ...", err=True))
-        rows = benchmark_all(repeats=repeats or 10, progress=progress, **options)
+        rows = benchmark_all(repeats=repeats or 10, progress=progress, models=zoo, **options)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return

@@ -8,19 +8,18 @@ import pytest
 
 from helpers import run_lfl
 
-from toolkit.runs.bench_floor import ROUTES, count_ops, floors
-
-PRIMITIVES = ("forward", "forward_backward", "jvp")
-
+from toolkit.runs.bench_floor import PRIMITIVES, ROUTES, count_ops, floors
 
 def test_floors_are_the_sums_of_their_primitives():
-    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1}
+    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "loss": 0.3, "fused_check": 1.5}
     f = floors(p)
     assert f["backward"] == p["forward_backward"] - p["forward"]
-    assert f["exact"] == 2 * p["forward_backward"] + p["jvp"]
+    assert f["exact_model"] == 2 * p["forward_backward"] + p["jvp"]
+    assert f["exact"] == f["exact_model"] + p["loss"]  # the loss network's derivatives are part of any exact route
     assert f["guard"] == f["backward"] + p["forward"]
     assert f["guarded"] == f["exact"] + f["guard"]
-    assert f["fd_unguarded"] == 2 * p["forward_backward"] + p["forward"]
+    assert f["fd_unguarded"] == 2 * p["forward_backward"] + p["forward"] + p["loss"]
+    assert f["fused_saving"] == pytest.approx(p["forward_backward"] + p["forward"] - p["fused_check"])
 
 
 def _positive(value: float) -> bool:
@@ -34,6 +33,30 @@ def test_bench_floor_json_on_two_small_models():
                          "--batch-size", "8", "--repeats", "2", "--device", "cpu", "--json")
         assert result.returncode == 0, result.stderr
         rows += json.loads(result.stdout)["floor"]
+    _check_floor_rows(rows)
+
+
+def test_bench_floor_all_on_the_two_small_zoo_models():
+    """``--floor --all`` as the docs run it, restricted to the two cheapest zoo models at their benchmark inputs."""
+    result = run_lfl("bench", "--floor", "--all", "--models", "logreg,mlp", "--repeats", "1", "--device", "cpu",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["floor"]
+    assert [row["model"] for row in rows] == ["logreg", "mlp"]
+    assert [row["input_shape"] for row in rows] == [[1, 28, 28], [1, 28, 28]]
+    _check_floor_rows(rows)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--models", "logreg"), "add --all"),
+    (("--all", "--models", "logreg,nosuch"), "unknown zoo model nosuch"),
+])
+def test_bench_models_is_checked(args, message):
+    result = run_lfl("bench", "--floor", *args, "--device", "cpu")
+    assert result.returncode == 2 and message in result.stderr
+
+
+def _check_floor_rows(rows: list[dict]) -> None:
     for row in rows:
         assert set(row["primitives"]) == set(PRIMITIVES) and set(row["measured"]) == set(ROUTES)
         p, f, ce = row["primitives"], row["floor"], row["ce_step_s"]

@@ -41,7 +41,7 @@ from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
 from toolkit.meta.distributed import SINGLE, Replicas
-from toolkit.meta.guard import Guard, ParameterReflection, Reflection, flat, guarded_gradients
+from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_gradients
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 from toolkit.runtime import rng_state, set_rng_state
@@ -390,8 +390,7 @@ def _reflected_naively(outputs: Tensor, theta: Mapping[str, Tensor], m: Tensor, 
     unit_rows = torch.where(rows_uphill, r / torch.where(rows_uphill, rr, 1.0).sqrt(), torch.zeros_like(r))
     unit_step = torch.where(step_uphill, gg.rsqrt(), torch.zeros_like(gg))
     guard = Guard(rows=Reflection(direction=unit_rows, count=rows_uphill.sum(), task_gradient=r),
-                  step=ParameterReflection(task_grads=dict(zip(names, task_grads)),
-                                           flat_task_grads=flat(task_grads), inverse_norm=unit_step,
+                  step=ParameterReflection(task_grads=dict(zip(names, task_grads)), inverse_norm=unit_step,
                                            uphill=step_uphill),
                   task_grads=dict(zip(names, task_grads)))
     return reflected, guard

@@ -1,23 +1,35 @@
 """How far an AdaLFL step is from its floor (``lfl bench --floor``), and its operator count (``--ops``).
 
-The floor of a route is what it cannot avoid, in the model's own primitives timed in the same
-process on the same batches: a forward (without a graph), a forward and backward (the parameter
-gradient of cross-entropy), and a forward-mode JVP through the model
-(:func:`toolkit.meta.lookahead.jacobian_vector_product`). The exact route (default, unguarded)
-needs a forward and backward on the training batch, one on the validation batch at θ′, and one JVP;
-the descent guard adds one backward (the task gradient) and one forward (the step check at θ′); the
-finite-difference route (``meta_gradient="fd"``) replaces the JVP by a forward. The backward is
-taken as forward+backward minus forward. Everything (the steps and the primitives) runs interleaved
-round by round and each figure is a median, in units of the cross-entropy step's median.
+The floor of a route is what it cannot avoid, in primitives timed in the same process on the same
+batches: the model's forward (without a graph), its forward and backward (the parameter gradient of
+cross-entropy) and a forward-mode JVP through it (:func:`toolkit.meta.lookahead.jacobian_vector_product`),
+and the learned loss's own derivatives on the outputs (its value, m = ∂M/∂f and the pullback of one
+tangent, :func:`losses.derivatives.value_gradient_pullback`), which every exact route needs whatever the
+model. The exact route (default, unguarded) needs a forward and backward on the training batch, one on
+the validation batch at θ′, one JVP and the loss's derivatives; the descent guard adds one backward (the
+task gradient) and one forward (the step check at θ′); the finite-difference route
+(``meta_gradient="fd"``) replaces the JVP by a forward. The backward is taken as forward+backward minus
+forward. ``exact_model`` is the exact floor without the loss network (the model's passes alone).
+
+One more primitive answers whether the step check's forward at θ′ should ride on the validation pass
+(one forward over both batches concatenated, the validation rows' loss differentiated): ``fused_check``,
+to be read against ``forward_backward + forward`` (``floor["fused_saving"]``, positive when fusing saves).
+It is timed on every model, but only a model without batch statistics could use it exactly.
+
+Everything (the steps and the primitives) runs interleaved round by round and each figure is a median,
+in units of the cross-entropy step's median.
 """
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from losses.derivatives import value_gradient_pullback
 
 from toolkit.meta.lookahead import jacobian_vector_product
 from toolkit.runs.bench import _synchronise, check_sizes, for_each_zoo_model, steppers_and_batches
@@ -28,33 +40,56 @@ ROUTES = {"unguarded": "fast-unguarded", "guarded": "fast", "fd_unguarded": "fd-
 :func:`toolkit.runs.bench.steppers_and_batches`."""
 
 
-def _primitives(model, batches) -> dict[str, Callable[[int], None]]:
-    """Callables of the round number for the model's primitives, on the training batches."""
+PRIMITIVES = ("forward", "forward_backward", "jvp", "loss", "fused_check")
+"""The timed primitives (CE-step units in a :func:`benchmark_floor` row)."""
+
+
+def _primitives(model, loss, train, valid) -> dict[str, Callable[[int], None]]:
+    """Callables of the round number for the primitives of :data:`PRIMITIVES`, on the training batches
+    (``fused_check`` on a training and a validation batch)."""
     params = {k: p for k, p in model.named_parameters() if p.requires_grad}
     buffers = dict(model.named_buffers())
     tangents = {k: torch.randn_like(p) for k, p in params.items()}
+    loss_params = dict(loss.named_parameters())
+    with torch.no_grad():
+        outputs = [model(x) for x, _ in train]
 
     def forward(i: int) -> None:
         with torch.no_grad():
-            model(batches[i % len(batches)][0])
+            model(train[i % len(train)][0])
 
     def forward_backward(i: int) -> None:
-        x, y = batches[i % len(batches)]
+        x, y = train[i % len(train)]
         torch.autograd.grad(F.cross_entropy(model(x), y), list(params.values()))
 
     def jvp(i: int) -> None:
-        jacobian_vector_product(model, params, buffers, batches[i % len(batches)][0], tangents)
+        jacobian_vector_product(model, params, buffers, train[i % len(train)][0], tangents)
 
-    return {"forward": forward, "forward_backward": forward_backward, "jvp": jvp}
+    def loss_derivatives(i: int) -> None:
+        f, y = outputs[i % len(outputs)], train[i % len(train)][1]
+        _, m, pullback = value_gradient_pullback(loss, loss_params, f, y)
+        pullback(m)
+
+    def fused_check(i: int) -> None:
+        (x, y), (x_v, y_v) = train[i % len(train)], valid[i % len(valid)]
+        both = model(torch.cat([x, x_v]))
+        torch.autograd.grad(F.cross_entropy(both[len(x):], y_v), list(params.values()))
+        F.cross_entropy(both[:len(x)].detach(), y)
+
+    return {"forward": forward, "forward_backward": forward_backward, "jvp": jvp, "loss": loss_derivatives,
+            "fused_check": fused_check}
 
 
 def floors(primitives: dict[str, float]) -> dict[str, float]:
     """Each route's floor from the primitives' times (any unit): sums, nothing else."""
     backward = primitives["forward_backward"] - primitives["forward"]
-    exact = 2 * primitives["forward_backward"] + primitives["jvp"]
+    exact_model = 2 * primitives["forward_backward"] + primitives["jvp"]
+    exact = exact_model + primitives["loss"]
     guard = backward + primitives["forward"]
-    return {"backward": backward, "exact": exact, "guard": guard, "guarded": exact + guard,
-            "fd_unguarded": 2 * primitives["forward_backward"] + primitives["forward"]}
+    return {"backward": backward, "exact_model": exact_model, "exact": exact, "guard": guard,
+            "guarded": exact + guard,
+            "fd_unguarded": 2 * primitives["forward_backward"] + primitives["forward"] + primitives["loss"],
+            "fused_saving": primitives["forward_backward"] + primitives["forward"] - primitives["fused_check"]}
 
 
 def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
@@ -62,9 +97,9 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
                     warmup: int = 5, seed: int = 0, **options) -> dict:
     """The primitives, the floors and each AdaLFL route's distance to its floor, from one interleaved run.
 
-    Returns a JSON-ready dict: ``ce_step_s``; ``primitives`` (forward, forward_backward, jvp; CE-step
-    units) and ``primitives_s``; ``floor`` (backward, exact, guard, guarded, fd_unguarded; CE-step units,
-    each a sum of ``primitives``); ``measured`` (unguarded, guarded, fd_unguarded; CE-step units) and
+    Returns a JSON-ready dict: ``ce_step_s``; ``primitives`` (:data:`PRIMITIVES`; CE-step units) and
+    ``primitives_s``; ``floor`` (:func:`floors`: backward, exact_model, exact, guard, guarded, fd_unguarded,
+    fused_saving; CE-step units, each a sum of ``primitives``); ``measured`` (unguarded, guarded, fd_unguarded; CE-step units) and
     ``distance`` (measured / floor, the exact floor for unguarded, the guarded one for guarded).
     ``options`` go to :func:`toolkit.runs.bench.steppers_and_batches` (``loss_param``, ``loss_scale``).
     """
@@ -74,7 +109,7 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
         seed=seed, names=("ce", *ROUTES.values()), **options)
     work = {name: (lambda i, s=s: s.step(train[i % len(train)], valid[i % len(valid)], lr=0.01))
             for name, s in steppers.items()}
-    work.update(_primitives(base, train))
+    work.update(_primitives(base, copy.deepcopy(steppers["fast"].loss), train, valid))
     times: dict[str, list[float]] = {k: [] for k in work}
     for i in range(warmup + repeats):
         for name, fn in work.items():
@@ -86,7 +121,7 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
                 times[name].append(time.perf_counter() - start)
     median = {k: statistics.median(v) for k, v in times.items()}
     ce = median["ce"]
-    primitives = {k: median[k] / ce for k in ("forward", "forward_backward", "jvp")}
+    primitives = {k: median[k] / ce for k in PRIMITIVES}
     floor = floors(primitives)
     measured = {route: median[stepper] / ce for route, stepper in ROUTES.items()}
     floor_of = {"unguarded": "exact", "guarded": "guarded", "fd_unguarded": "fd_unguarded"}
@@ -129,13 +164,15 @@ def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options
 
 def format_floor(rows: list[dict]) -> str:
     """A text table: primitives, floors and distances, CE-step units, one line per model."""
-    lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} | {'floor':>5} {'unguard':>7} "
+    lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} {'loss':>5} {'fused':>5} | "
+             f"{'floor':>5} {'unguard':>7} "
              f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
              f"{'fd fl':>5} {'fd':>5} {'dist':>5}"]
     for r in rows:
         p, f, m, d = r["primitives"], r["floor"], r["measured"], r["distance"]
         lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} {p['forward']:5.2f} {p['forward_backward']:7.2f} "
-                     f"{p['jvp']:5.2f} | {f['exact']:5.2f} {m['unguarded']:7.2f} {d['unguarded']:5.2f} | "
+                     f"{p['jvp']:5.2f} {p['loss']:5.2f} {p['fused_check']:5.2f} | "
+                     f"{f['exact']:5.2f} {m['unguarded']:7.2f} {d['unguarded']:5.2f} | "
                      f"{f['guard']:8.2f} {f['guarded']:5.2f} {m['guarded']:7.2f} {d['guarded']:5.2f} | "
                      f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f}")
     return "\n".join(lines)
