@@ -159,7 +159,7 @@ def _projection_rows(self, t):  # a wrong per-sample map: projects the uphill pa
     return t - 1.0 * (t * self.direction).sum(dim=1, keepdim=True) * self.direction
 
 
-def _projection_step(self, g):  # the same mistake in parameter space
+def _projection_step(self, g, dot=None):  # the same mistake in parameter space (the given g · g_L unused)
     dot = sum((g[k] * d).sum() for k, d in self.direction.items())
     return {k: g[k] - 1.0 * dot * d for k, d in self.direction.items()}
 
@@ -198,3 +198,25 @@ def test_the_naive_reference_catches_a_wrong_reflection_in_the_default_route(mon
     assert gap > 1e-9, gap  # the routes agree to 1e-12 when both are right
     with pytest.raises(AssertionError):
         assert_meta_gradients_close(fast, naive)
+
+
+def test_parameter_reflection_in_place_of_the_definition_float64() -> None:
+    """H g = g − 2 (g·ĝ_L) ĝ_L from the tensors as they are (per-tensor dot products, no copies), with and
+    without the decision's own g · g_L reused, against the formula on one concatenated float64 vector."""
+    from toolkit.meta.guard import parameter_reflection, tree_dot, tree_norm
+
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"a.weight": (5, 3), "a.bias": (5,), "b.weight": (2, 5)}
+    task = {k: torch.randn(s, generator=generator, dtype=torch.float64) for k, s in shapes.items()}
+    grads = {k: -t + 0.1 * torch.randn(t.shape, generator=generator, dtype=torch.float64) for k, t in task.items()}
+    flat_g = torch.cat([grads[k].reshape(-1) for k in shapes])
+    flat_t = torch.cat([task[k].reshape(-1) for k in shapes])
+    assert tree_dot(list(grads.values()), list(task.values())) == pytest.approx(float(flat_g @ flat_t), rel=1e-14)
+    assert tree_norm(task.values()) == pytest.approx(float(flat_t.norm()), rel=1e-14)
+    step = parameter_reflection(grads, task)
+    assert bool(step.uphill)  # g ≈ −g_L points uphill
+    expected = flat_g - 2 * (flat_g @ flat_t) / (flat_t @ flat_t) * flat_t
+    for reflected in (step(grads), step(grads, dot=step.dot)):
+        got = torch.cat([reflected[k].reshape(-1) for k in shapes])
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+        assert float(got @ flat_t) > 0  # now a descent direction for the task loss

@@ -104,30 +104,34 @@ class ParameterReflection:
 
     ``g`` is a name → tensor dict; H is linear and symmetric for a fixed ``uphill``. The unit direction
     is kept as ĝ_L = g_L · ``inverse_norm`` without being written out: H g = g − 2 s² (g · g_L) g_L with
-    s = ``inverse_norm``: one :func:`tree_dot` and one ``torch._foreach_addcmul``, no per-tensor kernels.
+    s = ``inverse_norm``: one :func:`tree_dot` and one ``torch._foreach_addcmul``, with no copy of g or g_L.
 
     Attributes:
         task_grads: g_L = ∇θ L_task on the batch (name → tensor).
         inverse_norm: 1/‖g_L‖ when the step is reflected, else 0 (0-d tensor).
         uphill: whether the learned step pointed uphill for the batch task loss (0-d bool tensor).
+        dot: g · g_L for the gradient g the decision was taken on (detached; None when built without it).
     """
 
     task_grads: TensorDict
     inverse_norm: Tensor
     uphill: Tensor
+    dot: Tensor | None = None
 
     @property
     def direction(self) -> TensorDict:
         """d = ĝ_L (or 0), name → tensor, written out (for inspection; the map itself never builds it)."""
         return dict(zip(self.task_grads, torch._foreach_mul(list(self.task_grads.values()), self.inverse_norm)))
 
-    def __call__(self, g: Mapping[str, Tensor]) -> TensorDict:
+    def __call__(self, g: Mapping[str, Tensor], dot: Tensor | None = None) -> TensorDict:
+        """H g; ``dot``, when the caller already has g · g_L (a constant: it carries no gradient to g), spares
+        reading both again."""
         names = list(self.task_grads)
         if not names:
             return dict(g)
         tensors = [g[k] for k in names]
         task = list(self.task_grads.values())
-        coefficient = -2.0 * self.inverse_norm.square() * tree_dot(tensors, task)
+        coefficient = -2.0 * self.inverse_norm.square() * (tree_dot(tensors, task) if dot is None else dot)
         return dict(zip(names, torch._foreach_addcmul(tensors, task, [coefficient] * len(names))))
 
 
@@ -149,7 +153,7 @@ def parameter_reflection(grads: Mapping[str, Tensor], task_grads: Mapping[str, T
         uphill = (dot < 0) & (norm > 0)
         inverse = torch.where(uphill, norm.clamp_min(torch.finfo(norm.dtype).tiny).reciprocal(),
                               torch.zeros_like(norm))
-        return ParameterReflection(task_grads=task, inverse_norm=inverse, uphill=uphill)
+        return ParameterReflection(task_grads=task, inverse_norm=inverse, uphill=uphill, dot=dot)
 
 
 class GuardReport(NamedTuple):
@@ -213,7 +217,8 @@ def guarded_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Te
                                                      retain_graph=create_graph)))
     replicas.sum_([*grads.values(), *task_grads.values()])
     step = parameter_reflection(grads, task_grads)
-    return step(grads), Guard(rows=rows, step=step, task_grads=task_grads)
+    # Without a graph through g, the dot product the decision read is the one H g needs: reuse it.
+    return step(grads, dot=None if create_graph else step.dot), Guard(rows=rows, step=step, task_grads=task_grads)
 
 
 @with_model_precision

@@ -151,8 +151,8 @@ def format_markdown(study: Study, rows: list[dict[str, Any]], *, command: str | 
     lines = [f"# Study {study.path.name}", ""]
     if command:
         lines += [f"`{command}`", ""]
-    lines += [f"Evaluation seeds {', '.join(map(str, study.seeds))}; grids chosen on the validation split of seed "
-              f"{study.selection_seed}; baseline `{study.baseline}`; p: two-sided paired t-test by seed"
+    lines += [f"Evaluation seeds {', '.join(map(str, study.seeds))}; grids chosen on the selection part of the validation "
+              f"split of seed {study.selection_seed} (no method trains or meta-trains on it); baseline `{study.baseline}`; p: two-sided paired t-test by seed"
               + (f" (Wilcoxon too, n ≥ {MIN_WILCOXON_PAIRS})." if len(study.seeds) >= MIN_WILCOXON_PAIRS else "."),
               ""]
     for setting in study.settings:
