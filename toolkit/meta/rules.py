@@ -254,8 +254,7 @@ class RMSpropRule:
             mean = torch._foreach_lerp([state.grad_avg[k] for k in names], g, 1 - self.alpha)
             new_state = new_state._replace(grad_avg=dict(zip(names, mean)))
             s = torch._foreach_sub(s, torch._foreach_mul(mean, mean))
-        avg = [_sqrt(t) + self.eps for t in s]
-        step = torch._foreach_div(g, avg)
+        step = torch._foreach_div(g, torch._foreach_add(_sqrt_all(s), self.eps))
         if self.momentum:
             step = torch._foreach_add(torch._foreach_mul([state.momentum[k] for k in names], self.momentum), step)
             new_state = new_state._replace(momentum=dict(zip(names, step)))
@@ -269,18 +268,21 @@ def _zero(params: Mapping[str, Tensor]) -> Tensor:
                        device=first.device if first is not None else None)
 
 
-def _sqrt(t: Tensor) -> Tensor:
-    """√t with derivative 0 where t = 0 (√ has an infinite slope there; t = g² makes |g| whose
-    subgradient at 0 includes 0), so a lookahead through a zero gradient stays finite."""
-    positive = t > 0
-    return torch.where(positive, torch.where(positive, t, torch.ones_like(t)).sqrt(), torch.zeros_like(t))
+def _sqrt_all(tensors: list[Tensor]) -> list[Tensor]:
+    """√t for every t of a list, with derivative 0 where t is below the dtype's smallest normal number
+    (√ has an infinite slope at 0; t = g² makes |g|, whose subgradient at 0 includes 0), so a lookahead
+    through a zero gradient stays finite. Two foreach operations: √max(t, tiny). Where t = 0 this gives
+    √tiny (1e-19 in float32) instead of 0, which vanishes next to any eps a rule adds to it."""
+    if not tensors:
+        return []
+    return torch._foreach_sqrt(torch._foreach_maximum(tensors, torch.finfo(tensors[0].dtype).tiny))
 
 
 def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tensor], step: Tensor, *,
                 lr: float, betas: tuple[float, float], eps: float, max_v: list[Tensor] | None = None):
     """One Adam step on lists of tensors, in ``torch.optim.Adam``'s order of operations.
 
-    Returns (θ', m', v', step', max_v'); differentiable (see :func:`_sqrt`). With ``max_v`` (AMSGrad's
+    Returns (θ', m', v', step', max_v'); differentiable (see :func:`_sqrt_all`). With ``max_v`` (AMSGrad's
     running maximum of v) the denominator uses max(max_v, v'); else max_v' is None. Serves the base
     rule and, through :class:`AdamRule`, the meta optimiser (:mod:`toolkit.meta.adam`), so there is one Adam.
     """
@@ -292,9 +294,9 @@ def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tenso
     v = torch._foreach_add(torch._foreach_mul(v, beta2), torch._foreach_mul(g, g), alpha=1 - beta2)
     if max_v is not None:
         max_v = torch._foreach_maximum(max_v, v)
-    denominator = [_sqrt(t) / bias2_sqrt + eps for t in (v if max_v is None else max_v)]
+    denominator = torch._foreach_add(torch._foreach_div(_sqrt_all(v if max_v is None else max_v), bias2_sqrt), eps)
     step_size = lr / bias1
-    new_p = [a - step_size * (b / d) for a, b, d in zip(p, m, denominator)]
+    new_p = torch._foreach_sub(p, torch._foreach_mul(torch._foreach_div(m, denominator), step_size))
     return new_p, m, v, step, max_v
 
 
