@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses.base import LearnedLoss, reduce_loss
-from losses.criteria import IGNORE_INDEX, ClassCriterion
+from losses.base import LearnedLoss, check_label_range, reduce_loss
+from losses.criteria import IGNORE_INDEX, ClassCriterion, check_class_shapes
 from losses.symbols import Y_PRED, Y_TRUE
 
 
@@ -216,7 +216,18 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
 
     Equal to ``F.cross_entropy(outputs, labels)`` (``F.binary_cross_entropy_with_logits``
     for C == 1) or ``F.mse_loss(outputs, targets)``; the meta-objective and evaluation.
+    The common case, (B, C > 1) outputs against class labels or class probabilities, is
+    ``F.cross_entropy`` itself after the same checks (an AdaLFL step evaluates the task loss
+    several times, and PyTorch's fused kernel is a handful of operators where the general
+    criterion takes dozens); every other case goes through :func:`task_loss_module`.
     """
+    if (task == "classification" and isinstance(outputs, Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1
+            and isinstance(targets, Tensor) and targets.dim() in (1, 2)):
+        check_class_shapes(outputs, targets)
+        if targets.is_floating_point():
+            return F.cross_entropy(outputs, targets.to(outputs.dtype))
+        check_label_range(targets, outputs.shape[1], ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(outputs, targets, ignore_index=IGNORE_INDEX)
     return task_loss_module(task, outputs.shape[1])(outputs, targets)
 
 
