@@ -203,7 +203,7 @@ def test_the_naive_reference_catches_a_wrong_reflection_in_the_default_route(mon
 def test_parameter_reflection_in_place_of_the_definition_float64() -> None:
     """H g = g − 2 (g·ĝ_L) ĝ_L from the tensors as they are (per-tensor dot products, no copies), with and
     without the decision's own g · g_L reused, against the formula on one concatenated float64 vector."""
-    from toolkit.meta.guard import parameter_reflection, tree_dot, tree_norm
+    from toolkit.meta.guard import _concatenated_dot, parameter_reflection, tree_dot, tree_norm
 
     generator = torch.Generator().manual_seed(0)
     shapes = {"a.weight": (5, 3), "a.bias": (5,), "b.weight": (2, 5)}
@@ -212,6 +212,9 @@ def test_parameter_reflection_in_place_of_the_definition_float64() -> None:
     flat_g = torch.cat([grads[k].reshape(-1) for k in shapes])
     flat_t = torch.cat([task[k].reshape(-1) for k in shapes])
     assert tree_dot(list(grads.values()), list(task.values())) == pytest.approx(float(flat_g @ flat_t), rel=1e-14)
+    # the route a GPU takes (one dot over concatenated copies), checked here on the same tensors
+    assert _concatenated_dot(list(grads.values()), list(task.values())) == pytest.approx(float(flat_g @ flat_t),
+                                                                                         rel=1e-14)
     assert tree_norm(task.values()) == pytest.approx(float(flat_t.norm()), rel=1e-14)
     step = parameter_reflection(grads, task)
     assert bool(step.uphill)  # g ≈ −g_L points uphill
