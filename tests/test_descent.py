@@ -203,7 +203,8 @@ def test_the_naive_reference_catches_a_wrong_reflection_in_the_default_route(mon
 def test_parameter_reflection_in_place_of_the_definition_float64() -> None:
     """H g = g − 2 (g·ĝ_L) ĝ_L from the tensors as they are (per-tensor dot products, no copies), with and
     without the decision's own g · g_L reused, against the formula on one concatenated float64 vector."""
-    from toolkit.meta.guard import _concatenated_dot, parameter_reflection, tree_dot, tree_norm
+    from toolkit.meta.guard import parameter_reflection
+    from toolkit.meta.trees import _concatenated_dot, tree_dot, tree_norm
 
     generator = torch.Generator().manual_seed(0)
     shapes = {"a.weight": (5, 3), "a.bias": (5,), "b.weight": (2, 5)}

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Mapping
 
-import torch
 from torch import Tensor
 
 from toolkit.meta.rules import State, StepRule, TensorDict
+from toolkit.meta.trees import tree_norm
 
 CLIP_EPS = 1e-6
 """``torch.nn.utils.clip_grad_norm_``'s guard: the coefficient is max_norm / (‖g‖ + 1e-6)."""
@@ -88,7 +88,7 @@ class ClippedRule:
         if not names:
             return self.rule.update(params, grads, state)
         g = [grads[k] for k in names]
-        total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in g]))
+        total = tree_norm(g)
         coefficient = (self.max_norm / (total + self.eps)).clamp(max=1.0)
         return self.rule.update(params, {k: t * coefficient for k, t in zip(names, g)}, state)
 

@@ -44,6 +44,7 @@ from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_gradients
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
+from toolkit.meta.trees import tree_norm
 from toolkit.runtime import rng_state, set_rng_state
 
 TensorDict = dict[str, Tensor]
@@ -209,8 +210,8 @@ def finite_difference_tangent(model: nn.Module, params: Mapping[str, Tensor], bu
     names = list(params)
     theta = [params[k].detach() for k in names]
     w = [tangents[k] for k in names]
-    theta_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in theta]))
-    w_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in w]))
+    theta_norm = tree_norm(theta)
+    w_norm = tree_norm(w)
     moving = w_norm > 0
     h = torch.where(moving, epsilon * theta_norm.clamp_min(1.0) / torch.where(moving, w_norm, 1.0),
                     torch.ones_like(w_norm))
