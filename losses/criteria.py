@@ -194,16 +194,24 @@ class ClassCriterion(LearnedLoss):
         loss = self._class_loss(rows, targets)
         return loss.reshape(shape) if self.reduction == "none" else loss
 
-    def _class_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """The reduced loss of rows (N, C) against labels (N,) or probabilities (N, C)."""
+    def _checked_targets(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Targets of rows (N, C) after the checks every class criterion makes: probabilities in the outputs'
+        dtype, labels in range (or ``ignore_index``)."""
+        self._check_classes(outputs.shape[1])
         if targets.is_floating_point():
             if self.ignore_index >= 0:
                 raise ValueError("ignore_index is for class-index targets; with class probabilities leave it at -100")
-            per_element = self._elementwise_from_outputs(outputs, targets.to(outputs.dtype))
+            return targets.to(outputs.dtype)
+        check_label_range(targets, outputs.shape[1], ignore_index=self.ignore_index)
+        return targets
+
+    def _class_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """The reduced loss of rows (N, C) against labels (N,) or probabilities (N, C)."""
+        targets = self._checked_targets(outputs, targets)
+        if targets.is_floating_point():
+            per_element = self._elementwise_from_outputs(outputs, targets)
             return reduce_loss(per_element, self.reduction, mean_over="batch")
         classes = outputs.shape[1]
-        self._check_classes(classes)
-        check_label_range(targets, classes, ignore_index=self.ignore_index)
         kept = targets != self.ignore_index
         labels = torch.where(kept, targets, 0)
         one_hot = (labels.unsqueeze(1) == torch.arange(classes, device=targets.device)).to(outputs.dtype)

@@ -11,6 +11,7 @@ logged losses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses.base import LearnedLoss, check_label_range, reduce_loss
-from losses.criteria import IGNORE_INDEX, ClassCriterion, check_class_shapes
+from losses.base import LearnedLoss, reduce_loss
+from losses.criteria import IGNORE_INDEX, ClassCriterion
 from losses.symbols import Y_PRED, Y_TRUE
 
 
@@ -113,6 +114,14 @@ class CrossEntropyLoss(ClassCriterion):
         self._check_classes(outputs.shape[1])
         y_true = self.smooth_targets(y_true)
         return -y_true * F.logsigmoid(outputs) - (1 - y_true) * F.logsigmoid(-outputs)
+
+    def _class_loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """PyTorch's own kernel, ``F.cross_entropy``, on rows (N, C) after the criterion's checks: the baseline is
+        PyTorch's cross-entropy itself, not a formula that equals it (``elementwise`` and the exports keep ℓ)."""
+        targets = self._checked_targets(outputs, targets)
+        weight = None if self.weight is None else self.weight.to(outputs.dtype)
+        return F.cross_entropy(outputs, targets, weight=weight, ignore_index=self.ignore_index,
+                               reduction=self.reduction, label_smoothing=self.label_smoothing)
 
     def forward(self, outputs: Tensor, targets: Tensor) -> Tensor:
         """The loss of raw outputs against labels or probabilities, reduced (see the class docstring).
@@ -215,20 +224,16 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     """The task loss (mean reduction) of raw outputs (B, C) against labels or targets.
 
     Equal to ``F.cross_entropy(outputs, labels)`` (``F.binary_cross_entropy_with_logits``
-    for C == 1) or ``F.mse_loss(outputs, targets)``; the meta-objective and evaluation.
-    The common case, (B, C > 1) outputs against class labels or class probabilities, is
-    ``F.cross_entropy`` itself after the same checks (an AdaLFL step evaluates the task loss
-    several times, and PyTorch's fused kernel is a handful of operators where the general
-    criterion takes dozens); every other case goes through :func:`task_loss_module`.
+    for C == 1) or ``F.mse_loss(outputs, targets)``: :func:`task_loss_module`'s criterion,
+    the meta-objective and evaluation. The criteria keep no state, so one of each is reused.
     """
-    if (task == "classification" and isinstance(outputs, Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1
-            and isinstance(targets, Tensor) and targets.dim() in (1, 2)):
-        check_class_shapes(outputs, targets)
-        if targets.is_floating_point():
-            return F.cross_entropy(outputs, targets.to(outputs.dtype))
-        check_label_range(targets, outputs.shape[1], ignore_index=IGNORE_INDEX)
-        return F.cross_entropy(outputs, targets, ignore_index=IGNORE_INDEX)
-    return task_loss_module(task, outputs.shape[1])(outputs, targets)
+    return _task_criterion(task, outputs.shape[1] == 1 if isinstance(outputs, Tensor) and outputs.dim() > 1
+                           else False)(outputs, targets)
+
+
+@functools.lru_cache(maxsize=None)
+def _task_criterion(task: str, single_output: bool) -> CrossEntropyLoss | SquaredErrorLoss:
+    return task_loss_module(task, 1 if single_output else 2)
 
 
 def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
