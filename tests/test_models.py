@@ -320,7 +320,7 @@ def test_lenet5_variants_keep_the_parameter_count_and_check_their_options():
     assert sum(p.numel() for p in modern.parameters()) == 61_706
     assert [type(m).__name__ for m in modern.features] == ["Conv2d", "ReLU", "MaxPool2d"] * 2
     # Glorot with the tanh gain: U(±gain·√(6/(fan_in+fan_out))); PyTorch's default: U(±1/√fan_in).
-    fc = classic.classifier[1].weight
+    fc = classic.classifier[1].weight.detach()
     bound = nn.init.calculate_gain("tanh") * (6 / (400 + 120)) ** 0.5
     assert float(fc.abs().max()) <= bound and float(fc.abs().max()) > 0.9 * bound
     assert float(modern.classifier[1].weight.abs().max()) <= 1 / 400 ** 0.5

@@ -250,13 +250,13 @@ def plot_cost_quality(rows: list[dict], *, metric: str = "test_error", title: st
     metric, with the standard deviation over seeds as an error bar."""
     fig, (ax,) = _figure(1, width=6.0, height=4.2)
     colours = _palette(len(rows))
+    several_settings = len({r.get("setting") for r in rows}) > 1
     for colour, row in zip(colours, rows):
         cost, mean, std = row.get("cost_vs_baseline"), row.get(f"{metric}_mean"), row.get(f"{metric}_std")
         if cost is None or mean is None:
             continue
         ax.errorbar([cost], [mean], yerr=[std or 0.0], fmt="o", color=colour, capsize=3,
-                    label=f"{row['method']} ({row.get('setting', '')})" if len({r.get('setting') for r in rows}) > 1
-                    else row["method"])
+                    label=f"{row['method']} ({row.get('setting', '')})" if several_settings else row["method"])
     ax.set_xscale("log")
     ax.set_xlabel("training time / baseline's (median over seeds)")
     ax.set_ylabel(f"{metric.replace('_', ' ')} (mean ± std over seeds)")
