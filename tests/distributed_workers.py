@@ -47,15 +47,16 @@ RULES = {"nesterov": SGDRule(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1
          "adamw": AdamRule(lr=0.01, weight_decay=0.05, decoupled=True)}
 
 
-def lookahead_steps(model_name: str, rule_name: str, guard: bool, sync_bn: bool, world: int,
+def lookahead_steps(model_name: str, rule_name: str, guard: bool, sync_bn: bool, route: str = "fast", *, world: int,
                     replicas: Replicas | None) -> dict:
-    """Three online steps of the learner; returns the model, loss and optimiser state as CPU tensors."""
+    """Three online steps of the learner (meta-gradient ``route``); returns the model, loss and optimiser state
+    as CPU tensors."""
     model = _model(model_name)
     if sync_bn:
         model = convert_sync_batchnorm(model)
     shape = (5,) if model_name in ("mlp", "bn") else STRUCTURES[model_name][1][1:]
     learner = OnlineLossLearner(model, _loss(), rule=RULES[rule_name], descent_guard=guard, snapshot_every=0,
-                                **({"replicas": replicas} if replicas is not None else {}))
+                                meta_gradient=route, **({"replicas": replicas} if replicas is not None else {}))
     for step in range(3):
         train, valid = batch(8, shape, 3, seed=step), batch(6, shape, 3, seed=step + 50)
         learner.step(train, valid, diagnostics=True)

@@ -11,7 +11,7 @@ from helpers import run_lfl
 from toolkit.runs.bench_floor import PRIMITIVES, ROUTES, count_ops, floors
 
 def test_floors_are_the_sums_of_their_primitives():
-    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "loss": 0.3, "fused_check": 1.5}
+    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "reverse_jvp": 1.6, "loss": 0.3, "fused_check": 1.5}
     f = floors(p)
     assert f["backward"] == p["forward_backward"] - p["forward"]
     assert f["exact_model"] == 2 * p["forward_backward"] + p["jvp"]
@@ -19,6 +19,9 @@ def test_floors_are_the_sums_of_their_primitives():
     assert f["guard"] == f["backward"] + p["forward"]
     assert f["guarded"] == f["exact"] + f["guard"]
     assert f["fd_unguarded"] == 2 * p["forward_backward"] + p["forward"] + p["loss"]
+    # The reverse route: the training forward, backward and tangent in one primitive, the validation pass beside it.
+    assert f["reverse_unguarded"] == p["forward_backward"] + p["reverse_jvp"] + p["loss"]
+    assert f["reverse_guarded"] == f["reverse_unguarded"] + f["guard"]
     assert f["fused_saving"] == pytest.approx(p["forward_backward"] + p["forward"] - p["fused_check"])
 
 

@@ -28,6 +28,8 @@ CASES = {
     "mlp-adamw-unguarded": ("mlp", "adamw", False, False),
     "residual-bn-sync": ("residual-bn-maxpool-dropout", "nesterov", True, True),
     "in-place-adamw": ("in-place", "adamw", True, False),
+    "residual-bn-sync-reverse": ("residual-bn-maxpool-dropout", "nesterov", True, True, "reverse"),
+    "mlp-adamw-reverse-unguarded": ("mlp", "adamw", False, False, "reverse"),
 }
 
 

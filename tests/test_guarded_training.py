@@ -3,6 +3,8 @@ squared error for any offline phase (with --no-descent-guard the default AdaLFL 
 4.4e10 on diabetes in 1,000 steps), and the README's own-loop recipe trains a BatchNorm/residual CNN from a fresh loss."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -167,3 +169,68 @@ def test_a_flat_learned_loss_cannot_stall_training() -> None:
     assert stepper.diagnostics()["rejected_steps"] == 1.0
     for (k, a), (_, b) in zip(model.named_parameters(), reference.named_parameters()):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=k)
+
+
+@contextlib.contextmanager
+def _device_route(monkeypatch):
+    """The guard's and the learner's device route (select with torch.where) forced on the CPU."""
+    import toolkit.meta.guard as guard
+    import toolkit.meta.online as online
+    with monkeypatch.context() as patch:
+        for module in (guard, online):
+            patch.setattr(module, "decided_on_host", lambda flag: None)
+        yield
+
+
+@pytest.mark.parametrize("uphill", [True, False])
+def test_the_parameter_reflection_skipped_on_the_cpu_equals_the_device_route(monkeypatch, uphill) -> None:
+    """A reflection not taken is the identity whether it is skipped (CPU) or applied with coefficient 0 (device);
+    a reflection taken is the same either way; both equal t − 2 (t·g_L)/‖g_L‖² g_L."""
+    from toolkit.meta.guard import parameter_reflection
+    torch.manual_seed(0)
+    task = {"a": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(5, dtype=torch.float64)}
+    grads = {k: (-1.0 if uphill else 1.0) * v + 0.3 * torch.randn_like(v) for k, v in task.items()}
+    tangent = {k: torch.randn_like(v) for k, v in task.items()}
+    results = []
+    for forced in (False, True):
+        with _device_route(monkeypatch) if forced else contextlib.nullcontext():
+            step = parameter_reflection(grads, task)
+            results.append((bool(step.uphill), step(grads, dot=step.dot), step(tangent)))
+    (host_uphill, host_g, host_w), (device_uphill, device_g, device_w) = results
+    assert host_uphill == device_uphill == uphill
+    gg = sum((v * v).sum() for v in task.values())
+    for given, host, device in ((grads, host_g, device_g), (tangent, host_w, device_w)):
+        dot = sum((given[k] * task[k]).sum() for k in task)
+        for k in task:
+            assert torch.equal(host[k], device[k])
+            expected = given[k] - 2 * dot / gg * task[k] if uphill else given[k]
+            torch.testing.assert_close(host[k], expected, rtol=1e-13, atol=1e-13)
+
+
+def test_the_cpu_branches_on_guard_verdicts_equal_the_device_selects(digits, monkeypatch) -> None:
+    """On the CPU the guard reads its verdicts and skips the work they void (a reflection not taken, the fallback
+    step not chosen, the select of a committed step); on a device it selects with ``torch.where``. Forcing the
+    device route on the CPU must give the same run, bit for bit, over steps that keep and reject their step."""
+    import copy
+
+    def run():
+        torch.manual_seed(0)
+        model = SmallResidualCNN()
+        learner = OnlineLossLearner(model, GradientScaledLoss(MLPLoss()), rule=SGDRule(lr=0.1, momentum=0.9))
+        x, y = digits.train.x.reshape(-1, 1, 8, 8), digits.train.y
+        xv, yv = digits.valid.x.reshape(-1, 1, 8, 8), digits.valid.y
+        batches, valid = BatchStream(x, y, 64, seed=0), BatchStream(xv, yv, 64, seed=1)
+        for step in range(12):
+            learner.step(batches(step), valid(step))
+        return copy.deepcopy(model.state_dict()), copy.deepcopy(learner.loss.state_dict()), learner.guard_record()
+
+    host = run()
+    with _device_route(monkeypatch):
+        device = run()
+    shares = host[2]
+    assert 0 < shares["rejected_steps"] < 1 and shares["guarded"] > 0  # steps kept and steps rejected
+    assert device[2] == shares
+    for ours, theirs in ((host[0], device[0]), (host[1], device[1])):
+        assert ours.keys() == theirs.keys()
+        for k in ours:
+            assert torch.equal(ours[k], theirs[k]), k

@@ -8,7 +8,7 @@ from torch.func import functional_call
 import losses
 from helpers import (CHAINS, FROZEN, STRUCTURES, assert_meta_gradients_close, batch, central_differences,
                      tiny_bn_dropout, tiny_conv, tiny_mlp)
-from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive
+from toolkit.meta.lookahead import _is_own_state, meta_gradient, meta_gradient_naive, meta_gradient_reverse
 from toolkit.meta.rules import AdamRule, AdamState, SGDRule, SGDState, torch_optimizer
 from losses import task_loss
 
@@ -94,12 +94,14 @@ def test_fast_meta_gradient_equals_naive(model_name, rule_name, loss_name):
     params, state = _state(model, 0, RULES[rule_name])
     train, valid = batch(16, shape, 3, seed=1), batch(12, shape, 3, seed=2)
     results = {}
-    for name, fn in (("fast", meta_gradient), ("naive", meta_gradient_naive)):
+    for name, fn in (("fast", meta_gradient), ("reverse", meta_gradient_reverse), ("naive", meta_gradient_naive)):
         buffers = {k: b.clone() for k, b in model.named_buffers()}
-        torch.manual_seed(123)  # the same dropout masks for both routes
+        torch.manual_seed(123)  # the same dropout masks for every route
         results[name] = fn(model, params, buffers, loss, dict(loss.named_parameters()), train, valid,
                            RULES[rule_name], state, diagnostics=True)
         results[name + "_buffers"] = buffers
+    _assert_route_equals_naive(results["reverse"], results["naive"], results["reverse_buffers"],
+                               results["naive_buffers"], params)
     fast, naive = results["fast"], results["naive"]
     assert_meta_gradients_close(fast, naive)
     for k in params:
@@ -117,6 +119,15 @@ def test_fast_meta_gradient_equals_naive(model_name, rule_name, loss_name):
     torch.testing.assert_close(fast.grad_ratio, naive.grad_ratio)
     for k, b in results["fast_buffers"].items():  # running statistics updated exactly once, identically
         torch.testing.assert_close(b, results["naive_buffers"][k])
+
+
+def _assert_route_equals_naive(route, naive, route_buffers, naive_buffers, params):
+    assert_meta_gradients_close(route, naive)
+    for k in params:
+        torch.testing.assert_close(route.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(route.meta_loss, naive.meta_loss)
+    for k, b in route_buffers.items():
+        torch.testing.assert_close(b, naive_buffers[k], rtol=1e-12, atol=1e-12)
 
 
 def _lookahead_objective(model, params, loss, phi, train, valid, rule, state=None):
@@ -307,13 +318,15 @@ def _fast_equals_naive(model, shape, rule=RULES["nesterov-wd"], *, guard=False, 
         state = SGDState(momentum={k: v for k, v in state.momentum.items() if k in params})
     train, valid = batch(shape[0], shape[1:], classes, seed=1), batch(shape[0], shape[1:], classes, seed=2)
     results, buffers = [], []
-    for fn in (meta_gradient, meta_gradient_naive):
+    for fn in (meta_gradient, meta_gradient_reverse, meta_gradient_naive):
         own_buffers = {k: b.clone() for k, b in model.named_buffers()}
-        torch.manual_seed(11)  # the same dropout masks for both routes
+        torch.manual_seed(11)  # the same dropout masks for every route
         results.append(fn(model, params, own_buffers, loss, dict(loss.named_parameters()), train, valid, rule, state,
                           descent_guard=guard))
         buffers.append(own_buffers)
-    fast, naive = results
+    fast, reverse, naive = results
+    _assert_route_equals_naive(reverse, naive, buffers[1], buffers[2], params)
+    buffers = [buffers[0], buffers[2]]
     assert_meta_gradients_close(fast, naive)
     for k in params:
         torch.testing.assert_close(fast.params[k], naive.params[k], rtol=1e-12, atol=1e-12)
@@ -326,7 +339,8 @@ def _fast_equals_naive(model, shape, rule=RULES["nesterov-wd"], *, guard=False, 
 @pytest.mark.parametrize("guard", [False, True], ids=["unguarded", "guarded"])
 def test_structures_a_hand_written_route_would_miss_are_exact(name, guard):
     """In-place operations, hooks, BatchNorm, max pooling, residual blocks and dropout: the default
-    route equals the unrolled reference in θ', buffers and meta-gradient (1e-8 relative, float64)."""
+    route and the reverse-over-reverse tangent equal the unrolled reference in θ', buffers and
+    meta-gradient (1e-8 relative, float64)."""
     factory, shape = STRUCTURES[name]
     _fast_equals_naive(factory(), shape, guard=guard)
 

@@ -79,7 +79,7 @@ def test_fd_tangent_matches_the_jvp_and_is_zero_along_zero():
 
 
 def test_unknown_tangent_is_refused():
-    with pytest.raises(ValueError, match="tangent must be 'jvp' or 'fd'"):
+    with pytest.raises(ValueError, match="tangent must be one of jvp, reverse, fd"):
         meta_gradient_with_tangent(tiny_mlp(), {}, {}, losses.MLPLoss(), {}, batch(2, (5,), 3, seed=0),
                                    batch(2, (5,), 3, seed=0), SGDRule(lr=0.1), tangent="spline")
 
@@ -105,7 +105,7 @@ def _copy(module):
 
 
 def test_fd_is_refused_in_a_data_parallel_run():
-    """The fd route is never exact: data-parallel runs keep the default route (checked before any collective)."""
+    """The fd route is never exact: data-parallel runs keep the exact routes (checked before any collective)."""
     replicas = Replicas(rank=0, world_size=2)
     with pytest.raises(ConfigError, match="--meta-gradient fast"):
         check_data_parallel(TrainConfig(meta_gradient="fd", batch_size=8), replicas)
@@ -116,3 +116,4 @@ def test_fd_is_refused_in_a_data_parallel_run():
 
 def test_train_config_takes_fd():
     assert TrainConfig(meta_gradient="fd").meta_gradient == "fd"
+

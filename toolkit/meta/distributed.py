@@ -212,7 +212,7 @@ def collective_threads() -> list[str]:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Σ over processes, differentiable in reverse mode (the cotangent is summed too) and in
+    """Σ over processes, differentiable in reverse mode to any order (the cotangent is summed too) and in
     forward mode (the tangent is summed), including under ``torch.func`` transforms."""
 
     @staticmethod
@@ -227,9 +227,9 @@ class _AllReduceSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:
-        out = grad.clone()
-        torch.distributed.all_reduce(out)
-        return out
+        # The sum is its own adjoint; applied as this Function again, so that a backward with create_graph
+        # is itself differentiable (the reverse-over-reverse tangent, toolkit.meta.reverse, differentiates it).
+        return _AllReduceSum.apply(grad)
 
     @staticmethod
     def jvp(ctx, tangent: Tensor) -> Tensor:

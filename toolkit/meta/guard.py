@@ -27,7 +27,7 @@ direction is H_θ w instead of w.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +37,7 @@ from losses.standard import task_gradient, task_loss
 
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
+from toolkit.meta.reverse import backward_with_tangent
 from toolkit.meta.rules import State, StepRule, select_state
 from toolkit.meta.trees import tree_dot, tree_norm
 
@@ -79,6 +80,20 @@ def descent_reflection(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -
         return Reflection(direction=direction, count=uphill.sum(), task_gradient=r)
 
 
+def decided_on_host(flag: Tensor) -> bool | None:
+    """A decision's value where reading it is free, so that a branch can skip the work it voids; else None.
+
+    On the CPU a 0-d tensor is host memory: reading it costs no synchronisation, and a reflection that is
+    not taken or a fallback step that is not chosen need not be computed and then selected away (each is
+    a pass or two over every parameter). On an accelerator, and while ``torch.compile`` traces, this is
+    None and the caller selects on the device (``torch.where``), with no host sync. Both ways give the same
+    values: the identity where a reflection is not taken, the chosen candidate where a step is checked.
+    """
+    if flag.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    return bool(flag)
+
+
 @dataclass(frozen=True)
 class ParameterReflection:
     """g ↦ H g = g − 2 (g · d) d over all parameters, d = ĝ_L when the batch step points uphill, else 0.
@@ -108,7 +123,7 @@ class ParameterReflection:
         """H g; ``dot``, when the caller already has g · g_L (a constant: it carries no gradient to g), spares
         reading both again."""
         names = list(self.task_grads)
-        if not names:
+        if not names or decided_on_host(self.uphill) is False:
             return dict(g)
         tensors = [g[k] for k in names]
         task = list(self.task_grads.values())
@@ -130,6 +145,9 @@ def parameter_reflection(grads: Mapping[str, Tensor], task_grads: Mapping[str, T
                                        uphill=torch.zeros((), dtype=torch.bool))
         task = {k: task_grads[k] for k in names}
         dot = tree_dot([grads[k].detach() for k in names], list(task.values()))
+        if decided_on_host(dot < 0) is False:  # not uphill whatever the norm: spare reading g_L again
+            return ParameterReflection(task_grads=task, inverse_norm=torch.zeros_like(dot),
+                                       uphill=torch.zeros((), dtype=torch.bool, device=dot.device), dot=dot)
         norm = tree_norm(task.values())
         uphill = (dot < 0) & (norm > 0)
         inverse = torch.where(uphill, norm.clamp_min(torch.finfo(norm.dtype).tiny).reciprocal(),
@@ -175,8 +193,8 @@ class Guard:
 
 
 def guarded_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor,
-                      targets: Tensor, task: str, *, replicas: Replicas = SINGLE,
-                      create_graph: bool = False) -> tuple[TensorDict, Guard]:
+                      targets: Tensor, task: str, *, replicas: Replicas = SINGLE, create_graph: bool = False,
+                      linearise: bool = False) -> tuple[TensorDict, Guard, Callable[[Sequence[Tensor]], Tensor] | None]:
     """H_θ Jᵀ H_f m and the :class:`Guard` that made it, for the global batch of a data-parallel run.
 
     One backward of the reflected m and one of the task gradient r (for ∇θ L_task), each process
@@ -188,18 +206,27 @@ def guarded_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Te
         m: ∂M/∂f on the global batch (B, C); outputs: the global outputs (detached); targets: global.
         task: the task loss's task.
         create_graph: keep the graph of the gradient (through m) for a route that differentiates it.
+        linearise: keep the learned backward's graph for w ↦ J w on this process's rows
+            (:func:`toolkit.meta.reverse.backward_with_tangent`); returned third, else None.
     """
     names = list(leaves)
     tensors = [leaves[k] for k in names]
     rows = descent_reflection(m, outputs, targets, task)
-    grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(rows(m)),
-                                                retain_graph=True, create_graph=create_graph)))
+    tangent = None
+    if linearise:
+        learned, tangent = backward_with_tangent(local_outputs, tensors, replicas.shard(rows(m)),
+                                                 detach_copies=replicas.active)
+    else:
+        learned = torch.autograd.grad(local_outputs, tensors, replicas.shard(rows(m)), retain_graph=True,
+                                      create_graph=create_graph)
+    grads = dict(zip(names, learned))
     task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(rows.task_gradient),
                                                      retain_graph=create_graph)))
     replicas.sum_([*grads.values(), *task_grads.values()])
     step = parameter_reflection(grads, task_grads)
     # Without a graph through g, the dot product the decision read is the one H g needs: reuse it.
-    return step(grads, dot=None if create_graph else step.dot), Guard(rows=rows, step=step, task_grads=task_grads)
+    guard = Guard(rows=rows, step=step, task_grads=task_grads)
+    return step(grads, dot=None if create_graph else step.dot), guard, tangent
 
 
 @with_model_precision
@@ -209,7 +236,8 @@ def check_step(model: nn.Module, train, params: Mapping[str, Tensor], new_params
     """θ' if it lowers the training batch's task loss, else the task loss's own step.
 
     One extra forward at θ' on the training batch (buffers copied, so running statistics are
-    untouched); the choice is a device-side ``where``, with no host sync.
+    untouched); the choice is a device-side ``where``, with no host sync, except on the CPU, where the
+    verdict is read and only the chosen step is computed (:func:`decided_on_host`).
 
     Args:
         params: θ; new_params, new_state: the candidate step; task_grads: ∇θ L_task at θ (the
@@ -230,8 +258,13 @@ def check_step(model: nn.Module, train, params: Mapping[str, Tensor], new_params
         # Only a step that lowers the batch task loss is kept: an ascent, a non-finite loss and a step that
         # does not move (a learned loss flat where the model is, e.g. saturated far from the targets) all fall back.
         rejected = ~(after < before)
+        verdict = decided_on_host(rejected)
+        if verdict is False:
+            return dict(new_params), new_state, rejected
         theta = {k: p.detach() for k, p in params.items()}
         fallback, fallback_state = rule.update(theta, dict(task_grads), state)
+        if verdict:
+            return fallback, fallback_state, rejected
         # One where per tensor: a where over flattened copies writes three fresh parameter-sized buffers,
         # which costs more than the launches it saves on a CPU (torch has no foreach where).
         chosen = {k: torch.where(rejected, fallback[k], new_params[k]) for k in new_params}
@@ -290,5 +323,5 @@ def _shares(counts: list[int]) -> dict[str, float]:
             "rejected_steps": n["step_rejected"] / n["steps"] if n["steps"] else 0.0}
 
 
-__all__ = ["Reflection", "descent_reflection", "ParameterReflection", "parameter_reflection", "Guard",
+__all__ = ["decided_on_host", "Reflection", "descent_reflection", "ParameterReflection", "parameter_reflection", "Guard",
            "GuardReport", "GuardCounts", "COUNTED", "guarded_gradients", "check_step"]

@@ -43,6 +43,7 @@ from losses.standard import task_gradient, task_loss
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_gradients
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
+from toolkit.meta.reverse import backward_with_tangent
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 from toolkit.meta.trees import tree_norm
 from toolkit.runtime import rng_state, set_rng_state
@@ -122,6 +123,8 @@ class BatchGradients:
         grads: ∇θ M, after the descent guard's reflections when it is on.
         train_task_loss: L_task on the batch, from the outputs already computed (whenever ``task`` is given).
         guard: the descent guard's decisions (:class:`~toolkit.meta.guard.Guard`), None when it is off.
+        tangent: w ↦ J w on this process's rows, read off the kept backward graph (asked for with ``linearise``;
+            :mod:`toolkit.meta.reverse`), w one tensor per leaf in ``grads``' order; else None.
     """
 
     value: Tensor
@@ -129,11 +132,12 @@ class BatchGradients:
     grads: TensorDict
     train_task_loss: Tensor | None = None
     guard: Guard | None = None
+    tangent: Callable[[list[Tensor]], Tensor] | None = None
 
 
 def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tensor, outputs: Tensor, targets: Tensor,
                     task: str | None, *, replicas: Replicas = SINGLE, descent_guard: bool = False,
-                    value: Tensor | None = None, create_graph: bool = False) -> BatchGradients:
+                    value: Tensor | None = None, create_graph: bool = False, linearise: bool = False) -> BatchGradients:
     """Jᵀm for the global batch: this process's rows of m back through its share, summed over processes.
 
     Args:
@@ -145,17 +149,25 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
             decides alike.
         create_graph: keep the graph of the gradient (through m and the reflections), for a caller that
             differentiates it; the task gradient and what reflects stay constants.
+        linearise: keep the backward's graph for ``tangent`` (w ↦ J w; not with ``create_graph``).
     """
+    if create_graph and linearise:
+        raise ValueError("linearise keeps the backward linear in a constant cotangent; it excludes create_graph")
     train_task_loss = None if task is None else task_loss(outputs, targets, task)
     if descent_guard:
-        grads, guard = guarded_gradients(local_outputs, leaves, m, outputs, targets, task, replicas=replicas,
-                                         create_graph=create_graph)
-        return BatchGradients(value=value, outputs=outputs, grads=grads, train_task_loss=train_task_loss, guard=guard)
+        grads, guard, tangent = guarded_gradients(local_outputs, leaves, m, outputs, targets, task, replicas=replicas,
+                                                  create_graph=create_graph, linearise=linearise)
+        return BatchGradients(value=value, outputs=outputs, grads=grads, train_task_loss=train_task_loss, guard=guard,
+                              tangent=tangent)
     names = list(leaves)
-    grads = dict(zip(names, torch.autograd.grad(local_outputs, [leaves[k] for k in names], replicas.shard(m),
-                                                create_graph=create_graph)))
-    return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(grads),
-                          train_task_loss=train_task_loss)
+    tensors = [leaves[k] for k in names]
+    tangent = None
+    if linearise:
+        grads, tangent = backward_with_tangent(local_outputs, tensors, replicas.shard(m), detach_copies=replicas.active)
+    else:
+        grads = torch.autograd.grad(local_outputs, tensors, replicas.shard(m), create_graph=create_graph)
+    return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(dict(zip(names, grads))),
+                          train_task_loss=train_task_loss, tangent=tangent)
 
 
 def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tensor:
@@ -221,6 +233,10 @@ def finite_difference_tangent(model: nn.Module, params: Mapping[str, Tensor], bu
     return (perturbed - outputs) / h.to(outputs.dtype)
 
 
+TANGENTS = ("jvp", "reverse", "fd")
+"""How :func:`meta_gradient_with_tangent` computes u = J w: forward mode, reverse over reverse, finite difference."""
+
+
 @with_model_precision
 def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                                loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
@@ -255,15 +271,17 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
         io: how the model is called and its outputs read (``input_fn``/``output_fn``); under
             ``torch.autocast`` the model runs in the autocast dtype, the rest in float32
             (:mod:`toolkit.meta.model_io`).
-        tangent: "jvp" (exact, forward-mode AD) or "fd" (:func:`finite_difference_tangent`, one
+        tangent: "jvp" (exact, forward-mode AD: one forward with its tangent), "reverse" (exact: the
+            derivative of the kept training backward in its cotangent, :mod:`toolkit.meta.reverse`; no
+            forward, more memory until the tangent is read) or "fd" (:func:`finite_difference_tangent`, one
             forward, approximate, with relative step ``fd_epsilon``).
 
     Returns:
         A :class:`Lookahead`, identical on every process of a data-parallel run.
     """
     require_scalar(loss)
-    if tangent not in ("jvp", "fd"):
-        raise ValueError(f"tangent must be 'jvp' or 'fd', got {tangent!r}")
+    if tangent not in TANGENTS:
+        raise ValueError(f"tangent must be one of {', '.join(TANGENTS)}; got {tangent!r}")
     x_all, y = train
     x = replicas.shard(x_all)
     state = rule.init(params) if state is None else state
@@ -282,7 +300,7 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
             train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
         with _phase("train_backward"):
             step = batch_gradients(local_outputs, theta_leaf, m, outputs, y, task, replicas=replicas,
-                                   descent_guard=descent_guard, value=train_loss)
+                                   descent_guard=descent_guard, value=train_loss, linearise=tangent == "reverse")
         del local_outputs
     if step.guard is not None:  # m' = H m; the pullback of u · H m(φ) is the loss's pullback of H u (H = Hᵀ)
         unguarded, reflect = pullback, step.guard.rows
@@ -304,11 +322,14 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
         w = update_pullback(v)
         if step.guard is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
             w = step.guard.step(w)
-        with _replayed_rng(rng, x.device):
-            if tangent == "fd":
+        if tangent == "reverse":  # J w off the kept training backward: no forward, nothing to replay
+            u = replicas.gather(step.tangent([w[k] for k in theta_leaf]))
+        elif tangent == "fd":
+            with _replayed_rng(rng, x.device):
                 u = replicas.gather(finite_difference_tangent(model, params, buffers, x, w, local_f,
                                                               epsilon=fd_epsilon, io=io))
-            else:
+        else:
+            with _replayed_rng(rng, x.device):
                 u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w, io=io))
 
     with _phase("meta_backward"):
@@ -424,16 +445,37 @@ def meta_gradient_fd(model: nn.Module, params: Mapping[str, Tensor], buffers: Ma
                                       descent_guard=descent_guard, replicas=replicas, io=io, tangent="fd")
 
 
+def meta_gradient_reverse(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+                          loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+                          rule: StepRule, state: State | None = None, *, task: str = "classification",
+                          update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+                          replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+    """The default route with the tangent read off the training backward (reverse over reverse,
+    :mod:`toolkit.meta.reverse`): exact, no forward for the tangent, the backward's graph held until it is
+    read. Faster than the JVP where the model's operators have cheap double backwards (linear layers);
+    ``lfl bench --floor`` measures both on a model. Opt-in as ``--meta-gradient reverse``."""
+    return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
+                                      task=task, update_buffers=update_buffers, diagnostics=diagnostics,
+                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="reverse")
+
+
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
     "fast": meta_gradient,
+    "reverse": meta_gradient_reverse,
     "naive": meta_gradient_naive,
     "fd": meta_gradient_fd,
 }
-"""The routes by name: "fast" is :func:`meta_gradient` (JVP), "naive" the unrolled reference, "fd" the
-finite-difference tangent (:func:`meta_gradient_fd`)."""
+"""The routes by name: "fast" is :func:`meta_gradient` (JVP), "reverse" the same with the tangent by reverse
+over reverse (:func:`meta_gradient_reverse`), "naive" the unrolled reference, "fd" the finite-difference
+tangent (:func:`meta_gradient_fd`)."""
+
+DATA_PARALLEL_ROUTES = ("fast", "reverse")
+"""The routes a data-parallel run takes: the exact ones written for :class:`~toolkit.meta.distributed.Replicas`
+(the unrolled reference runs in one process; the finite-difference route is not tested across processes)."""
+
 
 def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
-    """The meta-gradient route by name ("fast", "naive" or "fd")."""
+    """The meta-gradient route by name ("fast", "reverse", "naive" or "fd")."""
     try:
         return META_GRADIENTS[name]
     except KeyError:
@@ -442,5 +484,6 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
 
 __all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
            "BatchGradients", "batch_gradients",
-           "meta_gradient_naive", "meta_gradient_fd", "meta_gradient_with_tangent", "finite_difference_tangent",
-           "FD_EPSILON", "META_GRADIENTS", "get_meta_gradient"]
+           "meta_gradient_naive", "meta_gradient_fd", "meta_gradient_reverse", "meta_gradient_with_tangent",
+           "TANGENTS", "finite_difference_tangent",
+           "FD_EPSILON", "META_GRADIENTS", "DATA_PARALLEL_ROUTES", "get_meta_gradient"]

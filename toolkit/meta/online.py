@@ -17,7 +17,9 @@ every ``meta_interval`` steps, the meta step on the loss parameters with Adam th
 the one-step lookahead. The hot path never reads a value on the host: non-finite
 losses or meta-gradients are detected on the device and the affected update is
 selected away with ``torch.where``; the counters are read only by :meth:`check`
-and :meth:`record`, which the caller runs every N steps.
+and :meth:`record`, which the caller runs every N steps. On the CPU, where a 0-d
+tensor is host memory and reading it synchronises nothing, those verdicts are read
+and only the chosen update is written (:func:`~toolkit.meta.guard.decided_on_host`).
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ from toolkit.errors import UserError
 from toolkit.meta.adam import all_finite, apply_meta_update, meta_optimizer, meta_state_from_checkpoint
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.combined import clipped
-from toolkit.meta.guard import GuardCounts, GuardReport, check_step
-from toolkit.meta.lookahead import batch_gradients, get_meta_gradient
+from toolkit.meta.guard import GuardCounts, GuardReport, check_step, decided_on_host
+from toolkit.meta.lookahead import DATA_PARALLEL_ROUTES, batch_gradients, get_meta_gradient
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.optimizers import OptimizerLink, as_rule
 from toolkit.meta.rules import State, StepRule, detach_state, load_state, select_state, state_to_dict
@@ -138,8 +140,9 @@ class OnlineLossLearner:
         self.history = LossHistory()
         self.last: dict[str, Tensor] = {}
         self.descent_guard = descent_guard
-        if replicas.active and meta_gradient != "fast":
-            raise ValueError("a data-parallel run uses the default meta-gradient route (meta_gradient='fast')")
+        if replicas.active and meta_gradient not in DATA_PARALLEL_ROUTES:
+            raise ValueError("a data-parallel run takes the exact meta-gradient routes: meta_gradient='fast' "
+                             "(the default) or 'reverse'")
         self.replicas = replicas
         self.guard_counts = GuardCounts(device)
         self.compile = compile
@@ -234,10 +237,15 @@ class OnlineLossLearner:
         return {"learned_loss": train_loss.detach(), "task_loss": step.task_loss.detach()}
 
     def _commit_base(self, params, new_params, new_state: State, ok: Tensor) -> None:
+        verdict = decided_on_host(ok)
         with torch.no_grad():
-            for k, p in params.items():
-                torch.where(ok, new_params[k], p, out=p)
-            self.state = select_state(ok, detach_state(new_state), self.state)
+            if verdict is None:
+                for k, p in params.items():
+                    torch.where(ok, new_params[k], p, out=p)
+                self.state = select_state(ok, detach_state(new_state), self.state)
+            elif verdict:  # on the CPU: a copy instead of a select over both (the same values)
+                torch._foreach_copy_(list(params.values()), [new_params[k] for k in params])
+                self.state = detach_state(new_state)
         if self.optimizer is not None:
             self.optimizer.write_state(self.state)
 

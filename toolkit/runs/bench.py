@@ -82,7 +82,7 @@ def steppers_and_batches(*, model: str, input_shape, num_outputs: int, batch_siz
         raise ValueError(f"loss_scale must be 'normalised' or 'free', got {loss_scale!r}")
     rule = SGDRule(lr=0.01)
     routes = {"fast": ("fast", True), "naive": ("naive", True), "fast-unguarded": ("fast", False),
-              "fd-unguarded": ("fd", False)}
+              "fd-unguarded": ("fd", False), "reverse": ("reverse", True), "reverse-unguarded": ("reverse", False)}
     steppers = {}
     for name in names:
         if name == "ce":

@@ -11,6 +11,10 @@ task gradient) and one forward (the step check at θ′); the finite-difference 
 (``meta_gradient="fd"``) replaces the JVP by a forward. The backward is taken as forward+backward minus
 forward. ``exact_model`` is the exact floor without the loss network (the model's passes alone).
 
+The reverse route (``meta_gradient="reverse"``, :mod:`toolkit.meta.reverse`) reads the JVP off the training
+backward instead: its primitive ``reverse_jvp`` is a forward, a backward that keeps its graph and the derivative
+of that backward in its cotangent, and its floor replaces the training forward+backward and the JVP by it.
+
 One more primitive answers whether the step check's forward at θ′ should ride on the validation pass
 (one forward over both batches concatenated, the validation rows' loss differentiated): ``fused_check``,
 to be read against ``forward_backward + forward`` (``floor["fused_saving"]``, positive when fusing saves).
@@ -32,15 +36,17 @@ import torch.nn.functional as F
 from losses.derivatives import value_gradient_pullback
 
 from toolkit.meta.lookahead import jacobian_vector_product
+from toolkit.meta.reverse import backward_with_tangent
 from toolkit.runs.bench import _synchronise, check_sizes, for_each_zoo_model, steppers_and_batches
 from toolkit.errors import ConfigError
 
-ROUTES = {"unguarded": "fast-unguarded", "guarded": "fast", "fd_unguarded": "fd-unguarded"}
+ROUTES = {"unguarded": "fast-unguarded", "guarded": "fast", "fd_unguarded": "fd-unguarded",
+          "reverse_unguarded": "reverse-unguarded", "reverse_guarded": "reverse"}
 """The AdaLFL routes whose distance to the floor is reported: name → stepper of
 :func:`toolkit.runs.bench.steppers_and_batches`."""
 
 
-PRIMITIVES = ("forward", "forward_backward", "jvp", "loss", "fused_check")
+PRIMITIVES = ("forward", "forward_backward", "jvp", "reverse_jvp", "loss", "fused_check")
 """The timed primitives (CE-step units in a :func:`benchmark_floor` row)."""
 
 
@@ -65,6 +71,12 @@ def _primitives(model, loss, train, valid) -> dict[str, Callable[[int], None]]:
     def jvp(i: int) -> None:
         jacobian_vector_product(model, params, buffers, train[i % len(train)][0], tangents)
 
+    def reverse_jvp(i: int) -> None:
+        x, _ = train[i % len(train)]
+        f = model(x)
+        _, tangent = backward_with_tangent(f, list(params.values()), torch.ones_like(f))
+        tangent(list(tangents.values()))
+
     def loss_derivatives(i: int) -> None:
         f, y = outputs[i % len(outputs)], train[i % len(train)][1]
         _, m, pullback = value_gradient_pullback(loss, loss_params, f, y)
@@ -76,8 +88,8 @@ def _primitives(model, loss, train, valid) -> dict[str, Callable[[int], None]]:
         torch.autograd.grad(F.cross_entropy(both[len(x):], y_v), list(params.values()))
         F.cross_entropy(both[:len(x)].detach(), y)
 
-    return {"forward": forward, "forward_backward": forward_backward, "jvp": jvp, "loss": loss_derivatives,
-            "fused_check": fused_check}
+    return {"forward": forward, "forward_backward": forward_backward, "jvp": jvp, "reverse_jvp": reverse_jvp,
+            "loss": loss_derivatives, "fused_check": fused_check}
 
 
 def floors(primitives: dict[str, float]) -> dict[str, float]:
@@ -86,8 +98,9 @@ def floors(primitives: dict[str, float]) -> dict[str, float]:
     exact_model = 2 * primitives["forward_backward"] + primitives["jvp"]
     exact = exact_model + primitives["loss"]
     guard = backward + primitives["forward"]
+    reverse = primitives["forward_backward"] + primitives["reverse_jvp"] + primitives["loss"]
     return {"backward": backward, "exact_model": exact_model, "exact": exact, "guard": guard,
-            "guarded": exact + guard,
+            "guarded": exact + guard, "reverse_unguarded": reverse, "reverse_guarded": reverse + guard,
             "fd_unguarded": 2 * primitives["forward_backward"] + primitives["forward"] + primitives["loss"],
             "fused_saving": primitives["forward_backward"] + primitives["forward"] - primitives["fused_check"]}
 
@@ -99,8 +112,9 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
 
     Returns a JSON-ready dict: ``ce_step_s``; ``primitives`` (:data:`PRIMITIVES`; CE-step units) and
     ``primitives_s``; ``floor`` (:func:`floors`: backward, exact_model, exact, guard, guarded, fd_unguarded,
-    fused_saving; CE-step units, each a sum of ``primitives``); ``measured`` (unguarded, guarded, fd_unguarded; CE-step units) and
-    ``distance`` (measured / floor, the exact floor for unguarded, the guarded one for guarded).
+    reverse_unguarded, reverse_guarded, fused_saving; CE-step units, each a sum of ``primitives``); ``measured``
+    (:data:`ROUTES`; CE-step units) and ``distance`` (measured / its route's floor: the exact floor for
+    unguarded, the guarded one for guarded, the reverse route's own for the reverse routes).
     ``options`` go to :func:`toolkit.runs.bench.steppers_and_batches` (``loss_param``, ``loss_scale``).
     """
     check_sizes(batch_size=batch_size, repeats=repeats, num_outputs=num_outputs, input_shape=input_shape)
@@ -109,7 +123,9 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
         seed=seed, names=("ce", *ROUTES.values()), **options)
     work = {name: (lambda i, s=s: s.step(train[i % len(train)], valid[i % len(valid)], lr=0.01))
             for name, s in steppers.items()}
-    work.update(_primitives(base, copy.deepcopy(steppers["fast"].loss), train, valid))
+    timed = _primitives(base, copy.deepcopy(steppers["fast"].loss), train, valid)
+    assert not set(timed) & set(work), "a primitive's name must not be a stepper's"
+    work.update(timed)
     times: dict[str, list[float]] = {k: [] for k in work}
     for i in range(warmup + repeats):
         for name, fn in work.items():
@@ -124,7 +140,8 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     primitives = {k: median[k] / ce for k in PRIMITIVES}
     floor = floors(primitives)
     measured = {route: median[stepper] / ce for route, stepper in ROUTES.items()}
-    floor_of = {"unguarded": "exact", "guarded": "guarded", "fd_unguarded": "fd_unguarded"}
+    floor_of = {"unguarded": "exact", "guarded": "guarded", "fd_unguarded": "fd_unguarded",
+                "reverse_unguarded": "reverse_unguarded", "reverse_guarded": "reverse_guarded"}
     return {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
             "threads": torch.get_num_threads(), "ce_step_s": ce,
             "primitives_s": {k: median[k] for k in primitives}, "primitives": primitives, "floor": floor,
@@ -167,14 +184,18 @@ def format_floor(rows: list[dict]) -> str:
     lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} {'loss':>5} {'fused':>5} | "
              f"{'floor':>5} {'unguard':>7} "
              f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
-             f"{'fd fl':>5} {'fd':>5} {'dist':>5}"]
+             f"{'fd fl':>5} {'fd':>5} {'dist':>5} | {'rev':>5} {'floor':>5} {'unguard':>7} {'dist':>5} "
+             f"{'floor':>5} {'guarded':>7} {'dist':>5}"]
     for r in rows:
         p, f, m, d = r["primitives"], r["floor"], r["measured"], r["distance"]
         lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} {p['forward']:5.2f} {p['forward_backward']:7.2f} "
                      f"{p['jvp']:5.2f} {p['loss']:5.2f} {p['fused_check']:5.2f} | "
                      f"{f['exact']:5.2f} {m['unguarded']:7.2f} {d['unguarded']:5.2f} | "
                      f"{f['guard']:8.2f} {f['guarded']:5.2f} {m['guarded']:7.2f} {d['guarded']:5.2f} | "
-                     f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f}")
+                     f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f} | "
+                     f"{p['reverse_jvp']:5.2f} {f['reverse_unguarded']:5.2f} {m['reverse_unguarded']:7.2f} "
+                     f"{d['reverse_unguarded']:5.2f} {f['reverse_guarded']:5.2f} {m['reverse_guarded']:7.2f} "
+                     f"{d['reverse_guarded']:5.2f}")
     return "\n".join(lines)
 
 

@@ -111,10 +111,12 @@ class TrainConfig:
     online_meta_lr: float = option(ONLINE_META_LR, check=above(0), help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
     meta_interval: int = option(1, check=at_least(1), help="Meta step every k base steps.")
     meta_clip: float | None = option(None, check=above(0), help="Clip the meta-gradient to this global norm.")
-    meta_gradient: str = option("fast", choices=("fast", "naive", "fd"),
-                                help="fast: the JVP route; naive: autograd through the unrolled step (reference); "
-                                     "fd: the JVP replaced by a one-sided finite difference (approximate, "
-                                     "docs/performance.md).")
+    meta_gradient: str = option("fast", choices=("fast", "reverse", "naive", "fd"),
+                                help="fast: the JVP route; reverse: the same with the JVP read off the training "
+                                     "backward (exact, no forward; faster on linear layers, slower on "
+                                     "convolutions: lfl bench --floor); naive: autograd through the unrolled step "
+                                     "(reference); fd: the JVP replaced by a one-sided finite difference "
+                                     "(approximate, docs/performance.md).")
     meta_source: str = option("valid", choices=("valid", "train"),
                               help="Where meta-objective batches come from (valid: the validation split's meta "
                                    "part, never its selection part).")

@@ -24,6 +24,7 @@ from toolkit.data.run_data import load_run_data, load_search_data, prepare_run_d
 from toolkit.layout import CHECKPOINT, LOCK, LOSS, RESULTS, SNAPSHOTS
 from toolkit.meta.adam import all_finite
 from toolkit.meta.distributed import SINGLE, Replicas, convert_sync_batchnorm
+from toolkit.meta.lookahead import DATA_PARALLEL_ROUTES
 from toolkit.meta.offline import offline_initialise
 from toolkit.meta.online import NonFiniteError, OnlineLossLearner, frozen_copy, has_trainable_parameters
 from toolkit.models.zoo import build_model
@@ -165,8 +166,8 @@ def check_data_parallel(config: TrainConfig, replicas: Replicas) -> None:
     if not replicas.active:
         return
     replicas.rows(config.batch_size)  # a batch that does not split evenly is refused before anything runs
-    if config.meta_gradient != "fast":
-        raise ConfigError("a data-parallel run uses the default --meta-gradient fast")
+    if config.meta_gradient not in DATA_PARALLEL_ROUTES:
+        raise ConfigError("a data-parallel run takes --meta-gradient fast (the default) or reverse")
 
 
 def _remove_if_empty(path: Path) -> None:
