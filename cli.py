@@ -246,10 +246,12 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 @click.option("--floor", is_flag=True, help="The model's primitives (forward, forward+backward, JVP), each AdaLFL "
               "route's floor as their sum, and its measured distance to it, in CE steps.")
 @click.option("--ops", is_flag=True, help="aten:: operator calls per step of each route over a CE step's (CPU).")
+@click.option("--compile", "compile_step", is_flag=True,
+              help="With --floor/--ops: also the default guarded step under lfl train --compile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, classes: int, batch_size: int, device: str,
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, floor: bool, ops: bool,
-          as_json: bool) -> None:
+          compile_step: bool, as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
     from toolkit.runs.bench import ZOO_INPUTS, benchmark_all, benchmark_steps
     from toolkit.runtime import resolve_device
@@ -273,8 +275,10 @@ def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, cl
         repeats = repeats if repeats is not None else (10 if all_models else 30)
         click.echo(floor_report(floor=floor, ops=ops, models=models, num_outputs=classes, device=resolve_device(device),
                                 repeats=repeats, as_json=as_json, progress=progress, loss_param=loss_param,
-                                loss_scale=loss_scale))
+                                loss_scale=loss_scale, compile=compile_step))
         return
+    if compile_step:
+        raise click.UsageError("--compile times the compiled step against its floor: add --floor or --ops")
     options = {"device": resolve_device(device), "loss_param": loss_param, "loss_scale": loss_scale,
                "breakdown": breakdown}
     if all_models:

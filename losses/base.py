@@ -103,14 +103,14 @@ def check_label_range(targets: Tensor, num_classes: int, *, ignore_index: int | 
         bad = (targets < 0) | (targets >= num_classes)
         return bad if ignore_index is None else bad & (targets != ignore_index)
 
-    if targets.device.type == "cpu":
+    if targets.device.type == "cpu" and not torch.compiler.is_compiling():
         if targets.numel() == 0:
             return
         low, high = torch.aminmax(targets)  # one pass; a CPU check costs no device sync
         if (int(low) < 0 or int(high) >= num_classes) and bool(out_of_range().any()):
             value = int(targets[out_of_range()][0])
             raise ValueError(f"{message}; got label {value}. Check the number of model outputs")
-    else:  # Asynchronous device-side assert: no host sync.
+    else:  # Asynchronous device-side assert: no host sync, and no graph break where torch.compile traces.
         torch._assert_async(~out_of_range().any(), message)
 
 

@@ -11,7 +11,6 @@ logged losses.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -227,13 +226,15 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     for C == 1) or ``F.mse_loss(outputs, targets)``: :func:`task_loss_module`'s criterion,
     the meta-objective and evaluation. The criteria keep no state, so one of each is reused.
     """
-    return _task_criterion(task, outputs.shape[1] == 1 if isinstance(outputs, Tensor) and outputs.dim() > 1
-                           else False)(outputs, targets)
+    if task not in _TASK_CRITERIA:
+        raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
+    single = isinstance(outputs, Tensor) and outputs.dim() > 1 and outputs.shape[1] == 1
+    return _TASK_CRITERIA[task][single](outputs, targets)
 
 
-@functools.lru_cache(maxsize=None)
-def _task_criterion(task: str, single_output: bool) -> CrossEntropyLoss | SquaredErrorLoss:
-    return task_loss_module(task, 1 if single_output else 2)
+_TASK_CRITERIA = {task: {single: task_loss_module(task, 1 if single else 2) for single in (False, True)}
+                  for task in ("classification", "regression")}
+"""One stateless criterion per task and output count, built once (and seen as constants by ``torch.compile``)."""
 
 
 def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:

@@ -8,7 +8,7 @@ import pytest
 
 from helpers import run_lfl
 
-from toolkit.runs.bench_floor import PRIMITIVES, ROUTES, count_ops, floors
+from toolkit.runs.bench_floor import COMPILED, PRIMITIVES, ROUTES, count_ops, floors
 
 def test_floors_are_the_sums_of_their_primitives():
     p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "reverse_jvp": 1.6, "loss": 0.3, "fused_check": 1.5}
@@ -59,15 +59,15 @@ def test_bench_models_is_checked(args, message):
     assert result.returncode == 2 and message in result.stderr
 
 
-def _check_floor_rows(rows: list[dict]) -> None:
+def _check_floor_rows(rows: list[dict], routes=ROUTES) -> None:
     for row in rows:
-        assert set(row["primitives"]) == set(PRIMITIVES) and set(row["measured"]) == set(ROUTES)
+        assert set(row["primitives"]) == set(PRIMITIVES) and set(row["measured"]) == set(routes)
         p, f, ce = row["primitives"], row["floor"], row["ce_step_s"]
         assert _positive(ce)
         for key in PRIMITIVES:  # CE units are the primitive's median over the CE step's
             assert _positive(p[key]) and p[key] == row["primitives_s"][key] / ce
         assert f == floors(p)  # exactly the sums, recomputed from the reported primitives
-        for route in ROUTES:
+        for route in routes:
             assert _positive(row["measured"][route]) and _positive(row["distance"][route])
         assert row["distance"]["unguarded"] == row["measured"]["unguarded"] / f["exact"]
         assert row["distance"]["guarded"] == row["measured"]["guarded"] / f["guarded"]
@@ -98,3 +98,25 @@ def test_ops_count_aten_calls_per_step_and_ratios_to_cross_entropy():
 def test_bench_floor_and_ops_refuse_bad_sizes_in_one_line(flag):
     result = run_lfl("bench", flag, "--model", "mlp", "--batch-size", "0", "--device", "cpu")
     assert result.returncode == 2 and "--batch-size must be >= 1" in result.stderr
+
+
+@pytest.mark.slow
+def test_bench_floor_and_ops_with_compile_add_the_compiled_steps():
+    """``--compile`` adds the guarded default and reverse steps under ``lfl train --compile``, read against
+    their eager routes' floors, and counts their operators (a compiled graph's kernels are not aten calls)."""
+    result = run_lfl("bench", "--floor", "--ops", "--compile", "--model", "mlp", "--dataset-shape", "12",
+                     "--classes", "3", "--batch-size", "8", "--repeats", "2", "--device", "cpu", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    _check_floor_rows(report["floor"], routes={**ROUTES, **COMPILED})
+    row = report["floor"][0]
+    assert row["distance"]["compiled"] == row["measured"]["compiled"] / row["floor"]["guarded"]
+    assert row["distance"]["compiled_reverse"] == row["measured"]["compiled_reverse"] / row["floor"]["reverse_guarded"]
+    ops = report["ops"][0]["routes"]
+    assert set(ops) == {*ROUTES, *COMPILED}
+    assert ops["compiled"]["ops"] < ops["guarded"]["ops"]  # the loss's derivatives no longer dispatch operators
+
+
+def test_bench_compile_needs_floor_or_ops():
+    result = run_lfl("bench", "--compile", "--model", "mlp", "--dataset-shape", "12", "--device", "cpu")
+    assert result.returncode == 2 and "add --floor or --ops" in result.stderr

@@ -1,4 +1,4 @@
-"""OnlineLossLearner(compile=True): the compiled step check gives the eager step's numbers."""
+"""OnlineLossLearner(compile=True): the compiled step check and loss derivatives give the eager step's numbers."""
 import copy
 
 import pytest
@@ -10,17 +10,18 @@ from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import SGDRule
 
 
-def _learners(device: str, dtype: torch.dtype):
+def _learners(device: str, dtype: torch.dtype, route: str = "fast", scaled: bool = False):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).to(device, dtype)
-    loss = losses.MLPLoss(hidden=(6,)).to(device, dtype)
+    loss = losses.MLPLoss(hidden=(6,))
+    loss = (losses.GradientScaledLoss(loss) if scaled else loss).to(device, dtype)
     rule = SGDRule(lr=0.5, momentum=0.9)
-    return [OnlineLossLearner(copy.deepcopy(model), copy.deepcopy(loss), rule=rule, snapshot_every=0, compile=c)
-            for c in (False, True)]
+    return [OnlineLossLearner(copy.deepcopy(model), copy.deepcopy(loss), rule=rule, snapshot_every=0, compile=c,
+                              meta_gradient=route) for c in (False, True)]
 
 
-def _check(device: str, dtype: torch.dtype, tolerance: float) -> None:
-    eager, compiled = _learners(device, dtype)
+def _check(device: str, dtype: torch.dtype, tolerance: float, route: str = "fast", scaled: bool = False) -> None:
+    eager, compiled = _learners(device, dtype, route, scaled)
     x = torch.randn(16, 4, device=device, dtype=dtype)
     y = torch.randint(0, 3, (16,), device=device)
     for _ in range(2):
@@ -33,8 +34,32 @@ def _check(device: str, dtype: torch.dtype, tolerance: float) -> None:
 
 
 @pytest.mark.slow
-def test_the_compiled_step_equals_the_eager_step_in_float64_on_cpu() -> None:
-    _check("cpu", torch.float64, 1e-12)
+@pytest.mark.parametrize("route,scaled", [("fast", False), ("reverse", True)], ids=["fast-mlp", "reverse-scaled"])
+def test_the_compiled_step_equals_the_eager_step_in_float64_on_cpu(route, scaled) -> None:
+    _check("cpu", torch.float64, 1e-12, route, scaled)
+
+
+@pytest.mark.slow
+def test_compiled_loss_derivatives_equal_the_eager_ones_with_a_frozen_parameter() -> None:
+    """CompiledDerivatives against value_gradient_pullback in float64: value, m and the pullback, with one
+    loss parameter frozen (zeros for it, as autograd gives), on labels (the label check may not break the graph)."""
+    from losses.derivatives import CompiledDerivatives, value_gradient_pullback
+    torch.manual_seed(0)
+    loss = losses.GradientScaledLoss(losses.MLPLoss(hidden=(5, 5))).double()
+    params = dict(loss.named_parameters())
+    frozen = next(iter(params))
+    params[frozen].requires_grad_(False)
+    f, y, u = torch.randn(12, 4, dtype=torch.float64), torch.randint(0, 4, (12,)), torch.randn(12, 4, dtype=torch.float64)
+    eager = value_gradient_pullback(loss, params, f, y)
+    compiled = CompiledDerivatives(loss)(loss, params, f, y)
+    torch.testing.assert_close(compiled[0], eager[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-12, atol=1e-12)
+    got, want = compiled[2](u), eager[2](u)
+    assert got.keys() == want.keys() and not got[frozen].any()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="another loss module"):
+        CompiledDerivatives(loss)(copy.deepcopy(loss), params, f, y)
 
 
 @pytest.mark.slow

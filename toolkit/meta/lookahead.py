@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jvp
 
 from losses import encode_targets
-from losses.base import fill_missing_gradients, require_scalar
+from losses.base import Pullback, fill_missing_gradients, require_scalar
 from losses.derivatives import value_gradient_pullback
 from losses.standard import task_gradient, task_loss
 
@@ -50,6 +50,8 @@ from toolkit.runtime import rng_state, set_rng_state
 
 TensorDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
+Derivatives = Callable[..., tuple[Tensor, Tensor, Pullback]]
+"""``(loss, φ, f, targets) → (M, m, pullback)``: :func:`losses.derivatives.value_gradient_pullback`'s signature."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,9 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
                                rule: StepRule, state: State | None = None, *, task: str = "classification",
                                update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
                                replicas: Replicas = SINGLE, io: ModelIO = PLAIN, tangent: str = "jvp",
-                               fd_epsilon: float = FD_EPSILON) -> Lookahead:
+                               fd_epsilon: float = FD_EPSILON,
+                               derivatives: Derivatives = value_gradient_pullback
+                               ) -> Lookahead:
     """The base update and the exact meta-gradient (the default route).
 
     Cost: a training step, a forward/backward on the validation batch, one forward-mode
@@ -275,6 +279,8 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
             derivative of the kept training backward in its cotangent, :mod:`toolkit.meta.reverse`; no
             forward, more memory until the tangent is read) or "fd" (:func:`finite_difference_tangent`, one
             forward, approximate, with relative step ``fd_epsilon``).
+        derivatives: how the loss's value, m and pullback are taken: :func:`losses.derivatives.value_gradient_pullback`
+            (eager) or a :class:`losses.derivatives.CompiledDerivatives` of ``loss`` (``compile=True``).
 
     Returns:
         A :class:`Lookahead`, identical on every process of a data-parallel run.
@@ -297,7 +303,7 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
             local_f = local_outputs.detach()
             outputs = replicas.gather(local_f)
         with _phase("loss_gradient"):
-            train_loss, m, pullback = value_gradient_pullback(loss, loss_params, outputs, y)
+            train_loss, m, pullback = derivatives(loss, loss_params, outputs, y)
         with _phase("train_backward"):
             step = batch_gradients(local_outputs, theta_leaf, m, outputs, y, task, replicas=replicas,
                                    descent_guard=descent_guard, value=train_loss, linearise=tangent == "reverse")
@@ -345,13 +351,15 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
                         loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                         rule: StepRule, state: State | None = None, *, task: str = "classification",
                         update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                        replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+                        replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
+                        derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
     """The reference route: autograd through the unrolled step (``create_graph=True``).
 
     Same arguments and result as :func:`meta_gradient`; holds the whole second-order graph of
     the base model while it runs. The descent guard's reflections are written here again from
     their definition (:func:`_reflected_naively`), so that comparing the routes checks them too.
-    It runs in one process (``replicas`` is accepted so both routes share one signature).
+    It runs in one process (``replicas`` is accepted so both routes share one signature, and ``derivatives``
+    likewise: the reference differentiates the loss's forward as written, never a derived or compiled copy).
     """
     if replicas.active:
         raise ValueError("the unrolled reference runs in one process: use meta_gradient='fast' with replicas")
@@ -422,7 +430,8 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
                   loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                   rule: StepRule, state: State | None = None, *, task: str = "classification",
                   update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
+                  derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
     """The default route: :func:`meta_gradient_with_tangent` with the exact tangent (``torch.func.jvp``).
 
     One signature with :func:`meta_gradient_naive` and :func:`meta_gradient_fd`, so the learner and the
@@ -430,33 +439,38 @@ def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mappi
     """
     return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
                                       task=task, update_buffers=update_buffers, diagnostics=diagnostics,
-                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="jvp")
+                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="jvp",
+                                      derivatives=derivatives)
 
 
 def meta_gradient_fd(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                      loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                      rule: StepRule, state: State | None = None, *, task: str = "classification",
                      update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                     replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+                     replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
+                     derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
     """The default route with the finite-difference tangent (one forward instead of the JVP, relative step
     :data:`FD_EPSILON`): approximate, opt-in as ``--meta-gradient fd`` (docs/performance.md measures its error)."""
     return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
                                       task=task, update_buffers=update_buffers, diagnostics=diagnostics,
-                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="fd")
+                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="fd",
+                                      derivatives=derivatives)
 
 
 def meta_gradient_reverse(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
                           loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
                           rule: StepRule, state: State | None = None, *, task: str = "classification",
                           update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                          replicas: Replicas = SINGLE, io: ModelIO = PLAIN) -> Lookahead:
+                          replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
+                          derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
     """The default route with the tangent read off the training backward (reverse over reverse,
     :mod:`toolkit.meta.reverse`): exact, no forward for the tangent, the backward's graph held until it is
     read. Faster than the JVP where the model's operators have cheap double backwards (linear layers);
     ``lfl bench --floor`` measures both on a model. Opt-in as ``--meta-gradient reverse``."""
     return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
                                       task=task, update_buffers=update_buffers, diagnostics=diagnostics,
-                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="reverse")
+                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="reverse",
+                                      derivatives=derivatives)
 
 
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {

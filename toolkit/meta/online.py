@@ -24,6 +24,7 @@ and only the chosen update is written (:func:`~toolkit.meta.guard.decided_on_hos
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from losses.base import require_scalar
-from losses.derivatives import value_and_gradient
+from losses.derivatives import CompiledDerivatives, value_and_gradient
 
 from toolkit.errors import UserError
 from toolkit.meta.adam import all_finite, apply_meta_update, meta_optimizer, meta_state_from_checkpoint
@@ -86,7 +87,8 @@ class OnlineLossLearner:
             this toolkit's default, :data:`ONLINE_META_LR`, is a tenth of that; ``lfl train --online-meta-lr``).
         meta_interval: take a meta step every k base steps (1: every step).
         meta_clip: clip the meta-gradient to this global L2 norm (None: no clipping).
-        meta_gradient: "fast" (JVP route, default) or "naive" (unrolled reference).
+        meta_gradient: "fast" (JVP route, default), "reverse" (the JVP read off the training backward),
+            "fd" (finite-difference tangent, approximate) or "naive" (unrolled reference).
         task: "classification" or "regression" (the meta-objective).
         snapshot_every: copy the loss parameters into ``history`` every N steps.
         max_nonfinite: raise :class:`NonFiniteError` from :meth:`check` after this many
@@ -101,6 +103,10 @@ class OnlineLossLearner:
             ``input_fn(x)`` gives the model's arguments (a dict: keywords), ``output_fn(out)`` the outputs
             tensor from a tuple or dict. Under ``torch.autocast`` the model runs in the autocast dtype
             and the loss, its derivatives and the meta-gradient in float32.
+        compile: capture with ``torch.compile`` what it can of the step: the guard's step check
+            (:func:`compiled`) and the loss's derivatives (:class:`~losses.derivatives.CompiledDerivatives`;
+            not on the unrolled ``"naive"`` route). The lookahead's passes through the model stay eager
+            (docs/performance.md). Each new batch shape compiles once.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, rule: StepRule | torch.optim.Optimizer,
@@ -129,6 +135,8 @@ class OnlineLossLearner:
         self.io = ModelIO(input_fn=input_fn, output_fn=output_fn)
         self.online_meta_lr, self.meta_interval, self.meta_clip = online_meta_lr, meta_interval, meta_clip
         self._meta_gradient = get_meta_gradient(meta_gradient)
+        if compile and meta_gradient != "naive":  # the unrolled reference stays as written
+            self._meta_gradient = functools.partial(self._meta_gradient, derivatives=CompiledDerivatives(loss))
         self.task, self.snapshot_every, self.max_nonfinite = task, snapshot_every, max_nonfinite
         meta_optimizer(lr=online_meta_lr, clip=meta_clip)  # checks meta_clip now, not at the first meta step
         self.adam: State = self.meta_rule.init({k: p.detach() for k, p in loss.named_parameters()})

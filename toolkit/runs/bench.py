@@ -55,9 +55,11 @@ def check_sizes(*, batch_size: int, repeats: int, num_outputs: int, input_shape)
 
 
 STEPPERS = ("ce", "fast", "naive", "fast-unguarded", "fd-unguarded")
-"""What :func:`steppers_and_batches` builds: cross-entropy SGD, AdaLFL's default route with the descent
+"""What :func:`steppers_and_batches` builds by default: cross-entropy SGD, AdaLFL's default route with the descent
 guard ("fast", as ``lfl train`` runs it), the unrolled reference ("naive", guarded), the default
-route without the guard (``--no-descent-guard``) and the finite-difference tangent without it."""
+route without the guard (``--no-descent-guard``) and the finite-difference tangent without it. It also builds,
+when named, "reverse" and "reverse-unguarded" (``--meta-gradient reverse``), and "fast-compiled" and
+"reverse-compiled" (the guarded routes with ``--compile``)."""
 
 
 def steppers_and_batches(*, model: str, input_shape, num_outputs: int, batch_size: int, device: torch.device,
@@ -82,7 +84,8 @@ def steppers_and_batches(*, model: str, input_shape, num_outputs: int, batch_siz
         raise ValueError(f"loss_scale must be 'normalised' or 'free', got {loss_scale!r}")
     rule = SGDRule(lr=0.01)
     routes = {"fast": ("fast", True), "naive": ("naive", True), "fast-unguarded": ("fast", False),
-              "fd-unguarded": ("fd", False), "reverse": ("reverse", True), "reverse-unguarded": ("reverse", False)}
+              "fd-unguarded": ("fd", False), "reverse": ("reverse", True), "reverse-unguarded": ("reverse", False),
+              "fast-compiled": ("fast", True), "reverse-compiled": ("reverse", True)}
     steppers = {}
     for name in names:
         if name == "ce":
@@ -91,7 +94,8 @@ def steppers_and_batches(*, model: str, input_shape, num_outputs: int, batch_siz
         else:
             route, guard = routes[name]
             steppers[name] = OnlineLossLearner(copy.deepcopy(base), copy.deepcopy(loss).to(device), rule=rule,
-                                               meta_gradient=route, snapshot_every=0, descent_guard=guard)
+                                               meta_gradient=route, snapshot_every=0, descent_guard=guard,
+                                               compile=name.endswith("-compiled"))
     return steppers, train, valid, base
 
 

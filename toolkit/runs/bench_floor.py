@@ -46,6 +46,14 @@ ROUTES = {"unguarded": "fast-unguarded", "guarded": "fast", "fd_unguarded": "fd-
 :func:`toolkit.runs.bench.steppers_and_batches`."""
 
 
+COMPILED = {"compiled": "fast-compiled", "compiled_reverse": "reverse-compiled"}
+"""The routes ``--compile`` adds: the guarded default and reverse steps with ``OnlineLossLearner(compile=True)``."""
+
+
+def _routes(compile: bool) -> dict[str, str]:
+    return {**ROUTES, **(COMPILED if compile else {})}
+
+
 PRIMITIVES = ("forward", "forward_backward", "jvp", "reverse_jvp", "loss", "fused_check")
 """The timed primitives (CE-step units in a :func:`benchmark_floor` row)."""
 
@@ -107,7 +115,7 @@ def floors(primitives: dict[str, float]) -> dict[str, float]:
 
 def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
                     batch_size: int = 128, device: torch.device = torch.device("cpu"), repeats: int = 30,
-                    warmup: int = 5, seed: int = 0, **options) -> dict:
+                    warmup: int = 5, seed: int = 0, compile: bool = False, **options) -> dict:
     """The primitives, the floors and each AdaLFL route's distance to its floor, from one interleaved run.
 
     Returns a JSON-ready dict: ``ce_step_s``; ``primitives`` (:data:`PRIMITIVES`; CE-step units) and
@@ -115,12 +123,16 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     reverse_unguarded, reverse_guarded, fused_saving; CE-step units, each a sum of ``primitives``); ``measured``
     (:data:`ROUTES`; CE-step units) and ``distance`` (measured / its route's floor: the exact floor for
     unguarded, the guarded one for guarded, the reverse route's own for the reverse routes).
+    With ``compile``, also the guarded default and reverse steps with ``compile=True`` (``measured["compiled"]`` and
+    ``["compiled_reverse"]``, read against their eager routes' floors, whose primitives stay eager); their
+    compilation happens in the warm-up rounds.
     ``options`` go to :func:`toolkit.runs.bench.steppers_and_batches` (``loss_param``, ``loss_scale``).
     """
     check_sizes(batch_size=batch_size, repeats=repeats, num_outputs=num_outputs, input_shape=input_shape)
+    routes = _routes(compile)
     steppers, train, valid, base = steppers_and_batches(
         model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size, device=device,
-        seed=seed, names=("ce", *ROUTES.values()), **options)
+        seed=seed, names=("ce", *routes.values()), **options)
     work = {name: (lambda i, s=s: s.step(train[i % len(train)], valid[i % len(valid)], lr=0.01))
             for name, s in steppers.items()}
     timed = _primitives(base, copy.deepcopy(steppers["fast"].loss), train, valid)
@@ -139,9 +151,10 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     ce = median["ce"]
     primitives = {k: median[k] / ce for k in PRIMITIVES}
     floor = floors(primitives)
-    measured = {route: median[stepper] / ce for route, stepper in ROUTES.items()}
+    measured = {route: median[stepper] / ce for route, stepper in routes.items()}
     floor_of = {"unguarded": "exact", "guarded": "guarded", "fd_unguarded": "fd_unguarded",
-                "reverse_unguarded": "reverse_unguarded", "reverse_guarded": "reverse_guarded"}
+                "reverse_unguarded": "reverse_unguarded", "reverse_guarded": "reverse_guarded", "compiled": "guarded",
+                "compiled_reverse": "reverse_guarded"}
     return {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
             "threads": torch.get_num_threads(), "ce_step_s": ce,
             "primitives_s": {k: median[k] for k in primitives}, "primitives": primitives, "floor": floor,
@@ -149,29 +162,31 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
 
 
 def count_ops(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10, batch_size: int = 128,
-              steps: int = 3, seed: int = 0, **options) -> dict:
+              steps: int = 3, seed: int = 0, compile: bool = False, **options) -> dict:
     """``aten::`` operator calls per step under ``torch.profiler`` (CPU), every nesting level counted.
 
-    Returns ``ce`` (calls per cross-entropy step) and, per AdaLFL route (unguarded, guarded,
-    fd_unguarded), calls per step and their ratio to the CE step's. One warm-up step per stepper
-    runs before the profiled ones.
+    Returns ``ce`` (calls per cross-entropy step) and, per AdaLFL route (:data:`ROUTES`, and :data:`COMPILED`
+    with ``compile``), calls per step and their ratio to the CE step's. One warm-up step per stepper (two for
+    a compiled one) runs before the profiled ones; a compiled graph's generated code calls no ``aten::`` operator.
     """
     from torch.profiler import ProfilerActivity, profile
 
     check_sizes(batch_size=batch_size, repeats=steps, num_outputs=num_outputs, input_shape=input_shape)
+    routes = _routes(compile)
     steppers, train, valid, _ = steppers_and_batches(
         model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size,
-        device=torch.device("cpu"), seed=seed, names=("ce", *ROUTES.values()), **options)
+        device=torch.device("cpu"), seed=seed, names=("ce", *routes.values()), **options)
     per_step = {}
     for name, stepper in steppers.items():
-        stepper.step(train[0], valid[0], lr=0.01)
+        for i in range(2 if name.endswith("-compiled") else 1):  # a compiled step compiles on its first call
+            stepper.step(train[i % len(train)], valid[i % len(valid)], lr=0.01)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for i in range(steps):
                 stepper.step(train[i % len(train)], valid[i % len(valid)], lr=0.01)
         per_step[name] = sum(e.name.startswith("aten::") for e in prof.events()) / steps
     ce = per_step["ce"]
     return {"model": model, "batch_size": batch_size, "steps": steps, "ce": ce,
-            "routes": {route: {"ops": per_step[s], "ratio": per_step[s] / ce} for route, s in ROUTES.items()}}
+            "routes": {route: {"ops": per_step[s], "ratio": per_step[s] / ce} for route, s in routes.items()}}
 
 
 def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options) -> list[dict]:
@@ -186,6 +201,9 @@ def format_floor(rows: list[dict]) -> str:
              f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
              f"{'fd fl':>5} {'fd':>5} {'dist':>5} | {'rev':>5} {'floor':>5} {'unguard':>7} {'dist':>5} "
              f"{'floor':>5} {'guarded':>7} {'dist':>5}"]
+    compiled = any("compiled" in r["measured"] for r in rows)
+    if compiled:
+        lines[0] += f" | {'compiled':>8} {'dist':>5} {'c. rev':>6} {'dist':>5}"
     for r in rows:
         p, f, m, d = r["primitives"], r["floor"], r["measured"], r["distance"]
         lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} {p['forward']:5.2f} {p['forward_backward']:7.2f} "
@@ -196,15 +214,20 @@ def format_floor(rows: list[dict]) -> str:
                      f"{p['reverse_jvp']:5.2f} {f['reverse_unguarded']:5.2f} {m['reverse_unguarded']:7.2f} "
                      f"{d['reverse_unguarded']:5.2f} {f['reverse_guarded']:5.2f} {m['reverse_guarded']:7.2f} "
                      f"{d['reverse_guarded']:5.2f}")
+        if compiled:
+            lines[-1] += (f" | {m['compiled']:8.2f} {d['compiled']:5.2f} {m['compiled_reverse']:6.2f} "
+                          f"{d['compiled_reverse']:5.2f}" if "compiled" in m else "")
     return "\n".join(lines)
 
 
 def format_ops(rows: list[dict]) -> str:
     """A text table of :func:`count_ops` rows: aten calls per CE step and each route's ratio to it."""
-    lines = [f"{'model':<11} {'CE ops':>7} " + " ".join(f"{route:>14}" for route in ROUTES)]
+    routes = [route for route in _routes(True) if any(route in r["routes"] for r in rows)]
+    lines = [f"{'model':<11} {'CE ops':>7} " + " ".join(f"{route:>17}" for route in routes)]
     for r in rows:
         lines.append(f"{r['model']:<11} {r['ce']:7.0f} " + " ".join(
-            f"{r['routes'][route]['ops']:7.0f} {r['routes'][route]['ratio']:5.2f}x" for route in ROUTES))
+            f"{r['routes'][route]['ops']:10.0f} {r['routes'][route]['ratio']:5.2f}x" if route in r["routes"]
+            else f"{'':17}" for route in routes))
     return "\n".join(lines)
 
 
