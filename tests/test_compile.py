@@ -66,3 +66,33 @@ def test_compiled_loss_derivatives_equal_the_eager_ones_with_a_frozen_parameter(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (reduce-overhead mode, float32)")
 def test_the_compiled_step_equals_the_eager_step_in_float32_on_cuda() -> None:
     _check("cuda", torch.float32, 1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("worse", [True, False], ids=["rejected", "kept"])
+def test_the_compiled_step_check_equals_the_eager_one(worse) -> None:
+    """The guard's step check under torch.compile (what compile=True runs off the CPU; on the CPU the learner
+    keeps the eager check) selects the step the eager check chooses, in float64."""
+    from losses import task_loss
+    from toolkit.meta.guard import check_step
+    from toolkit.meta.online import compiled
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    rule = SGDRule(lr=0.1, momentum=0.9)
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randint(0, 3, (16,))
+    params = dict(model.named_parameters())
+    leaf = {k: p.detach().clone().requires_grad_(True) for k, p in params.items()}
+    before = task_loss(torch.func.functional_call(model, leaf, (x,)), y, "classification")
+    task_grads = dict(zip(leaf, torch.autograd.grad(before, list(leaf.values()))))
+    theta = {k: p.detach() for k, p in params.items()}
+    state = rule.init(theta)
+    candidate, candidate_state = rule.update(theta, task_grads, state)
+    if worse:
+        candidate = {k: v + 3.0 * torch.randn_like(v) for k, v in theta.items()}
+    args = (model, (x, y), params, candidate, candidate_state, task_grads, before.detach(), state, rule,
+            "classification")
+    eager, graph = check_step(*args), compiled(check_step)(*args)
+    assert bool(eager[2]) == bool(graph[2]) == worse
+    for k in theta:
+        torch.testing.assert_close(graph[0][k], eager[0][k], rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(graph[1].momentum[k], eager[1].momentum[k], rtol=1e-14, atol=1e-14)

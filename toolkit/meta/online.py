@@ -103,10 +103,11 @@ class OnlineLossLearner:
             ``input_fn(x)`` gives the model's arguments (a dict: keywords), ``output_fn(out)`` the outputs
             tensor from a tuple or dict. Under ``torch.autocast`` the model runs in the autocast dtype
             and the loss, its derivatives and the meta-gradient in float32.
-        compile: capture with ``torch.compile`` what it can of the step: the guard's step check
-            (:func:`compiled`) and the loss's derivatives (:class:`~losses.derivatives.CompiledDerivatives`;
-            not on the unrolled ``"naive"`` route). The lookahead's passes through the model stay eager
-            (docs/performance.md). Each new batch shape compiles once.
+        compile: capture with ``torch.compile`` what it can of the step: the loss's derivatives
+            (:class:`~losses.derivatives.CompiledDerivatives`; not on the unrolled ``"naive"`` route) and,
+            off the CPU, the guard's step check (:func:`compiled`; on the CPU the eager check skips the
+            step it does not keep, which a graph cannot). The lookahead's passes through the model stay
+            eager (docs/performance.md). Each new batch shape compiles once.
     """
 
     def __init__(self, model: nn.Module, loss: nn.Module, *, rule: StepRule | torch.optim.Optimizer,
@@ -154,7 +155,9 @@ class OnlineLossLearner:
         self.replicas = replicas
         self.guard_counts = GuardCounts(device)
         self.compile = compile
-        self._check_step = compiled(check_step) if compile else check_step
+        # On the CPU the eager check reads its verdict and computes only the step it keeps; a compiled graph
+        # computes both and selects (it cannot branch on a value), which cost more there (docs/performance.md).
+        self._check_step = compiled(check_step) if compile and device.type != "cpu" else check_step
 
     @property
     def meta_rule(self) -> StepRule:

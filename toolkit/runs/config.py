@@ -133,9 +133,9 @@ class TrainConfig:
     descent_guard: bool = option(True, help="Learned losses: reflect each sample's gradient that points uphill for "
                                             "the task loss and check each step, so no step trains backwards (off in "
                                             "--preset paper).")
-    compile: bool = option(False, help="AdaLFL: capture the descent guard's step check (reduce-overhead mode on "
-                                       "CUDA) and the learned loss's derivatives with torch.compile; the "
-                                       "lookahead's passes through the model stay eager.")
+    compile: bool = option(False, help="AdaLFL: compile the learned loss's derivatives and, off the CPU, the "
+                                       "descent guard's step check (reduce-overhead mode on CUDA) with "
+                                       "torch.compile; the lookahead's passes through the model stay eager.")
     sync_batchnorm: bool = option(False, help="Under torchrun: BatchNorm statistics of the global batch instead of "
                                               "each process's share.")
     model_options: dict = option(default_factory=dict, metavar="KEY=VALUE",
