@@ -426,51 +426,37 @@ def _reflected_naively(outputs: Tensor, theta: Mapping[str, Tensor], m: Tensor, 
     return reflected, guard
 
 
-def meta_gradient(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                  loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                  rule: StepRule, state: State | None = None, *, task: str = "classification",
-                  update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                  replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
-                  derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
-    """The default route: :func:`meta_gradient_with_tangent` with the exact tangent (``torch.func.jvp``).
+def _route(tangent: str, name: str, doc: str) -> Callable[..., Lookahead]:
+    """A named route: :func:`meta_gradient_with_tangent` with ``tangent`` fixed, under the routes' one signature
+    (shared with :func:`meta_gradient_naive`, so the learner and the offline phase call any route the same way)."""
 
-    One signature with :func:`meta_gradient_naive` and :func:`meta_gradient_fd`, so the learner and the
-    offline phase call any route the same way.
-    """
-    return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
-                                      task=task, update_buffers=update_buffers, diagnostics=diagnostics,
-                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="jvp",
-                                      derivatives=derivatives)
+    def route(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
+              loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
+              rule: StepRule, state: State | None = None, *, task: str = "classification",
+              update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
+              replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
+              derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
+        return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
+                                          task=task, update_buffers=update_buffers, diagnostics=diagnostics,
+                                          descent_guard=descent_guard, replicas=replicas, io=io, tangent=tangent,
+                                          derivatives=derivatives)
 
-
-def meta_gradient_fd(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                     loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                     rule: StepRule, state: State | None = None, *, task: str = "classification",
-                     update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                     replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
-                     derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
-    """The default route with the finite-difference tangent (one forward instead of the JVP, relative step
-    :data:`FD_EPSILON`): approximate, opt-in as ``--meta-gradient fd`` (docs/performance.md measures its error)."""
-    return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
-                                      task=task, update_buffers=update_buffers, diagnostics=diagnostics,
-                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="fd",
-                                      derivatives=derivatives)
+    route.__name__ = route.__qualname__ = name
+    route.__doc__ = doc
+    return route
 
 
-def meta_gradient_reverse(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                          loss: nn.Module, loss_params: Mapping[str, Tensor], train: Batch, valid: Batch,
-                          rule: StepRule, state: State | None = None, *, task: str = "classification",
-                          update_buffers: bool = True, diagnostics: bool = False, descent_guard: bool = False,
-                          replicas: Replicas = SINGLE, io: ModelIO = PLAIN,
-                          derivatives: Derivatives = value_gradient_pullback) -> Lookahead:
-    """The default route with the tangent read off the training backward (reverse over reverse,
-    :mod:`toolkit.meta.reverse`): exact, no forward for the tangent, the backward's graph held until it is
-    read. Faster than the JVP where the model's operators have cheap double backwards (linear layers);
-    ``lfl bench --floor`` measures both on a model. Opt-in as ``--meta-gradient reverse``."""
-    return meta_gradient_with_tangent(model, params, buffers, loss, loss_params, train, valid, rule, state,
-                                      task=task, update_buffers=update_buffers, diagnostics=diagnostics,
-                                      descent_guard=descent_guard, replicas=replicas, io=io, tangent="reverse",
-                                      derivatives=derivatives)
+meta_gradient = _route("jvp", "meta_gradient", """The default route: :func:`meta_gradient_with_tangent` with the
+exact tangent (``torch.func.jvp``).""")
+
+meta_gradient_fd = _route("fd", "meta_gradient_fd", """The default route with the finite-difference tangent (one
+forward instead of the JVP, relative step :data:`FD_EPSILON`): approximate, opt-in as ``--meta-gradient fd``
+(docs/performance.md measures its error).""")
+
+meta_gradient_reverse = _route("reverse", "meta_gradient_reverse", """The default route with the tangent read off
+the training backward (reverse over reverse, :mod:`toolkit.meta.reverse`): exact, no forward for the tangent, the
+backward's graph held until it is read. Faster than the JVP where the model's operators have cheap double
+backwards (linear layers); ``lfl bench --floor`` measures both on a model. Opt-in as ``--meta-gradient reverse``.""")
 
 
 META_GRADIENTS: dict[str, Callable[..., Lookahead]] = {
