@@ -88,6 +88,8 @@ class LflGroup(click.Group):
 @click.version_option(__version__, prog_name="lfl")
 def cli() -> None:
     """Learn loss functions online (AdaLFL), read them as formulas, compare them."""
+    from toolkit.runtime import keep_freed_memory
+    keep_freed_memory()  # a CPU step re-faults its freed buffers otherwise (toolkit.runtime.keep_freed_memory)
 
 
 @cli.command()

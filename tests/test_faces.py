@@ -68,3 +68,4 @@ def test_every_user_error_has_one_base_the_command_line_catches() -> None:
         assert issubclass(error, UserError) and issubclass(error, builtin), error
     from toolkit.runs import ConfigError as from_face
     assert from_face is ConfigError  # one class, whichever way it is imported
+

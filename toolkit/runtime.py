@@ -1,4 +1,5 @@
-"""Where a run executes and how it draws randomness: the device, the RNG state, and named seed streams.
+"""Where a run executes and how it draws randomness: the device, the RNG state, named seed streams, and how
+the process's allocator keeps freed memory.
 
 One owner for each, so the command line, the training loop, the benchmarks and data-parallel runs resolve
 a device the same way, a checkpoint captures the generators in one shape, and every derived seed has a name
@@ -6,7 +7,10 @@ instead of a magic offset. Depends on torch only (any toolkit package may import
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import random
+import sys
 
 import numpy as np
 import torch
@@ -91,3 +95,37 @@ def epoch_seed(stream_seed: int, epoch: int) -> int:
 
 __all__ = ["resolve_device", "process_device", "seed_everything", "rng_state", "set_rng_state", "seed_stream",
            "epoch_seed", "SEED_STREAMS", "EPOCH_MULTIPLIER"]
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+"""glibc's ``mallopt`` parameters (malloc.h)."""
+
+MMAP_THRESHOLD = 32 * 2**20
+"""Blocks up to this size come from the heap, not from a fresh ``mmap`` (glibc's largest allowed threshold)."""
+
+MALLOC_ENVIRONMENT = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES")
+"""Variables by which a user sets glibc's allocator; where any is set, :func:`keep_freed_memory` leaves it alone."""
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's ``malloc`` keep freed memory for reuse instead of returning it to the system (Linux only).
+
+    A CPU training step allocates and frees buffers the size of the parameters and activations several times.
+    By default glibc serves large blocks from fresh ``mmap`` s and trims the top of its heap after frees, so
+    each step page-faults its buffers in again, and the kernel zeroes every page. On the default MLP (1.8 M
+    parameters) that was about a fifth of an AdaLFL step (docs/performance.md). This sets the mmap threshold
+    to 32 MB and stops trimming, as PyTorch's CUDA caching allocator keeps GPU memory: the process then holds
+    on to its peak memory. ``lfl`` calls it in every process it starts; a program of one's own can call it,
+    or set ``MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4000000000`` in the environment.
+
+    Returns whether the settings took: False off Linux or glibc, and when the environment already sets the
+    allocator (:data:`MALLOC_ENVIRONMENT`), which wins.
+    """
+    if not sys.platform.startswith("linux") or any(name in os.environ for name in MALLOC_ENVIRONMENT):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: another libc's mallopt reads these numbers differently
+    except (OSError, AttributeError):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))

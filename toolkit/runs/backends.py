@@ -22,6 +22,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Callable
 
 from toolkit.errors import StudyError
+from toolkit.runtime import keep_freed_memory
 
 BACKENDS = ("local", "ray")
 RAY_INSTALL_HINT = 'pip install "ray[default]>=2.9"'
@@ -33,8 +34,16 @@ def threads_per_job(jobs: int) -> int:
 
 
 def process_pool(jobs: int) -> ProcessPoolExecutor:
-    """A pool of ``jobs`` fresh interpreters (spawn: no state forked from the parent, CUDA-safe)."""
-    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    """A pool of ``jobs`` fresh interpreters (spawn: no state forked from the parent, CUDA-safe), each keeping
+    freed memory for reuse (:func:`toolkit.runtime.keep_freed_memory`) as ``lfl`` does."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=keep_freed_memory)
+
+
+def _in_worker(fn: Callable, *args):
+    """``fn(*args)`` in a Ray worker, after the process setting ``lfl`` makes (:func:`keep_freed_memory`)."""
+    keep_freed_memory()
+    return fn(*args)
 
 
 class InProcess:
@@ -133,7 +142,7 @@ class RayTasks:
         self.ray, self.jobs, self.threads, self.address = ray, jobs, threads_per_job(jobs), address
         self.started_here = False
         self.has_gpus = False
-        self._remote: dict[Callable, object] = {}
+        self._task = None  # the one Ray task, wrapping each job (_in_worker)
         self._refs: list = []
 
     def __enter__(self) -> "RayTasks":
@@ -160,11 +169,11 @@ class RayTasks:
         return self
 
     def submit(self, fn: Callable, *args, gpu: bool = False) -> Future:
-        if fn not in self._remote:
+        if self._task is None:
             # Ray's own retries stay off: the study retries a failed run once on every backend.
-            self._remote[fn] = self.ray.remote(num_cpus=self.threads, max_retries=0)(fn)
-        remote = self._remote[fn].options(num_gpus=1 if gpu and self.has_gpus else 0)
-        ref = remote.remote(*args)
+            self._task = self.ray.remote(num_cpus=self.threads, max_retries=0)(_in_worker)
+        remote = self._task.options(num_gpus=1 if gpu and self.has_gpus else 0)
+        ref = remote.remote(fn, *args)
         self._refs.append(ref)
         return ref.future()
 
