@@ -93,10 +93,6 @@ def epoch_seed(stream_seed: int, epoch: int) -> int:
     return stream_seed * EPOCH_MULTIPLIER + epoch
 
 
-__all__ = ["resolve_device", "process_device", "seed_everything", "rng_state", "set_rng_state", "seed_stream",
-           "epoch_seed", "SEED_STREAMS", "EPOCH_MULTIPLIER"]
-
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 """glibc's ``mallopt`` parameters (malloc.h)."""
 
@@ -129,3 +125,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+__all__ = ["resolve_device", "process_device", "seed_everything", "rng_state", "set_rng_state", "seed_stream",
+           "epoch_seed", "SEED_STREAMS", "EPOCH_MULTIPLIER", "keep_freed_memory"]
