@@ -65,3 +65,10 @@ def test_lfl_train_runs_the_reverse_route_and_records_it(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["meta_gradient"] == "reverse"
     assert results["test_error"] < 0.9  # chance on digits is 0.9
+
+
+def test_a_linearised_backward_refuses_create_graph():
+    from toolkit.meta.reverse import learned_backward
+    x = torch.randn(3, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="excludes create_graph"):
+        learned_backward(x * 2, [x], torch.ones(3, 2), linearise=True, create_graph=True)

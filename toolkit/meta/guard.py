@@ -37,7 +37,7 @@ from losses.standard import task_gradient, task_loss
 
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
-from toolkit.meta.reverse import backward_with_tangent
+from toolkit.meta.reverse import learned_backward
 from toolkit.meta.rules import State, StepRule, select_state
 from toolkit.meta.trees import tree_dot, tree_norm
 
@@ -207,18 +207,13 @@ def guarded_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Te
         task: the task loss's task.
         create_graph: keep the graph of the gradient (through m) for a route that differentiates it.
         linearise: keep the learned backward's graph for w ↦ J w on this process's rows
-            (:func:`toolkit.meta.reverse.backward_with_tangent`); returned third, else None.
+            (:func:`toolkit.meta.reverse.learned_backward`); returned third, else None.
     """
     names = list(leaves)
     tensors = [leaves[k] for k in names]
     rows = descent_reflection(m, outputs, targets, task)
-    tangent = None
-    if linearise:
-        learned, tangent = backward_with_tangent(local_outputs, tensors, replicas.shard(rows(m)),
-                                                 detach_copies=replicas.active)
-    else:
-        learned = torch.autograd.grad(local_outputs, tensors, replicas.shard(rows(m)), retain_graph=True,
-                                      create_graph=create_graph)
+    learned, tangent = learned_backward(local_outputs, tensors, replicas.shard(rows(m)), linearise=linearise,
+                                        create_graph=create_graph, retain_graph=True, detach_copies=replicas.active)
     grads = dict(zip(names, learned))
     task_grads = dict(zip(names, torch.autograd.grad(local_outputs, tensors, replicas.shard(rows.task_gradient),
                                                      retain_graph=create_graph)))

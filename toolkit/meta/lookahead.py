@@ -43,7 +43,7 @@ from losses.standard import task_gradient, task_loss
 from toolkit.meta.distributed import SINGLE, Replicas
 from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_gradients
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
-from toolkit.meta.reverse import backward_with_tangent
+from toolkit.meta.reverse import learned_backward
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
 from toolkit.meta.trees import tree_norm
 from toolkit.runtime import rng_state, set_rng_state
@@ -153,8 +153,6 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
             differentiates it; the task gradient and what reflects stay constants.
         linearise: keep the backward's graph for ``tangent`` (w ↦ J w; not with ``create_graph``).
     """
-    if create_graph and linearise:
-        raise ValueError("linearise keeps the backward linear in a constant cotangent; it excludes create_graph")
     train_task_loss = None if task is None else task_loss(outputs, targets, task)
     if descent_guard:
         grads, guard, tangent = guarded_gradients(local_outputs, leaves, m, outputs, targets, task, replicas=replicas,
@@ -162,12 +160,8 @@ def batch_gradients(local_outputs: Tensor, leaves: Mapping[str, Tensor], m: Tens
         return BatchGradients(value=value, outputs=outputs, grads=grads, train_task_loss=train_task_loss, guard=guard,
                               tangent=tangent)
     names = list(leaves)
-    tensors = [leaves[k] for k in names]
-    tangent = None
-    if linearise:
-        grads, tangent = backward_with_tangent(local_outputs, tensors, replicas.shard(m), detach_copies=replicas.active)
-    else:
-        grads = torch.autograd.grad(local_outputs, tensors, replicas.shard(m), create_graph=create_graph)
+    grads, tangent = learned_backward(local_outputs, [leaves[k] for k in names], replicas.shard(m),
+                                      linearise=linearise, create_graph=create_graph, detach_copies=replicas.active)
     return BatchGradients(value=value, outputs=outputs, grads=replicas.sum_dict(dict(zip(names, grads))),
                           train_task_loss=train_task_loss, tangent=tangent)
 
@@ -329,14 +323,12 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
         if step.guard is not None:  # θ' = U(H_θ Jᵀ m'): the tangent direction becomes H_θ w
             w = step.guard.step(w)
         if tangent == "reverse":  # J w off the kept training backward: no forward, nothing to replay
-            u = replicas.gather(step.tangent([w[k] for k in theta_leaf]))
-        elif tangent == "fd":
-            with _replayed_rng(rng, x.device):
-                u = replicas.gather(finite_difference_tangent(model, params, buffers, x, w, local_f,
-                                                              epsilon=fd_epsilon, io=io))
+            local_u = step.tangent([w[k] for k in theta_leaf])
         else:
             with _replayed_rng(rng, x.device):
-                u = replicas.gather(jacobian_vector_product(model, params, buffers, x, w, io=io))
+                local_u = (finite_difference_tangent(model, params, buffers, x, w, local_f, epsilon=fd_epsilon, io=io)
+                           if tangent == "fd" else jacobian_vector_product(model, params, buffers, x, w, io=io))
+        u = replicas.gather(local_u)
 
     with _phase("meta_backward"):
         meta = pullback(u)

@@ -47,4 +47,22 @@ def backward_with_tangent(outputs: Tensor, leaves: Sequence[Tensor], cotangent: 
     return values, tangent
 
 
-__all__ = ["backward_with_tangent"]
+def learned_backward(outputs: Tensor, leaves: Sequence[Tensor], cotangent: Tensor, *, linearise: bool = False,
+                     create_graph: bool = False, retain_graph: bool = False, detach_copies: bool = False
+                     ) -> tuple[list[Tensor], Callable[[Sequence[Tensor]], Tensor] | None]:
+    """Jᵀc, and with ``linearise`` its transpose w ↦ J w (:func:`backward_with_tangent`), else None.
+
+    The one backward of the learned loss's m through the model, guarded or not: without ``linearise`` a
+    plain ``torch.autograd.grad`` (``create_graph``/``retain_graph`` as there); with it the graph is kept
+    linear in a constant c, which excludes ``create_graph``, and retained until the tangent is read.
+    """
+    if linearise and create_graph:
+        raise ValueError("linearise keeps the backward linear in a constant cotangent; it excludes create_graph")
+    if linearise:
+        return backward_with_tangent(outputs, leaves, cotangent, detach_copies=detach_copies)
+    grads = torch.autograd.grad(outputs, list(leaves), cotangent, retain_graph=retain_graph,
+                                create_graph=create_graph)
+    return list(grads), None
+
+
+__all__ = ["backward_with_tangent", "learned_backward"]
