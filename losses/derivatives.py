@@ -56,26 +56,27 @@ def value_gradient_pullback(loss: nn.Module, params: Mapping[str, Tensor], outpu
         ``params`` (zeros for those that do not require grad, as autograd treats them).
     """
     f = outputs.detach()
-    phi = {k: p.detach() for k, p in params.items()}
-    frozen = [k for k, p in params.items() if not p.requires_grad]
-
+    phi = _adapter_params(params)
     adapter = _ValueAndGradient(loss)
-    phi = {f"loss.{k}": p for k, p in phi.items()}
 
     def gradient(phi: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         value, m = functional_call(adapter, phi, (f, targets))
         return m, value
 
     m, pull, value = vjp(gradient, phi, has_aux=True)
+    return value.detach(), m.detach(), lambda u: _loss_grads(pull(u.detach())[0], params)
 
-    def pullback(u: Tensor) -> dict[str, Tensor]:
-        (grads,) = pull(u.detach())
-        grads = {k.removeprefix("loss."): g for k, g in grads.items()}
-        for k in frozen:
-            grads[k] = torch.zeros_like(grads[k])
-        return grads
 
-    return value.detach(), m.detach(), pullback
+def _adapter_params(params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """φ detached, under the names :class:`_ValueAndGradient` gives the loss's parameters."""
+    return {f"loss.{k}": p.detach() for k, p in params.items()}
+
+
+def _loss_grads(grads: Mapping[str, Tensor], params: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """The pullback's gradients under the loss's own names, zeros for parameters that do not require grad
+    (as autograd treats them; ``torch.func`` differentiates every input)."""
+    named = {k.removeprefix("loss."): g for k, g in grads.items()}
+    return {k: g if params[k].requires_grad else torch.zeros_like(g) for k, g in named.items()}
 
 
 class CompiledDerivatives:
@@ -112,17 +113,9 @@ class CompiledDerivatives:
         if loss is not self.loss:
             raise ValueError("CompiledDerivatives was built for another loss module; build one per loss")
         f = outputs.detach()
-        phi = {f"loss.{k}": p.detach() for k, p in params.items()}
-        frozen = [k for k, p in params.items() if not p.requires_grad]
+        phi = _adapter_params(params)
         value, m = self._value_and_m(phi, f, targets)
-
-        def pullback(u: Tensor) -> dict[str, Tensor]:
-            grads = {k.removeprefix("loss."): g for k, g in self._pull(phi, f, targets, u.detach()).items()}
-            for k in frozen:
-                grads[k] = torch.zeros_like(grads[k])
-            return grads
-
-        return value.detach(), m.detach(), pullback
+        return value.detach(), m.detach(), lambda u: _loss_grads(self._pull(phi, f, targets, u.detach()), params)
 
 
 __all__ = ["value_and_gradient", "value_gradient_pullback", "CompiledDerivatives"]
