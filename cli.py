@@ -249,7 +249,7 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
               "route's floor as their sum, and its measured distance to it, in CE steps.")
 @click.option("--ops", is_flag=True, help="aten:: operator calls per step of each route over a CE step's (CPU).")
 @click.option("--compile", "compile_step", is_flag=True,
-              help="With --floor/--ops: also the default guarded step under lfl train --compile.")
+              help="With --floor/--ops: also the guarded default and reverse steps under lfl train --compile.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, classes: int, batch_size: int, device: str,
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, floor: bool, ops: bool,
