@@ -244,9 +244,29 @@ def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     tests compare it with autograd through :func:`task_loss`. Works inside other ``torch.func``
     transforms and under ``torch.no_grad``.
 
+    Where no derivative of the result can be asked for (no ``torch.func`` transform running, not
+    compiling, and nothing requiring a gradient, e.g. the guard's detached outputs), the same derivative
+    is taken by one ``torch.autograd.grad`` through :func:`task_loss` on a detached copy: ``torch.func.grad``
+    costs its transform's set-up on every call, which on a small model was a large part of the guard's
+    work. Both ways read :func:`task_loss` alone and give the same numbers.
+
     Args:
         outputs: raw model outputs (B, C); targets: encoded (B, C), same dtype (class
             probabilities, as one-hot labels are).
         task: "classification" or "regression".
     """
+    if _plain_values(outputs, targets):
+        with torch.enable_grad():
+            leaf = outputs.detach().requires_grad_()
+            return torch.autograd.grad(task_loss(leaf, targets, task), leaf)[0]
     return torch.func.grad(task_loss)(outputs, targets, task)
+
+
+def _plain_values(*tensors: Tensor) -> bool:
+    """Whether a result computed from ``tensors`` can never be differentiated: plain tensors, outside every
+    ``torch.func`` transform and ``torch.compile`` trace, and with no gradient asked of any of them."""
+    if torch._C._functorch.peek_interpreter_stack() is not None or torch.compiler.is_compiling():
+        return False
+    if not all(isinstance(t, Tensor) for t in tensors):
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))

@@ -57,6 +57,43 @@ def test_task_loss_is_torch_and_task_gradient_is_its_derivative(task: str, class
     assert task_loss_module(task, classes).mean_over == ("batch" if task == "classification" else "elements")
 
 
+def _closed_form_task_gradient(f: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """(softmax(f) − y)/B, (sigmoid(f) − y)/B for one output, 2(f − y)/(B·C): written out, not derived."""
+    batch = f.shape[0]
+    if task == "regression":
+        return 2 * (f - y) / f.numel()
+    return ((torch.sigmoid(f) if f.shape[1] == 1 else torch.softmax(f, dim=1)) - y) / batch
+
+
+@pytest.mark.parametrize("task,classes", [("classification", 5), ("classification", 1), ("regression", 3)])
+def test_task_gradient_is_the_closed_form_on_every_path(task: str, classes: int) -> None:
+    """task_gradient takes one autograd backward where its result cannot be differentiated, and torch.func.grad
+    where it can (inside a transform, or from outputs that require a gradient): every way gives the closed form,
+    and the differentiable ways give its derivative too (against central differences, float64)."""
+    logits, labels = _batch(classes=classes, batch=9)
+    targets = encode_targets(labels if task == "classification" else torch.randn(9, classes, dtype=F64), logits, task)
+    expected = _closed_form_task_gradient(logits, targets, task)
+    with torch.no_grad():
+        torch.testing.assert_close(task_gradient(logits, targets, task), expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(task_gradient(logits, targets, task), expected, rtol=1e-12, atol=1e-15)
+    inside = torch.func.vmap(lambda f, y: task_gradient(f[None], y[None], task)[0] / 9)(logits, targets)
+    torch.testing.assert_close(inside, expected, rtol=1e-12, atol=1e-15)
+
+    direction = torch.randn_like(logits)
+    leaf = logits.clone().requires_grad_()
+    (derivative,) = torch.autograd.grad((task_gradient(leaf, targets, task) * direction).sum(), leaf)
+    via_transform = torch.func.grad(lambda f: (task_gradient(f, targets, task) * direction).sum())(logits)
+    eps = 1e-6
+    for i in range(2):
+        for j in range(classes):
+            step = torch.zeros_like(logits)
+            step[i, j] = eps
+            central = ((_closed_form_task_gradient(logits + step, targets, task)
+                        - _closed_form_task_gradient(logits - step, targets, task)) * direction).sum() / (2 * eps)
+            torch.testing.assert_close(derivative[i, j], central, rtol=1e-6, atol=1e-9)
+            torch.testing.assert_close(via_transform[i, j], central, rtol=1e-6, atol=1e-9)
+
+
 def test_cross_entropy_derived_gradient_matches_forward() -> None:
     """The meta-gradient's view of the loss (value and ∂/∂logits) uses the same batch-mean reduction."""
     from losses.derivatives import value_gradient_pullback
