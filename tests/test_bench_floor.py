@@ -8,10 +8,11 @@ import pytest
 
 from helpers import run_lfl
 
-from toolkit.runs.bench_floor import COMPILED, PRIMITIVES, ROUTES, count_ops, floors
+from toolkit.runs.bench_floor import COMPILED, GUARDED, PRIMITIVES, ROUTES, count_ops, floors, guard_passes
 
 def test_floors_are_the_sums_of_their_primitives():
-    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "reverse_jvp": 1.6, "loss": 0.3, "fused_check": 1.5}
+    p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "reverse_jvp": 1.6, "loss": 0.3, "fused_check": 1.5,
+         "parameter_dot": 0.05, "parameter_norm": 0.03, "parameter_axpy": 0.07}
     f = floors(p)
     assert f["backward"] == p["forward_backward"] - p["forward"]
     assert f["exact_model"] == 2 * p["forward_backward"] + p["jvp"]
@@ -23,6 +24,15 @@ def test_floors_are_the_sums_of_their_primitives():
     assert f["reverse_unguarded"] == p["forward_backward"] + p["reverse_jvp"] + p["loss"]
     assert f["reverse_guarded"] == f["reverse_unguarded"] + f["guard"]
     assert f["fused_saving"] == pytest.approx(p["forward_backward"] + p["forward"] - p["fused_check"])
+
+
+def test_the_guards_parameter_passes_are_counted_at_the_shares_of_steps_that_take_them():
+    """Every step takes the decision's dot product; a reflected one adds the norm, a dot and two axpys
+    (H g and H w); a rejected one adds the fallback's axpy."""
+    p = {"parameter_dot": 0.05, "parameter_norm": 0.03, "parameter_axpy": 0.07}
+    assert guard_passes(p, reflected=0.0, rejected=0.0) == p["parameter_dot"]
+    assert guard_passes(p, reflected=1.0, rejected=0.0) == pytest.approx(2 * 0.05 + 0.03 + 2 * 0.07)
+    assert guard_passes(p, reflected=0.5, rejected=0.25) == pytest.approx(0.05 + 0.5 * 0.22 + 0.25 * 0.07)
 
 
 def _positive(value: float) -> bool:
@@ -71,6 +81,18 @@ def _check_floor_rows(rows: list[dict], routes=ROUTES) -> None:
             assert _positive(row["measured"][route]) and _positive(row["distance"][route])
         assert row["distance"]["unguarded"] == row["measured"]["unguarded"] / f["exact"]
         assert row["distance"]["guarded"] == row["measured"]["guarded"] / f["guarded"]
+        guarded = [route for route in GUARDED if route in routes]
+        assert set(row["guard_shares"]) == set(row["floor_with_passes"]) == set(guarded)
+        for route in guarded:  # each guarded route's floor plus the passes its own run's verdicts required
+            shares = row["guard_shares"][route]
+            assert set(shares) == {"reflected", "rejected"} and all(0 <= v <= 1 for v in shares.values())
+            assert row["floor_with_passes"][route] == pytest.approx(f[GUARDED[route]] + guard_passes(p, **shares))
+            assert row["distance_with_passes"][route] == row["measured"][route] / row["floor_with_passes"][route]
+        overhead = row["measured"]["guarded"] - row["measured"]["unguarded"]
+        assert row["guard_overhead"] == overhead
+        assert row["guard_distance"]["floor"] == overhead / f["guard"]
+        assert row["guard_floor_with_passes"] == pytest.approx(f["guard"] + guard_passes(p, **row["guard_shares"]["guarded"]))
+        assert row["guard_distance"]["with_passes"] == overhead / row["guard_floor_with_passes"]
 
 
 def test_bench_floor_prints_a_table_and_refuses_breakdown_with_it():

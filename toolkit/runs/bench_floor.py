@@ -15,6 +15,16 @@ The reverse route (``meta_gradient="reverse"``, :mod:`toolkit.meta.reverse`) rea
 backward instead: its primitive ``reverse_jvp`` is a forward, a backward that keeps its graph and the derivative
 of that backward in its cotangent, and its floor replaces the training forward+backward and the JVP by it.
 
+The guard also works in parameter space, and that work grows with the parameter count, not the batch:
+every guarded step takes one dot product over the parameters (g·g_L, its decision), a step it reflects adds
+the norm of g_L, the tangent's dot product with g_L and two axpy passes (H g and H w), and a step the check
+rejects adds the fallback's axpy (:mod:`toolkit.meta.guard`). Those three primitives (``parameter_dot``,
+``parameter_norm``, ``parameter_axpy``) are timed over tensors of the model's parameter shapes, and each
+guarded route's floor "with passes" adds them at the shares of steps its own run reflected and rejected
+(``guard_shares``, from its :class:`toolkit.meta.guard.GuardCounts`): what the guard cannot avoid on the
+steps this run took. The guard's own distance (``guard_distance``) reads the guarded step's cost over the
+unguarded one against both floors.
+
 One more primitive answers whether the step check's forward at θ′ should ride on the validation pass
 (one forward over both batches concatenated, the validation rows' loss differentiated): ``fused_check``,
 to be read against ``forward_backward + forward`` (``floor["fused_saving"]``, positive when fusing saves).
@@ -37,6 +47,7 @@ from losses.derivatives import value_gradient_pullback
 
 from toolkit.meta.lookahead import jacobian_vector_product
 from toolkit.meta.reverse import backward_with_tangent
+from toolkit.meta.trees import tree_dot, tree_norm
 from toolkit.runs.bench import _synchronise, check_sizes, for_each_zoo_model, steppers_and_batches
 from toolkit.errors import ConfigError
 
@@ -54,8 +65,13 @@ def _routes(compile: bool) -> dict[str, str]:
     return {**ROUTES, **(COMPILED if compile else {})}
 
 
-PRIMITIVES = ("forward", "forward_backward", "jvp", "reverse_jvp", "loss", "fused_check")
+PRIMITIVES = ("forward", "forward_backward", "jvp", "reverse_jvp", "loss", "fused_check", "parameter_dot",
+              "parameter_norm", "parameter_axpy")
 """The timed primitives (CE-step units in a :func:`benchmark_floor` row)."""
+
+GUARDED = {"guarded": "guarded", "reverse_guarded": "reverse_guarded", "compiled": "guarded",
+           "compiled_reverse": "reverse_guarded"}
+"""The guarded routes, each with the floor (of :func:`floors`) it is read against."""
 
 
 def _primitives(model, loss, train, valid) -> dict[str, Callable[[int], None]]:
@@ -96,8 +112,30 @@ def _primitives(model, loss, train, valid) -> dict[str, Callable[[int], None]]:
         torch.autograd.grad(F.cross_entropy(both[len(x):], y_v), list(params.values()))
         F.cross_entropy(both[:len(x)].detach(), y)
 
+    # The guard's parameter-space passes, at their cheapest: one read of two parameter-sized lists (dot), of one
+    # (norm), and an in-place y += a·x with a Python scalar (axpy: two reads, one write, nothing allocated).
+    a, b = list(tangents.values()), [torch.randn_like(t) for t in tangents.values()]
+
+    def parameter_dot(i: int) -> None:
+        tree_dot(a, b)
+
+    def parameter_norm(i: int) -> None:
+        tree_norm(b)
+
+    def parameter_axpy(i: int) -> None:
+        torch._foreach_add_(a, b, alpha=1e-3 * (-1) ** i)
+
     return {"forward": forward, "forward_backward": forward_backward, "jvp": jvp, "reverse_jvp": reverse_jvp,
-            "loss": loss_derivatives, "fused_check": fused_check}
+            "loss": loss_derivatives, "fused_check": fused_check, "parameter_dot": parameter_dot,
+            "parameter_norm": parameter_norm, "parameter_axpy": parameter_axpy}
+
+
+def guard_passes(primitives: dict[str, float], reflected: float, rejected: float) -> float:
+    """The guard's parameter-space work per step (any unit): its decision's dot product on every step, a
+    reflection's norm, dot product and two axpys on the share ``reflected`` of steps, and the fallback's axpy
+    on the share ``rejected``."""
+    reflection = primitives["parameter_norm"] + primitives["parameter_dot"] + 2 * primitives["parameter_axpy"]
+    return primitives["parameter_dot"] + reflected * reflection + rejected * primitives["parameter_axpy"]
 
 
 def floors(primitives: dict[str, float]) -> dict[str, float]:
@@ -123,6 +161,10 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     reverse_unguarded, reverse_guarded, fused_saving; CE-step units, each a sum of ``primitives``); ``measured``
     (:data:`ROUTES`; CE-step units) and ``distance`` (measured / its route's floor: the exact floor for
     unguarded, the guarded one for guarded, the reverse route's own for the reverse routes).
+    For each guarded route (:data:`GUARDED`): ``guard_shares`` (reflected, rejected), ``floor_with_passes`` (its
+    floor plus :func:`guard_passes` at those shares) and ``distance_with_passes``. ``guard_overhead`` is the
+    guarded default step minus the unguarded one, ``guard_floor_with_passes`` the guard's floor with its passes,
+    and ``guard_distance`` the overhead over the guard's floor without (``floor``) and with (``with_passes``) them.
     With ``compile``, also the guarded default and reverse steps with ``compile=True`` (``measured["compiled"]`` and
     ``["compiled_reverse"]``, read against their eager routes' floors, whose primitives stay eager); their
     compilation happens in the warm-up rounds.
@@ -152,13 +194,26 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     primitives = {k: median[k] / ce for k in PRIMITIVES}
     floor = floors(primitives)
     measured = {route: median[stepper] / ce for route, stepper in routes.items()}
-    floor_of = {"unguarded": "exact", "guarded": "guarded", "fd_unguarded": "fd_unguarded",
-                "reverse_unguarded": "reverse_unguarded", "reverse_guarded": "reverse_guarded", "compiled": "guarded",
-                "compiled_reverse": "reverse_guarded"}
+    floor_of = {"unguarded": "exact", "fd_unguarded": "fd_unguarded", "reverse_unguarded": "reverse_unguarded",
+                **GUARDED}
+    shares = {route: _shares(steppers[routes[route]]) for route in GUARDED if route in routes}
+    with_passes = {route: floor[GUARDED[route]] + guard_passes(primitives, **shares[route]) for route in shares}
+    overhead = measured["guarded"] - measured["unguarded"]
+    own = floor["guard"] + guard_passes(primitives, **shares["guarded"])
     return {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
             "threads": torch.get_num_threads(), "ce_step_s": ce,
             "primitives_s": {k: median[k] for k in primitives}, "primitives": primitives, "floor": floor,
-            "measured": measured, "distance": {r: measured[r] / floor[floor_of[r]] for r in measured}}
+            "measured": measured, "distance": {r: measured[r] / floor[floor_of[r]] for r in measured},
+            "guard_shares": shares, "floor_with_passes": with_passes,
+            "distance_with_passes": {r: measured[r] / with_passes[r] for r in with_passes},
+            "guard_overhead": overhead, "guard_floor_with_passes": own,
+            "guard_distance": {"floor": overhead / floor["guard"], "with_passes": overhead / own}}
+
+
+def _shares(stepper) -> dict[str, float]:
+    """The shares of a guarded stepper's steps (every round, warm-up included) reflected and rejected."""
+    totals = stepper.guard_counts.totals()
+    return {"reflected": totals["guarded_steps"], "rejected": totals["rejected_steps"]}
 
 
 def count_ops(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10, batch_size: int = 128,
@@ -195,10 +250,15 @@ def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options
 
 
 def format_floor(rows: list[dict]) -> str:
-    """A text table: primitives, floors and distances, CE-step units, one line per model."""
+    """A text table: primitives, floors and distances, CE-step units, one line per model.
+
+    After the guarded route: the share of steps reflected, its floor with the guard's parameter passes and the
+    distance to it, then the guard's cost (guarded − unguarded) and its distance to the guard's floor without
+    and with those passes."""
     lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} {'loss':>5} {'fused':>5} | "
              f"{'floor':>5} {'unguard':>7} "
              f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
+             f"{'refl':>4} {'+passes':>7} {'dist':>5} {'guard':>5} {'g.dist':>6} {'+pass':>5} | "
              f"{'fd fl':>5} {'fd':>5} {'dist':>5} | {'rev':>5} {'floor':>5} {'unguard':>7} {'dist':>5} "
              f"{'floor':>5} {'guarded':>7} {'dist':>5}"]
     compiled = any("compiled" in r["measured"] for r in rows)
@@ -210,6 +270,9 @@ def format_floor(rows: list[dict]) -> str:
                      f"{p['jvp']:5.2f} {p['loss']:5.2f} {p['fused_check']:5.2f} | "
                      f"{f['exact']:5.2f} {m['unguarded']:7.2f} {d['unguarded']:5.2f} | "
                      f"{f['guard']:8.2f} {f['guarded']:5.2f} {m['guarded']:7.2f} {d['guarded']:5.2f} | "
+                     f"{r['guard_shares']['guarded']['reflected']:4.2f} {r['floor_with_passes']['guarded']:7.2f} "
+                     f"{r['distance_with_passes']['guarded']:5.2f} {r['guard_overhead']:5.2f} "
+                     f"{r['guard_distance']['floor']:6.2f} {r['guard_distance']['with_passes']:5.2f} | "
                      f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f} | "
                      f"{p['reverse_jvp']:5.2f} {f['reverse_unguarded']:5.2f} {m['reverse_unguarded']:7.2f} "
                      f"{d['reverse_unguarded']:5.2f} {f['reverse_guarded']:5.2f} {m['reverse_guarded']:7.2f} "
