@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from losses.base import LearnedLoss, reduce_loss
+from losses.base import TASKS, LearnedLoss, check_choice, reduce_loss
 from losses.criteria import IGNORE_INDEX, ClassCriterion
 from losses.symbols import Y_PRED, Y_TRUE
 
@@ -212,11 +212,8 @@ def task_loss_module(task: str, num_outputs: int) -> CrossEntropyLoss | SquaredE
         task: ``"classification"`` or ``"regression"``.
         num_outputs: C, the number of model outputs (C == 1 classification is binary).
     """
-    if task == "classification":
-        return CrossEntropyLoss(binary=num_outputs == 1)
-    if task == "regression":
-        return SquaredErrorLoss()
-    raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
+    check_choice("task", task, TASKS)
+    return CrossEntropyLoss(binary=num_outputs == 1) if task == "classification" else SquaredErrorLoss()
 
 
 def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
@@ -226,14 +223,13 @@ def task_loss(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
     for C == 1) or ``F.mse_loss(outputs, targets)``: :func:`task_loss_module`'s criterion,
     the meta-objective and evaluation. The criteria keep no state, so one of each is reused.
     """
-    if task not in _TASK_CRITERIA:
-        raise ValueError(f"unknown task {task!r}: use 'classification' or 'regression'")
+    check_choice("task", task, TASKS)
     single = isinstance(outputs, Tensor) and outputs.dim() > 1 and outputs.shape[1] == 1
     return _TASK_CRITERIA[task][single](outputs, targets)
 
 
 _TASK_CRITERIA = {task: {single: task_loss_module(task, 1 if single else 2) for single in (False, True)}
-                  for task in ("classification", "regression")}
+                  for task in TASKS}
 """One stateless criterion per task and output count, built once (and seen as constants by ``torch.compile``)."""
 
 

@@ -285,7 +285,7 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
     x_all, y = train
     x = replicas.shard(x_all)
     state = rule.init(params) if state is None else state
-    rng = rng_state(x.device)
+    rng = None if tangent == "reverse" else rng_state(x.device)  # the reverse tangent runs no forward to replay
     with torch.enable_grad():
         own = update_buffers and _is_own_state(model, params, buffers)
         theta_leaf = dict(params) if own else {k: p.detach().requires_grad_(True) for k, p in params.items()}
