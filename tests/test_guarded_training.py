@@ -234,3 +234,16 @@ def test_the_cpu_branches_on_guard_verdicts_equal_the_device_selects(digits, mon
         assert ours.keys() == theirs.keys()
         for k in ours:
             assert torch.equal(ours[k], theirs[k]), k
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_a_reused_formula_without_constants_is_guarded_as_a_learned_loss(guard) -> None:
+    """A loss from --loss-from is a learned loss whether or not its formula kept a numeric constant: with the guard
+    on, an ascent formula (minus squared error) is reflected on its rows and results.json says so."""
+    config = TrainConfig(loss_from="-(y_pred - y)**2", dataset="digits", model="mlp", steps=4, batch_size=16,
+                         device="cpu", checkpoint_every=0, descent_guard=guard)
+    results = train(config, progress=False)
+    if guard:
+        assert results["guarded"] > 0.5 and "guarded_steps" in results
+    else:
+        assert "guarded" not in results

@@ -290,7 +290,8 @@ def _make_stepper(run: Run) -> Stepper:
                                     snapshot_every=0,  # the run writes loss_snapshots.jsonl itself
                                     replicas=run.replicas)
         return learner  # the learner is a stepper itself
-    learned = has_trainable_parameters(loss)
+    # A loss from a learned source is guarded as a learned loss whether or not its formula kept a constant.
+    learned = run.config.learned or has_trainable_parameters(loss)
     return FixedLossStepper(run.model, frozen_copy(loss) if learned else loss, config, task=run.task, learned=learned,
                             guard_task=run.task if learned and config.descent_guard else None, replicas=run.replicas)
 
