@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Protocol, runtime_checkab
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_map
 
 TensorDict = dict[str, Tensor]
 State = Any
@@ -302,33 +302,29 @@ def adam_arrays(p: list[Tensor], g: list[Tensor], m: list[Tensor], v: list[Tenso
 
 def update_with_pullback(rule: StepRule, params: Mapping[str, Tensor], grads: Mapping[str, Tensor],
                          state: State) -> tuple[TensorDict, State, Callable[[TensorDict], TensorDict]]:
-    """θ', state' (detached) and ``pullback(v) = (∂θ'/∂g)ᵀ v``: ``torch.func.vjp`` of ``rule.update`` in g.
+    """θ', state' (detached) and ``pullback(v) = (∂θ'/∂g)ᵀ v``: reverse mode through ``rule.update`` in g.
 
     The lookahead's tangent direction: for SGD it is −lr·v (−lr(1 + μ)·v with Nesterov), for
     Adam an elementwise rescaling that depends on g and the moments; either way it comes from
-    the rule's one definition.
+    the rule's one definition. The update runs once on gradient leaves and the pullback is one
+    ``torch.autograd.grad`` of its graph (which it keeps, so the pullback may be called again):
+    ``torch.func.vjp`` gave the same numbers but its tensor wrapping cost more than the update's own
+    pass over the parameters on every step.
     """
     theta = {k: p.detach() for k, p in params.items()}
-    structure = []
-
-    def update(g: TensorDict) -> tuple[TensorDict, list[Tensor]]:
-        # The state leaves out as aux (torch.func's aux holds tensors only; the unused fields are None).
-        new_params, new_state = rule.update(theta, g, state)
-        leaves, spec = tree_flatten(new_state)
-        structure.append((spec, [leaf is None for leaf in leaves]))
-        return new_params, [leaf for leaf in leaves if leaf is not None]
-
-    new_params, vjp, tensors = torch.func.vjp(update, {k: g.detach() for k, g in grads.items()}, has_aux=True)
-    spec, empty = structure[0]
-    tensors = iter(tensors)
-    new_state = tree_unflatten([None if e else next(tensors) for e in empty], spec)
+    with torch.enable_grad():
+        leaves = {k: g.detach().requires_grad_(True) for k, g in grads.items()}
+        new_params, new_state = rule.update(theta, leaves, state)
     names = list(new_params)
+    outputs = [new_params[k] for k in names]
+    inputs = [leaves[k] for k in names]
 
     def pullback(v: Mapping[str, Tensor]) -> TensorDict:
-        (out,) = vjp({k: v[k] for k in names})
-        return out
+        tangent = torch.autograd.grad(outputs, inputs, [v[k] for k in names], retain_graph=True,
+                                      materialize_grads=True)
+        return dict(zip(names, tangent))
 
-    return new_params, detach_state(new_state), pullback
+    return {k: t.detach() for k, t in new_params.items()}, detach_state(new_state), pullback
 
 
 def detach_state(state: State) -> State:
