@@ -52,6 +52,34 @@ def test_guard_counts_keep_the_run_totals_while_each_read_starts_a_window():
     assert restored.totals() == counts.totals() and restored.read() == counts.totals()
 
 
+def test_guard_counts_fold_their_reports_exactly_whenever_read_and_every_fold_interval():
+    """Reports are kept as stacked rows and summed every FOLD_EVERY steps and on every read: the counts equal a
+    naive sum of the reports at any step, across folds, reads and a checkpoint's load."""
+    generator = torch.Generator().manual_seed(0)
+    counts, naive = GuardCounts("cpu"), torch.zeros(2, 5, dtype=torch.long)
+    for step in range(GuardCounts.FOLD_EVERY * 2 + 7):
+        rows = int(torch.randint(1, 9, (), generator=generator))
+        report = GuardReport(rows_reflected=torch.randint(0, rows + 1, (), generator=generator), rows=torch.tensor(rows),
+                             step_reflected=torch.rand((), generator=generator) < 0.3,
+                             step_rejected=torch.rand((), generator=generator) < 0.1)
+        counts.add(report)
+        naive += torch.tensor([int(report.rows_reflected), rows, int(report.step_reflected), 1,
+                               int(report.step_rejected)])
+        assert len(counts._pending) < GuardCounts.FOLD_EVERY
+        if step in (3, GuardCounts.FOLD_EVERY, GuardCounts.FOLD_EVERY + 40):
+            assert torch.equal(counts.counts, naive) and counts.counts.dtype == torch.long
+        if step == GuardCounts.FOLD_EVERY + 50:
+            window = naive[0].tolist()
+            assert counts.read() == {"guarded": window[0] / window[1], "guarded_steps": window[2] / window[3],
+                                     "rejected_steps": window[4] / window[3]}
+            naive[0] = 0
+    assert torch.equal(counts.counts, naive)
+    restored = GuardCounts("cpu")
+    restored.add(GuardReport(torch.tensor(1), torch.tensor(2), torch.tensor(True), torch.tensor(False)))
+    restored.load(counts.counts.clone())  # a checkpoint's counts replace what was pending too
+    assert torch.equal(restored.counts, naive)
+
+
 def _first_record_and_reference(digits, tmp_path, kind: str, initial_loss=None):
     """Step 1's train record (log_every=1) and θ0's outputs on batch 0 with its labels, rebuilt here."""
     config = small(loss=kind, steps=2, log_every=1)

@@ -187,7 +187,7 @@ class Guard:
 
     def report(self, rejected: Tensor) -> GuardReport:
         """The :class:`GuardReport` of this batch, given the step check's verdict."""
-        count = self.rows.count.long()
+        count = self.rows.count
         return GuardReport(rows_reflected=count, rows=torch.full_like(count, self.rows.direction.shape[0]),
                            step_reflected=self.step.uphill, step_rejected=rejected)
 
@@ -275,23 +275,52 @@ class GuardCounts:
     """:class:`GuardReport` s summed on the device (no host sync per step).
 
     ``counts`` is two rows of :data:`COUNTED`: row 0 since the last :meth:`read` (the history's
-    window), row 1 since the run began (:meth:`totals`, for results.json).
+    window), row 1 since the run began (:meth:`totals`, for results.json). A step's report is kept as
+    it is, with no operator, and the reports are summed together every :data:`FOLD_EVERY` steps and
+    whenever ``counts`` is read, instead of a dozen operators per step (on a GPU, kernel launches the
+    step would wait for). A report's tensors must therefore not be overwritten later: a caller whose
+    report comes out of a CUDA-graph replay (``torch.compile``'s "reduce-overhead") clones it.
     """
 
+    FOLD_EVERY = 64
+    """How many reports are kept before they are summed into ``counts`` (bounds what is kept)."""
+
     def __init__(self, device: torch.device | str) -> None:
-        self.counts = torch.zeros(2, len(COUNTED), dtype=torch.long, device=device)
+        self._counts = torch.zeros(2, len(COUNTED), dtype=torch.long, device=device)
+        self._pending: list[GuardReport] = []
+
+    @property
+    def counts(self) -> Tensor:
+        """The (2, len(COUNTED)) counts, every report added so far included."""
+        self._fold()
+        return self._counts
+
+    @counts.setter
+    def counts(self, counts: Tensor) -> None:
+        self._pending = []
+        self._counts = counts
 
     def add(self, report: GuardReport) -> None:
         """Count one step's report."""
-        added = {**{k: v.long() for k, v in report._asdict().items()}, "steps": torch.ones_like(report.rows)}
-        self.counts = self.counts + torch.stack([added[k] for k in COUNTED])
+        self._pending.append(report)
+        if len(self._pending) >= self.FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        reports, self._pending = self._pending, []
+        summed = {k: torch.stack(column).sum(dtype=torch.long) for k, column in zip(GuardReport._fields, zip(*reports))}
+        summed["steps"] = torch.full_like(summed["rows"], len(reports))
+        self._counts = self._counts + torch.stack([summed[k] for k in COUNTED])
 
     def read(self) -> dict[str, float]:
         """Shares since the last read of samples reflected (``guarded``), of steps reflected in parameter space
         (``guarded_steps``) and of steps replaced by the task loss's step (``rejected_steps``); one host read.
         Starts the window afresh; the run's totals keep counting."""
-        window = self.counts[0].tolist()
-        self.counts = self.counts * torch.tensor([[0], [1]], dtype=torch.long, device=self.counts.device)
+        counts = self.counts
+        window = counts[0].tolist()
+        self._counts = counts * torch.tensor([[0], [1]], dtype=torch.long, device=counts.device)
         return _shares(window)
 
     def totals(self) -> dict[str, float]:
@@ -307,8 +336,8 @@ class GuardCounts:
             return
         if counts.shape == (len(COUNTED),):
             counts = torch.stack([counts, counts])
-        if counts.shape == self.counts.shape:
-            self.counts = counts.to(self.counts.device)
+        if counts.shape == self._counts.shape:
+            self.counts = counts.to(self._counts.device)
 
 
 def _shares(counts: list[int]) -> dict[str, float]:

@@ -223,6 +223,8 @@ class OnlineLossLearner:
             new_params, new_state, rejected = self._check_step(
                 self.model, train, params, result.params, result.state, result.guard.task_grads,
                 result.train_task_loss, self.state, rule, self.task, replicas=self.replicas, io=self.io)
+            if self._check_step is not check_step:  # a CUDA-graph replay's output: the next replay overwrites it
+                rejected = rejected.clone()
             self.guard_counts.add(result.guard.report(rejected))
         base_ok = all_finite([result.train_loss, *new_params.values()])
         meta_ok = base_ok & all_finite([result.meta_loss, *result.meta_grads.values()])
