@@ -250,10 +250,14 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
 @click.option("--ops", is_flag=True, help="aten:: operator calls per step of each route over a CE step's (CPU).")
 @click.option("--compile", "compile_step", is_flag=True,
               help="With --floor/--ops: also the guarded default and reverse steps under lfl train --compile.")
+@click.option("--routes", default=None, metavar="NAME,NAME",
+              help="With --floor/--ops: time only these AdaLFL routes (unguarded, guarded, fd_unguarded, "
+              "reverse_unguarded, reverse_guarded; compiled, compiled_reverse with --compile). Fewer model copies "
+              "timed side by side put less memory pressure on a large model.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, classes: int, batch_size: int, device: str,
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, floor: bool, ops: bool,
-          compile_step: bool, as_json: bool) -> None:
+          compile_step: bool, routes: str | None, as_json: bool) -> None:
     """Time a cross-entropy step against AdaLFL steps (default and naive meta-gradient)."""
     from toolkit.runs.bench import ZOO_INPUTS, benchmark_all, benchmark_steps
     from toolkit.runtime import resolve_device
@@ -275,12 +279,15 @@ def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, cl
             ((model, tuple(_int_list(dataset_shape)), batch_size),)
         progress = None if as_json else (lambda name: click.echo(f"  measuring {name} ...", err=True))
         repeats = repeats if repeats is not None else (10 if all_models else 30)
+        chosen = None if routes is None else tuple(name.strip() for name in routes.split(",") if name.strip())
         click.echo(floor_report(floor=floor, ops=ops, models=models, num_outputs=classes, device=resolve_device(device),
                                 repeats=repeats, as_json=as_json, progress=progress, loss_param=loss_param,
-                                loss_scale=loss_scale, compile=compile_step))
+                                loss_scale=loss_scale, compile=compile_step, routes=chosen))
         return
     if compile_step:
         raise click.UsageError("--compile times the compiled step against its floor: add --floor or --ops")
+    if routes is not None:
+        raise click.UsageError("--routes chooses the routes of --floor/--ops: add --floor or --ops")
     options = {"device": resolve_device(device), "loss_param": loss_param, "loss_scale": loss_scale,
                "breakdown": breakdown}
     if all_models:

@@ -8,7 +8,8 @@ import pytest
 
 from helpers import run_lfl
 
-from toolkit.runs.bench_floor import COMPILED, GUARDED, PRIMITIVES, ROUTES, count_ops, floors, guard_passes
+from toolkit.runs.bench_floor import (COMPILED, FLOOR_COLUMNS, GUARDED, PRIMITIVES, ROUTES, count_ops, floors,
+                                      guard_passes)
 
 def test_floors_are_the_sums_of_their_primitives():
     p = {"forward": 0.4, "forward_backward": 0.9, "jvp": 1.1, "reverse_jvp": 1.6, "loss": 0.3, "fused_check": 1.5,
@@ -79,8 +80,10 @@ def _check_floor_rows(rows: list[dict], routes=ROUTES) -> None:
         assert f == floors(p)  # exactly the sums, recomputed from the reported primitives
         for route in routes:
             assert _positive(row["measured"][route]) and _positive(row["distance"][route])
-        assert row["distance"]["unguarded"] == row["measured"]["unguarded"] / f["exact"]
-        assert row["distance"]["guarded"] == row["measured"]["guarded"] / f["guarded"]
+        if "unguarded" in routes:
+            assert row["distance"]["unguarded"] == row["measured"]["unguarded"] / f["exact"]
+        if "guarded" in routes:
+            assert row["distance"]["guarded"] == row["measured"]["guarded"] / f["guarded"]
         guarded = [route for route in GUARDED if route in routes]
         assert set(row["guard_shares"]) == set(row["floor_with_passes"]) == set(guarded)
         for route in guarded:  # each guarded route's floor plus the passes its own run's verdicts required
@@ -88,11 +91,44 @@ def _check_floor_rows(rows: list[dict], routes=ROUTES) -> None:
             assert set(shares) == {"reflected", "rejected"} and all(0 <= v <= 1 for v in shares.values())
             assert row["floor_with_passes"][route] == pytest.approx(f[GUARDED[route]] + guard_passes(p, **shares))
             assert row["distance_with_passes"][route] == row["measured"][route] / row["floor_with_passes"][route]
+        if not {"guarded", "unguarded"} <= set(routes):  # the guard's own cost needs both steps
+            assert "guard_overhead" not in row and "guard_distance" not in row
+            continue
         overhead = row["measured"]["guarded"] - row["measured"]["unguarded"]
         assert row["guard_overhead"] == overhead
         assert row["guard_distance"]["floor"] == overhead / f["guard"]
         assert row["guard_floor_with_passes"] == pytest.approx(f["guard"] + guard_passes(p, **row["guard_shares"]["guarded"]))
         assert row["guard_distance"]["with_passes"] == overhead / row["guard_floor_with_passes"]
+
+
+@pytest.mark.parametrize("routes", [("unguarded", "guarded"), ("reverse_guarded",)])
+def test_bench_floor_times_only_the_routes_asked_for(routes):
+    """--routes leaves the other model copies out (less memory pressure on a large model); the guard's own cost is
+    reported only when both of its steps are timed, and the table prints "-" for a route not timed."""
+    common = ["bench", "--floor", "--ops", "--model", "mlp", "--dataset-shape", "12", "--classes", "3", "--batch-size",
+              "8", "--repeats", "2", "--device", "cpu", "--routes", ",".join(routes)]
+    result = run_lfl(*common, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    _check_floor_rows(report["floor"], routes={route: ROUTES[route] for route in routes})
+    assert set(report["ops"][0]["routes"]) == set(routes)
+    table = run_lfl(*common)
+    assert table.returncode == 0, table.stderr
+    cells = dict(zip(FLOOR_COLUMNS, table.stdout.splitlines()[2].split()[2:]))
+    for column in FLOOR_COLUMNS:  # a route's measured column holds a number exactly when it was timed
+        if column[2][:1] == ("measured",):
+            assert (cells[column] == "-") == (column[2][1] not in routes), column
+    assert (cells[("guard", 5, ("guard_overhead",))] == "-") == (len(routes) == 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--floor", "--routes", "guarded,nosuch"), "unknown route nosuch in --routes"),
+    (("--floor", "--routes", "compiled"), "the compiled routes need --compile"),
+    (("--routes", "guarded"), "add --floor or --ops"),
+])
+def test_bench_routes_are_checked(args, message):
+    result = run_lfl("bench", *args, "--model", "mlp", "--dataset-shape", "12", "--repeats", "1", "--device", "cpu")
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_bench_floor_prints_a_table_and_refuses_breakdown_with_it():

@@ -61,8 +61,21 @@ COMPILED = {"compiled": "fast-compiled", "compiled_reverse": "reverse-compiled"}
 """The routes ``--compile`` adds: the guarded default and reverse steps with ``OnlineLossLearner(compile=True)``."""
 
 
-def _routes(compile: bool) -> dict[str, str]:
-    return {**ROUTES, **(COMPILED if compile else {})}
+def _routes(compile: bool, only: tuple[str, ...] | None = None) -> dict[str, str]:
+    """The routes to time: :data:`ROUTES` (and :data:`COMPILED` with ``compile``), or only the named ones.
+
+    Each route is a copy of the model with its own state; on a model of many parameters, timing all of them
+    interleaved puts the caches and the allocator under a pressure no single run has, so ``only`` lets a
+    measurement time fewer (e.g. the guarded and unguarded steps, for the guard's own cost)."""
+    routes = {**ROUTES, **(COMPILED if compile else {})}
+    if only is None:
+        return routes
+    unknown = [name for name in only if name not in routes]
+    if unknown or not only:
+        hint = " (the compiled routes need --compile)" if set(unknown) & set(COMPILED) else ""
+        raise ConfigError(f"unknown route {', '.join(unknown) or repr(only)} in --routes: choose from "
+                          f"{', '.join(routes)}{hint}")
+    return {name: routes[name] for name in routes if name in only}
 
 
 PRIMITIVES = ("forward", "forward_backward", "jvp", "reverse_jvp", "loss", "fused_check", "parameter_dot",
@@ -153,7 +166,8 @@ def floors(primitives: dict[str, float]) -> dict[str, float]:
 
 def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10,
                     batch_size: int = 128, device: torch.device = torch.device("cpu"), repeats: int = 30,
-                    warmup: int = 5, seed: int = 0, compile: bool = False, **options) -> dict:
+                    warmup: int = 5, seed: int = 0, compile: bool = False, routes: tuple[str, ...] | None = None,
+                    **options) -> dict:
     """The primitives, the floors and each AdaLFL route's distance to its floor, from one interleaved run.
 
     Returns a JSON-ready dict: ``ce_step_s``; ``primitives`` (:data:`PRIMITIVES`; CE-step units) and
@@ -164,20 +178,22 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     For each guarded route (:data:`GUARDED`): ``guard_shares`` (reflected, rejected), ``floor_with_passes`` (its
     floor plus :func:`guard_passes` at those shares) and ``distance_with_passes``. ``guard_overhead`` is the
     guarded default step minus the unguarded one, ``guard_floor_with_passes`` the guard's floor with its passes,
-    and ``guard_distance`` the overhead over the guard's floor without (``floor``) and with (``with_passes``) them.
+    and ``guard_distance`` the overhead over the guard's floor without (``floor``) and with (``with_passes``) them
+    (these three only when both the guarded and the unguarded route are timed).
+    ``routes`` times only those routes (:func:`_routes`); the primitives are always timed.
     With ``compile``, also the guarded default and reverse steps with ``compile=True`` (``measured["compiled"]`` and
     ``["compiled_reverse"]``, read against their eager routes' floors, whose primitives stay eager); their
     compilation happens in the warm-up rounds.
     ``options`` go to :func:`toolkit.runs.bench.steppers_and_batches` (``loss_param``, ``loss_scale``).
     """
     check_sizes(batch_size=batch_size, repeats=repeats, num_outputs=num_outputs, input_shape=input_shape)
-    routes = _routes(compile)
+    routes = _routes(compile, routes)
     steppers, train, valid, base = steppers_and_batches(
         model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size, device=device,
         seed=seed, names=("ce", *routes.values()), **options)
     work = {name: (lambda i, s=s: s.step(train[i % len(train)], valid[i % len(valid)], lr=0.01))
             for name, s in steppers.items()}
-    timed = _primitives(base, copy.deepcopy(steppers["fast"].loss), train, valid)
+    timed = _primitives(base, copy.deepcopy(steppers[next(iter(routes.values()))].loss), train, valid)
     assert not set(timed) & set(work), "a primitive's name must not be a stepper's"
     work.update(timed)
     times: dict[str, list[float]] = {k: [] for k in work}
@@ -198,16 +214,18 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
                 **GUARDED}
     shares = {route: _shares(steppers[routes[route]]) for route in GUARDED if route in routes}
     with_passes = {route: floor[GUARDED[route]] + guard_passes(primitives, **shares[route]) for route in shares}
-    overhead = measured["guarded"] - measured["unguarded"]
-    own = floor["guard"] + guard_passes(primitives, **shares["guarded"])
-    return {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
-            "threads": torch.get_num_threads(), "ce_step_s": ce,
-            "primitives_s": {k: median[k] for k in primitives}, "primitives": primitives, "floor": floor,
-            "measured": measured, "distance": {r: measured[r] / floor[floor_of[r]] for r in measured},
-            "guard_shares": shares, "floor_with_passes": with_passes,
-            "distance_with_passes": {r: measured[r] / with_passes[r] for r in with_passes},
-            "guard_overhead": overhead, "guard_floor_with_passes": own,
-            "guard_distance": {"floor": overhead / floor["guard"], "with_passes": overhead / own}}
+    row = {"model": model, "batch_size": batch_size, "device": str(device), "repeats": repeats,
+           "threads": torch.get_num_threads(), "ce_step_s": ce,
+           "primitives_s": {k: median[k] for k in primitives}, "primitives": primitives, "floor": floor,
+           "measured": measured, "distance": {r: measured[r] / floor[floor_of[r]] for r in measured},
+           "guard_shares": shares, "floor_with_passes": with_passes,
+           "distance_with_passes": {r: measured[r] / with_passes[r] for r in with_passes}}
+    if "guarded" in measured and "unguarded" in measured:
+        overhead = measured["guarded"] - measured["unguarded"]
+        own = floor["guard"] + guard_passes(primitives, **shares["guarded"])
+        row.update(guard_overhead=overhead, guard_floor_with_passes=own,
+                   guard_distance={"floor": overhead / floor["guard"], "with_passes": overhead / own})
+    return row
 
 
 def _shares(stepper) -> dict[str, float]:
@@ -217,7 +235,8 @@ def _shares(stepper) -> dict[str, float]:
 
 
 def count_ops(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: int = 10, batch_size: int = 128,
-              steps: int = 3, seed: int = 0, compile: bool = False, **options) -> dict:
+              steps: int = 3, seed: int = 0, compile: bool = False, routes: tuple[str, ...] | None = None,
+              **options) -> dict:
     """``aten::`` operator calls per step under ``torch.profiler`` (CPU), every nesting level counted.
 
     Returns ``ce`` (calls per cross-entropy step) and, per AdaLFL route (:data:`ROUTES`, and :data:`COMPILED`
@@ -227,7 +246,7 @@ def count_ops(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outputs: in
     from torch.profiler import ProfilerActivity, profile
 
     check_sizes(batch_size=batch_size, repeats=steps, num_outputs=num_outputs, input_shape=input_shape)
-    routes = _routes(compile)
+    routes = _routes(compile, routes)
     steppers, train, valid, _ = steppers_and_batches(
         model=model, input_shape=input_shape, num_outputs=num_outputs, batch_size=batch_size,
         device=torch.device("cpu"), seed=seed, names=("ce", *routes.values()), **options)
@@ -249,37 +268,58 @@ def floor_all(*, models: tuple[str, ...] | None = None, progress=None, **options
     return for_each_zoo_model(lambda **inputs: benchmark_floor(**inputs, **options), models=models, progress=progress)
 
 
+def _value(row: dict, *path: str) -> float | None:
+    """``row[path[0]][path[1]]...``, or None where a route was not timed."""
+    for key in path:
+        if not isinstance(row, dict) or key not in row:
+            return None
+        row = row[key]
+    return row
+
+
+FLOOR_COLUMNS: tuple[tuple[str, int, tuple[str, ...]], ...] = (
+    ("fwd", 5, ("primitives", "forward")), ("fwd+bwd", 7, ("primitives", "forward_backward")),
+    ("jvp", 5, ("primitives", "jvp")), ("loss", 5, ("primitives", "loss")), ("fused", 5, ("primitives", "fused_check")),
+    ("|", 0, ()),
+    ("floor", 5, ("floor", "exact")), ("unguard", 7, ("measured", "unguarded")), ("dist", 5, ("distance", "unguarded")),
+    ("|", 0, ()),
+    ("guard fl", 8, ("floor", "guard")), ("floor", 5, ("floor", "guarded")), ("guarded", 7, ("measured", "guarded")),
+    ("dist", 5, ("distance", "guarded")),
+    ("|", 0, ()),
+    ("refl", 4, ("guard_shares", "guarded", "reflected")), ("+passes", 7, ("floor_with_passes", "guarded")),
+    ("dist", 5, ("distance_with_passes", "guarded")), ("guard", 5, ("guard_overhead",)),
+    ("g.dist", 6, ("guard_distance", "floor")), ("+pass", 5, ("guard_distance", "with_passes")),
+    ("|", 0, ()),
+    ("fd fl", 5, ("floor", "fd_unguarded")), ("fd", 5, ("measured", "fd_unguarded")),
+    ("dist", 5, ("distance", "fd_unguarded")),
+    ("|", 0, ()),
+    ("rev", 5, ("primitives", "reverse_jvp")), ("floor", 5, ("floor", "reverse_unguarded")),
+    ("unguard", 7, ("measured", "reverse_unguarded")), ("dist", 5, ("distance", "reverse_unguarded")),
+    ("floor", 5, ("floor", "reverse_guarded")), ("guarded", 7, ("measured", "reverse_guarded")),
+    ("dist", 5, ("distance", "reverse_guarded")),
+)
+"""The text table's columns after the model and the CE step: (header, width, path into a row); "|" separates."""
+
+COMPILED_COLUMNS = (("|", 0, ()), ("compiled", 8, ("measured", "compiled")), ("dist", 5, ("distance", "compiled")),
+                    ("c. rev", 6, ("measured", "compiled_reverse")), ("dist", 5, ("distance", "compiled_reverse")))
+
+
 def format_floor(rows: list[dict]) -> str:
-    """A text table: primitives, floors and distances, CE-step units, one line per model.
+    """A text table: primitives, floors and distances, CE-step units, one line per model; "-" for a route
+    that was not timed.
 
     After the guarded route: the share of steps reflected, its floor with the guard's parameter passes and the
     distance to it, then the guard's cost (guarded − unguarded) and its distance to the guard's floor without
     and with those passes."""
-    lines = [f"{'model':<11} {'CE ms':>7} {'fwd':>5} {'fwd+bwd':>7} {'jvp':>5} {'loss':>5} {'fused':>5} | "
-             f"{'floor':>5} {'unguard':>7} "
-             f"{'dist':>5} | {'guard fl':>8} {'floor':>5} {'guarded':>7} {'dist':>5} | "
-             f"{'refl':>4} {'+passes':>7} {'dist':>5} {'guard':>5} {'g.dist':>6} {'+pass':>5} | "
-             f"{'fd fl':>5} {'fd':>5} {'dist':>5} | {'rev':>5} {'floor':>5} {'unguard':>7} {'dist':>5} "
-             f"{'floor':>5} {'guarded':>7} {'dist':>5}"]
-    compiled = any("compiled" in r["measured"] for r in rows)
-    if compiled:
-        lines[0] += f" | {'compiled':>8} {'dist':>5} {'c. rev':>6} {'dist':>5}"
+    columns = FLOOR_COLUMNS + (COMPILED_COLUMNS if any("compiled" in r["measured"] for r in rows) else ())
+    cell = lambda header, width: "|" if header == "|" else f"{header:>{width}}"  # noqa: E731
+    lines = [f"{'model':<11} {'CE ms':>7} " + " ".join(cell(h, w) for h, w, _ in columns)]
     for r in rows:
-        p, f, m, d = r["primitives"], r["floor"], r["measured"], r["distance"]
-        lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} {p['forward']:5.2f} {p['forward_backward']:7.2f} "
-                     f"{p['jvp']:5.2f} {p['loss']:5.2f} {p['fused_check']:5.2f} | "
-                     f"{f['exact']:5.2f} {m['unguarded']:7.2f} {d['unguarded']:5.2f} | "
-                     f"{f['guard']:8.2f} {f['guarded']:5.2f} {m['guarded']:7.2f} {d['guarded']:5.2f} | "
-                     f"{r['guard_shares']['guarded']['reflected']:4.2f} {r['floor_with_passes']['guarded']:7.2f} "
-                     f"{r['distance_with_passes']['guarded']:5.2f} {r['guard_overhead']:5.2f} "
-                     f"{r['guard_distance']['floor']:6.2f} {r['guard_distance']['with_passes']:5.2f} | "
-                     f"{f['fd_unguarded']:5.2f} {m['fd_unguarded']:5.2f} {d['fd_unguarded']:5.2f} | "
-                     f"{p['reverse_jvp']:5.2f} {f['reverse_unguarded']:5.2f} {m['reverse_unguarded']:7.2f} "
-                     f"{d['reverse_unguarded']:5.2f} {f['reverse_guarded']:5.2f} {m['reverse_guarded']:7.2f} "
-                     f"{d['reverse_guarded']:5.2f}")
-        if compiled:
-            lines[-1] += (f" | {m['compiled']:8.2f} {d['compiled']:5.2f} {m['compiled_reverse']:6.2f} "
-                          f"{d['compiled_reverse']:5.2f}" if "compiled" in m else "")
+        values = []
+        for header, width, path in columns:
+            value = _value(r, *path) if path else None
+            values.append("|" if header == "|" else f"{'-':>{width}}" if value is None else f"{value:{width}.2f}")
+        lines.append(f"{r['model']:<11} {r['ce_step_s'] * 1e3:7.2f} " + " ".join(values))
     return "\n".join(lines)
 
 
