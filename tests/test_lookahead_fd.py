@@ -15,7 +15,8 @@ import losses
 from helpers import assert_meta_gradients_close, batch, tiny_bn_dropout, tiny_conv, tiny_mlp
 
 from toolkit.meta.distributed import Replicas
-from toolkit.meta.lookahead import finite_difference_tangent, jacobian_vector_product, meta_gradient_with_tangent
+from toolkit.meta.lookahead import meta_gradient_with_tangent
+from toolkit.meta.tangents import finite_difference_tangent, jacobian_vector_product
 from toolkit.meta.online import OnlineLossLearner
 from toolkit.meta.rules import AdamRule, SGDRule
 from toolkit.runs.common import ConfigError, TrainConfig

@@ -22,7 +22,7 @@ _WHERE = {
     "meta_gradient": "lookahead",
     "meta_gradient_naive": "lookahead",
     "meta_gradient_fd": "lookahead",
-    "jacobian_vector_product": "lookahead",
+    "jacobian_vector_product": "tangents",
     "OnlineLossLearner": "online",
     "NonFiniteError": "online",
     "frozen_copy": "online",

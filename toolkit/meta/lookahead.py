@@ -16,7 +16,7 @@ m(φ) = ∂M_φ/∂f, the meta-gradient is
 structure: the training forward and backward by autograd over ``functional_call``, w by
 autograd through the rule's own update (:func:`toolkit.meta.rules.update_with_pullback`; −lr·v
 for plain SGD), u by forward-mode AD (``torch.func.jvp``) through the model with the same
-buffers and the same random numbers (dropout masks), and m and its pullback derived from
+buffers and the same random numbers (dropout masks; :mod:`toolkit.meta.tangents`), and m and its pullback derived from
 the loss's forward (:func:`losses.derivatives.value_gradient_pullback`). In-place
 operations, hooks, BatchNorm, residual blocks and dropout are all handled by autograd and
 forward-mode AD themselves. :func:`meta_gradient_naive` differentiates through the whole
@@ -27,13 +27,12 @@ References:
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
 from losses import encode_targets
 from losses.base import Pullback, fill_missing_gradients, require_scalar
@@ -45,8 +44,8 @@ from toolkit.meta.guard import Guard, ParameterReflection, Reflection, guarded_g
 from toolkit.meta.model_io import PLAIN, ModelIO, with_model_precision
 from toolkit.meta.reverse import learned_backward
 from toolkit.meta.rules import AdamRule, SGDRule, State, StepRule, detach_state, update_with_pullback
-from toolkit.meta.trees import tree_norm
-from toolkit.runtime import rng_state, set_rng_state
+from toolkit.meta.tangents import FD_EPSILON, cloned, finite_difference_tangent, jacobian_vector_product, replayed_rng
+from toolkit.runtime import rng_state
 
 TensorDict = dict[str, Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -89,21 +88,6 @@ PHASES = ("train_forward", "loss_gradient", "train_backward", "update", "valid_p
 
 def _phase(name: str) -> torch.profiler.record_function:
     return torch.profiler.record_function(f"lookahead.{name}")
-
-
-@contextlib.contextmanager
-def _replayed_rng(state: dict[str, Tensor], device: torch.device):
-    """Run a block with the RNG as :func:`toolkit.runtime.rng_state` captured it (so dropout draws the same
-    masks), then restore."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        set_rng_state(state, device)
-        yield
-
-
-def _cloned(buffers: Mapping[str, Tensor]) -> TensorDict:
-    """Copies of the buffers, so a functional forward's running-stat updates are discarded."""
-    return {k: b.clone() for k, b in buffers.items()}
 
 
 def _is_own_state(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor]) -> bool:
@@ -172,63 +156,6 @@ def _grad_ratio(m: Tensor, outputs: Tensor, targets: Tensor, task: str) -> Tenso
     return m.detach().norm() / reference.norm().clamp_min(torch.finfo(m.dtype).tiny)
 
 
-def jacobian_vector_product(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                            x: Tensor, tangents: Mapping[str, Tensor], *, io: ModelIO = PLAIN) -> Tensor:
-    """u = J_f v: the directional derivative of the outputs f_θ(x) along v, by ``torch.func.jvp``.
-
-    The buffers are copied inside the transformed function, so BatchNorm's in-place running-stat
-    update touches neither the caller's buffers nor a tensor captured from outside the transform.
-
-    Args:
-        params: θ; tangents: v, same names and shapes; x: the input batch.
-        io: how the model is called and its outputs read (:mod:`toolkit.meta.model_io`).
-
-    Returns:
-        u, shaped like the model's outputs.
-    """
-    names = list(params)
-
-    def outputs(*theta: Tensor) -> Tensor:
-        return io.functional(model, dict(zip(names, theta)), _cloned(buffers), x)
-
-    _, u = jvp(outputs, tuple(params[k].detach() for k in names), tuple(tangents[k] for k in names))
-    return u
-
-
-FD_EPSILON = 3e-5
-"""The finite-difference tangent's default relative step ε (:func:`finite_difference_tangent`)."""
-
-
-def finite_difference_tangent(model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor],
-                              x: Tensor, tangents: Mapping[str, Tensor], outputs: Tensor, *,
-                              epsilon: float = FD_EPSILON, io: ModelIO = PLAIN) -> Tensor:
-    """u ≈ J_f w by a one-sided finite difference: (f(θ + h·w) − f(θ)) / h, one forward.
-
-    An approximation (error O(h) plus rounding O(eps/h)), opt-in as ``meta_gradient="fd"``; the
-    default route's :func:`jacobian_vector_product` is exact. The step is relative to the sizes of
-    θ and w, h = ε·max(‖θ‖, 1)/‖w‖ (global L2 norms), so the perturbation's norm is ε·max(‖θ‖, 1)
-    whatever the scale of w (which carries the learning rate); w = 0 gives u = 0.
-
-    Args:
-        params: θ; tangents: w, same names and shapes; x: the input batch.
-        outputs: f_θ(x) from the training forward (detached), reused as the base point; the caller
-            replays the same random numbers (dropout masks) for the perturbed forward.
-        epsilon: the relative step ε.
-    """
-    names = list(params)
-    theta = [params[k].detach() for k in names]
-    w = [tangents[k] for k in names]
-    theta_norm = tree_norm(theta)
-    w_norm = tree_norm(w)
-    moving = w_norm > 0
-    h = torch.where(moving, epsilon * theta_norm.clamp_min(1.0) / torch.where(moving, w_norm, 1.0),
-                    torch.ones_like(w_norm))
-    shifted = dict(zip(names, torch._foreach_add(theta, torch._foreach_mul(w, h))))
-    with torch.no_grad():
-        perturbed = io.functional(model, shifted, _cloned(buffers), x)
-    return (perturbed - outputs) / h.to(outputs.dtype)
-
-
 TANGENTS = ("jvp", "reverse", "fd")
 """How :func:`meta_gradient_with_tangent` computes u = J w: forward mode, reverse over reverse, finite difference."""
 
@@ -271,8 +198,9 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
             (:mod:`toolkit.meta.model_io`).
         tangent: "jvp" (exact, forward-mode AD: one forward with its tangent), "reverse" (exact: the
             derivative of the kept training backward in its cotangent, :mod:`toolkit.meta.reverse`; no
-            forward, more memory until the tangent is read) or "fd" (:func:`finite_difference_tangent`, one
-            forward, approximate, with relative step ``fd_epsilon``).
+            forward, more memory until the tangent is read) or "fd"
+            (:func:`toolkit.meta.tangents.finite_difference_tangent`, one forward, approximate, with relative
+            step ``fd_epsilon``).
         derivatives: how the loss's value, m and pullback are taken: :func:`losses.derivatives.value_gradient_pullback`
             (eager) or a :class:`losses.derivatives.CompiledDerivatives` of ``loss`` (``compile=True``).
 
@@ -293,7 +221,7 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
             if own:  # the module's own state: run it as it is (functional_call would swap the same tensors in)
                 local_outputs = io.call(model, x)
             else:
-                local_outputs = io.functional(model, theta_leaf, buffers if update_buffers else _cloned(buffers), x)
+                local_outputs = io.functional(model, theta_leaf, buffers if update_buffers else cloned(buffers), x)
             local_f = local_outputs.detach()
             outputs = replicas.gather(local_f)
         with _phase("loss_gradient"):
@@ -312,7 +240,7 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
     with _phase("valid_pass"), torch.enable_grad():
         probe = {k: p.requires_grad_(True) for k, p in new_params.items()}
         # The mean over the global batch is the sum over processes of each share's mean / world size.
-        meta_loss = task_loss(io.functional(model, probe, _cloned(buffers), replicas.shard(x_v)),
+        meta_loss = task_loss(io.functional(model, probe, cloned(buffers), replicas.shard(x_v)),
                               replicas.shard(y_v), task) / replicas.world_size
         v = replicas.sum_dict(dict(zip(probe, torch.autograd.grad(meta_loss, list(probe.values())))))
         meta_loss = replicas.sum_([meta_loss.detach()])[0]
@@ -325,7 +253,7 @@ def meta_gradient_with_tangent(model: nn.Module, params: Mapping[str, Tensor], b
         if tangent == "reverse":  # J w off the kept training backward: no forward, nothing to replay
             local_u = step.tangent([w[k] for k in theta_leaf])
         else:
-            with _replayed_rng(rng, x.device):
+            with replayed_rng(rng, x.device):
                 local_u = (finite_difference_tangent(model, params, buffers, x, w, local_f, epsilon=fd_epsilon, io=io)
                            if tangent == "fd" else jacobian_vector_product(model, params, buffers, x, w, io=io))
         u = replicas.gather(local_u)
@@ -362,7 +290,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
     state = detach_state(rule.init(params) if state is None else state)
     with torch.enable_grad():
         theta_leaf = {k: p.detach().requires_grad_(True) for k, p in theta.items()}
-        outputs = io.functional(model, theta_leaf, buffers if update_buffers else _cloned(buffers), x)
+        outputs = io.functional(model, theta_leaf, buffers if update_buffers else cloned(buffers), x)
         train_loss = functional_call(loss, dict(loss_params), (outputs, y))
         # θ' = U(H_θ Jᵀ H_f m(φ)) (without the guard, U(Jᵀ m(φ))), differentiated as written.
         (m,) = torch.autograd.grad(train_loss, outputs, create_graph=True)
@@ -374,7 +302,7 @@ def meta_gradient_naive(model: nn.Module, params: Mapping[str, Tensor], buffers:
                                                         create_graph=True)))
             guard = None
         new_params, new_state = rule.update(theta, grads, state)
-        meta_loss = task_loss(io.functional(model, new_params, _cloned(buffers), x_v), y_v, task)
+        meta_loss = task_loss(io.functional(model, new_params, cloned(buffers), x_v), y_v, task)
         names = [k for k, p in loss_params.items() if p.requires_grad]
         meta = torch.autograd.grad(meta_loss, [loss_params[k] for k in names], allow_unused=True) if names else []
     meta_grads = fill_missing_gradients(loss_params, dict(zip(names, meta)))
@@ -474,8 +402,6 @@ def get_meta_gradient(name: str) -> Callable[..., Lookahead]:
         raise ValueError(f"unknown meta-gradient {name!r}: choose one of {sorted(META_GRADIENTS)}") from None
 
 
-__all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "jacobian_vector_product", "meta_gradient",
-           "BatchGradients", "batch_gradients",
+__all__ = ["SGDRule", "AdamRule", "Lookahead", "PHASES", "meta_gradient", "BatchGradients", "batch_gradients",
            "meta_gradient_naive", "meta_gradient_fd", "meta_gradient_reverse", "meta_gradient_with_tangent",
-           "TANGENTS", "finite_difference_tangent",
-           "FD_EPSILON", "META_GRADIENTS", "DATA_PARALLEL_ROUTES", "get_meta_gradient"]
+           "TANGENTS", "META_GRADIENTS", "DATA_PARALLEL_ROUTES", "get_meta_gradient"]

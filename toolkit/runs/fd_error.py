@@ -3,7 +3,7 @@
 One lookahead per setting, from the same θ, φ, batches and dropout masks: the exact default
 route (:func:`toolkit.meta.lookahead.meta_gradient`, forward-mode JVP) in float64 is the
 reference, and the finite-difference route runs in float32 or float64 over a sweep of relative
-steps ε (:func:`toolkit.meta.lookahead.finite_difference_tangent`). The error is the relative
+steps ε (:func:`toolkit.meta.tangents.finite_difference_tangent`). The error is the relative
 L2 distance of the whole meta-gradient (every loss parameter, concatenated). The exact route in
 float32 is measured too: the rounding floor a float32 run has anyway.
 """
