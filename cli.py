@@ -252,8 +252,8 @@ def datasets(data_dir: str | None, as_json: bool) -> None:
               help="With --floor/--ops: also the guarded default and reverse steps under lfl train --compile.")
 @click.option("--routes", default=None, metavar="NAME,NAME",
               help="With --floor/--ops: time only these AdaLFL routes (unguarded, guarded, fd_unguarded, "
-              "reverse_unguarded, reverse_guarded; compiled, compiled_reverse with --compile). Fewer model copies "
-              "timed side by side put less memory pressure on a large model.")
+              "reverse_unguarded, reverse_guarded; compiled, compiled_reverse with --compile): each is a model copy "
+              "timed every round, so fewer take less time and memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, classes: int, batch_size: int, device: str,
           repeats: int | None, loss_param: str, loss_scale: str, breakdown: bool, floor: bool, ops: bool,

@@ -2,7 +2,7 @@
 
 The floor of a route is what it cannot avoid, in primitives timed in the same process on the same
 batches: the model's forward (without a graph), its forward and backward (the parameter gradient of
-cross-entropy) and a forward-mode JVP through it (:func:`toolkit.meta.lookahead.jacobian_vector_product`),
+cross-entropy) and a forward-mode JVP through it (:func:`toolkit.meta.tangents.jacobian_vector_product`),
 and the learned loss's own derivatives on the outputs (its value, m = ∂M/∂f and the pullback of one
 tangent, :func:`losses.derivatives.value_gradient_pullback`), which every exact route needs whatever the
 model. The exact route (default, unguarded) needs a forward and backward on the training batch, one on
@@ -30,8 +30,8 @@ One more primitive answers whether the step check's forward at θ′ should ride
 to be read against ``forward_backward + forward`` (``floor["fused_saving"]``, positive when fusing saves).
 It is timed on every model, but only a model without batch statistics could use it exactly.
 
-Everything (the steps and the primitives) runs interleaved round by round and each figure is a median,
-in units of the cross-entropy step's median.
+Everything (the steps and the primitives) runs interleaved round by round, each round starting one later in
+the order, and each figure is a median, in units of the cross-entropy step's median.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from losses.derivatives import value_gradient_pullback
 
-from toolkit.meta.lookahead import jacobian_vector_product
+from toolkit.meta.tangents import jacobian_vector_product
 from toolkit.meta.reverse import backward_with_tangent
 from toolkit.meta.trees import tree_dot, tree_norm
 from toolkit.runs.bench import _synchronise, check_sizes, for_each_zoo_model, steppers_and_batches
@@ -64,9 +64,8 @@ COMPILED = {"compiled": "fast-compiled", "compiled_reverse": "reverse-compiled"}
 def _routes(compile: bool, only: tuple[str, ...] | None = None) -> dict[str, str]:
     """The routes to time: :data:`ROUTES` (and :data:`COMPILED` with ``compile``), or only the named ones.
 
-    Each route is a copy of the model with its own state; on a model of many parameters, timing all of them
-    interleaved puts the caches and the allocator under a pressure no single run has, so ``only`` lets a
-    measurement time fewer (e.g. the guarded and unguarded steps, for the guard's own cost)."""
+    Each route is a copy of the model timed every round; ``only`` times fewer (e.g. the guarded and unguarded
+    steps, for the guard's own cost), in less time and memory on a large model."""
     routes = {**ROUTES, **(COMPILED if compile else {})}
     if only is None:
         return routes
@@ -197,8 +196,13 @@ def benchmark_floor(*, model: str = "lenet5", input_shape=(1, 28, 28), num_outpu
     assert not set(timed) & set(work), "a primitive's name must not be a stepper's"
     work.update(timed)
     times: dict[str, list[float]] = {k: [] for k in work}
+    order = list(work)
     for i in range(warmup + repeats):
-        for name, fn in work.items():
+        # Each round starts one later in the order: what runs just before a step changes the state of the caches and
+        # the allocator it meets, so no step always follows the same one.
+        shift = i % len(order)
+        for name in order[shift:] + order[:shift]:
+            fn = work[name]
             _synchronise(device)
             start = time.perf_counter()
             fn(i)
