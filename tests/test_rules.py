@@ -128,6 +128,28 @@ def test_the_update_pullback_is_the_transposed_jacobian(rule):
         assert numeric == pytest.approx(float(got[k].view(-1)[i]), rel=1e-6, abs=1e-9)
 
 
+def test_the_update_pullback_of_a_rule_that_leaves_a_parameter_as_it_is_is_zero_there():
+    """A user's rule may keep a parameter fixed (no graph to its gradient): the pullback is zero for it and the
+    transposed Jacobian elsewhere, as central differences give, instead of an autograd error."""
+    class FreezeB(SGDRule):
+        def update(self, params, grads, state):
+            new, state = super().update(params, grads, state)
+            return {**new, "b": params["b"]}, state
+
+    torch.manual_seed(2)
+    params = {"a": torch.randn(3, 2, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
+    grads = {k: torch.randn_like(p) for k, p in params.items()}
+    rule = FreezeB(lr=0.1)
+    new, _, pullback = update_with_pullback(rule, params, grads, rule.init(params))
+    assert torch.equal(new["b"], params["b"])
+    v = {k: torch.randn_like(p) for k, p in params.items()}
+    got = pullback(v)
+    torch.testing.assert_close(got["a"], -0.1 * v["a"], rtol=1e-14, atol=0)
+    assert torch.equal(got["b"], torch.zeros_like(params["b"]))
+    frozen_everywhere = update_with_pullback(FreezeB(lr=0.0), {"b": params["b"]}, {"b": grads["b"]}, ())[2]
+    assert torch.equal(frozen_everywhere({"b": v["b"]})["b"], torch.zeros_like(params["b"]))
+
+
 def test_states_round_trip_through_the_checkpoint_form_and_older_flat_dicts_load():
     """state_to_dict gives plain data torch.load(weights_only=True) reads; state_from_dict rebuilds the same
     NamedTuples; the flat dicts of checkpoints before version 3 load as the same states."""

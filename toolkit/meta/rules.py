@@ -315,13 +315,15 @@ def update_with_pullback(rule: StepRule, params: Mapping[str, Tensor], grads: Ma
     with torch.enable_grad():
         leaves = {k: g.detach().requires_grad_(True) for k, g in grads.items()}
         new_params, new_state = rule.update(theta, leaves, state)
-    names = list(new_params)
-    outputs = [new_params[k] for k in names]
-    inputs = [leaves[k] for k in names]
+    names = list(leaves)
+    # A rule may leave a parameter as it is (no graph to g): its share of the pullback is zero.
+    moved = [k for k in new_params if new_params[k].requires_grad]
 
     def pullback(v: Mapping[str, Tensor]) -> TensorDict:
-        tangent = torch.autograd.grad(outputs, inputs, [v[k] for k in names], retain_graph=True,
-                                      materialize_grads=True)
+        if not moved:
+            return {k: torch.zeros_like(leaves[k]) for k in names}
+        tangent = torch.autograd.grad([new_params[k] for k in moved], [leaves[k] for k in names],
+                                      [v[k] for k in moved], retain_graph=True, materialize_grads=True)
         return dict(zip(names, tangent))
 
     return {k: t.detach() for k, t in new_params.items()}, detach_state(new_state), pullback
