@@ -97,7 +97,8 @@ def _check_floor_rows(rows: list[dict], routes=ROUTES) -> None:
         overhead = row["measured"]["guarded"] - row["measured"]["unguarded"]
         assert row["guard_overhead"] == overhead
         assert row["guard_distance"]["floor"] == overhead / f["guard"]
-        assert row["guard_floor_with_passes"] == pytest.approx(f["guard"] + guard_passes(p, **row["guard_shares"]["guarded"]))
+        own = f["guard"] + guard_passes(p, **row["guard_shares"]["guarded"])
+        assert row["guard_floor_with_passes"] == pytest.approx(own)
         assert row["guard_distance"]["with_passes"] == overhead / row["guard_floor_with_passes"]
 
 

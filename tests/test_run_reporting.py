@@ -59,7 +59,8 @@ def test_guard_counts_fold_their_reports_exactly_whenever_read_and_every_fold_in
     counts, naive = GuardCounts("cpu"), torch.zeros(2, 5, dtype=torch.long)
     for step in range(GuardCounts.FOLD_EVERY * 2 + 7):
         rows = int(torch.randint(1, 9, (), generator=generator))
-        report = GuardReport(rows_reflected=torch.randint(0, rows + 1, (), generator=generator), rows=torch.tensor(rows),
+        report = GuardReport(rows_reflected=torch.randint(0, rows + 1, (), generator=generator),
+                             rows=torch.tensor(rows),
                              step_reflected=torch.rand((), generator=generator) < 0.3,
                              step_rejected=torch.rand((), generator=generator) < 0.1)
         counts.add(report)
