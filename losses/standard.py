@@ -259,10 +259,11 @@ def task_gradient(outputs: Tensor, targets: Tensor, task: str) -> Tensor:
 
 
 def _plain_values(*tensors: Tensor) -> bool:
-    """Whether a result computed from ``tensors`` can never be differentiated: plain tensors, outside every
-    ``torch.func`` transform and ``torch.compile`` trace, and with no gradient asked of any of them."""
+    """Whether a result computed from ``tensors`` can never be differentiated and autograd may compute it: plain
+    tensors, outside every ``torch.func`` transform and ``torch.compile`` trace and outside inference mode (whose
+    tensors autograd refuses; ``torch.func.grad`` takes them), with no gradient asked of any of them."""
     if torch._C._functorch.peek_interpreter_stack() is not None or torch.compiler.is_compiling():
         return False
-    if not all(isinstance(t, Tensor) for t in tensors):
+    if torch.is_inference_mode_enabled() or not all(isinstance(t, Tensor) and not t.is_inference() for t in tensors):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))

@@ -78,6 +78,10 @@ def test_task_gradient_is_the_closed_form_on_every_path(task: str, classes: int)
     torch.testing.assert_close(task_gradient(logits, targets, task), expected, rtol=1e-12, atol=1e-15)
     inside = torch.func.vmap(lambda f, y: task_gradient(f[None], y[None], task)[0] / 9)(logits, targets)
     torch.testing.assert_close(inside, expected, rtol=1e-12, atol=1e-15)
+    with torch.inference_mode():  # autograd refuses inference tensors; the result is the same
+        inference = logits.clone(), targets.clone()
+        torch.testing.assert_close(task_gradient(*inference, task), expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(task_gradient(*inference, task), expected, rtol=1e-12, atol=1e-15)
 
     direction = torch.randn_like(logits)
     leaf = logits.clone().requires_grad_()
