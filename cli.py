@@ -43,6 +43,11 @@ def _int_list(text: str | None, what: str = "step numbers") -> tuple[int, ...]:
         raise click.BadParameter(str(exc)) from None
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated names, spaces around each and empty entries dropped."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 INTERRUPTED = ("Interrupted; the last checkpoint is kept: rerun lfl train with --resume, or the same lfl study "
                "command (finished runs are reused), to continue.")
 
@@ -266,7 +271,7 @@ def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, cl
     if only is not None:
         if not all_models:
             raise click.UsageError("--models chooses among the zoo models of --all: add --all")
-        zoo = tuple(name.strip() for name in only.split(",") if name.strip())
+        zoo = _names(only)
         unknown = [name for name in zoo if name not in ZOO_INPUTS]
         if unknown or not zoo:
             raise click.UsageError(f"unknown zoo model {', '.join(unknown) or repr(only)} in --models: "
@@ -279,7 +284,7 @@ def bench(model: str, all_models: bool, only: str | None, dataset_shape: str, cl
             ((model, tuple(_int_list(dataset_shape)), batch_size),)
         progress = None if as_json else (lambda name: click.echo(f"  measuring {name} ...", err=True))
         repeats = repeats if repeats is not None else (10 if all_models else 30)
-        chosen = None if routes is None else tuple(name.strip() for name in routes.split(",") if name.strip())
+        chosen = None if routes is None else _names(routes)
         click.echo(floor_report(floor=floor, ops=ops, models=models, num_outputs=classes, device=resolve_device(device),
                                 repeats=repeats, as_json=as_json, progress=progress, loss_param=loss_param,
                                 loss_scale=loss_scale, compile=compile_step, routes=chosen))
@@ -385,7 +390,7 @@ def plot(runs: tuple[str, ...], out: str, formats: str) -> None:
     from toolkit.analysis.plots import plot_runs
     from toolkit.analysis.rundir import find_runs
 
-    paths = plot_runs(find_runs(list(runs)), out, formats=[f.strip() for f in formats.split(",") if f.strip()])
+    paths = plot_runs(find_runs(list(runs)), out, formats=list(_names(formats)))
     for path in paths:
         click.echo(str(path))
 
