@@ -125,8 +125,9 @@ def _primitives(model, loss, train, valid) -> dict[str, Callable[[int], None]]:
         F.cross_entropy(both[:len(x)].detach(), y)
 
     # The guard's parameter-space passes, at their cheapest: one read of two parameter-sized lists (dot), of one
-    # (norm), and an in-place y += a·x with a Python scalar (axpy: two reads, one write, nothing allocated).
-    a, b = list(tangents.values()), [torch.randn_like(t) for t in tangents.values()]
+    # (norm), and an in-place y += a·x with a Python scalar (axpy: two reads, one write, nothing allocated). Their
+    # own tensors: the axpy writes into ``a``, which must not be the JVP primitives' tangents.
+    a, b = ([torch.randn_like(t) for t in tangents.values()] for _ in range(2))
 
     def parameter_dot(i: int) -> None:
         tree_dot(a, b)
