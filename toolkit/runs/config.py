@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from toolkit.errors import ConfigError
+from toolkit.meta.lookahead import META_GRADIENTS
 from toolkit.meta.online import ONLINE_META_LR
 from toolkit.meta.rules import OPTIMIZERS, StepRule, make_rule
 from toolkit.runs.options import Check, above, at_least, check_option, field_types, flag, option, within
@@ -111,7 +112,7 @@ class TrainConfig:
     online_meta_lr: float = option(ONLINE_META_LR, check=above(0), help="Adam learning rate of the loss's online updates (adalfl, --adapt).")
     meta_interval: int = option(1, check=at_least(1), help="Meta step every k base steps.")
     meta_clip: float | None = option(None, check=above(0), help="Clip the meta-gradient to this global norm.")
-    meta_gradient: str = option("fast", choices=("fast", "reverse", "naive", "fd"),
+    meta_gradient: str = option("fast", choices=tuple(META_GRADIENTS),
                                 help="fast: the JVP route; reverse: the same with the JVP read off the training "
                                      "backward (exact, no forward; faster on linear layers, slower on "
                                      "convolutions: lfl bench --floor); naive: autograd through the unrolled step "
